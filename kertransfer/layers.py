@@ -1,0 +1,103 @@
+"""Small serializable layers shared by the backbones and the head."""
+
+import keras
+from keras import ops
+
+__all__ = ["ImagePreprocessing", "AdaptiveConcatPooling2D"]
+
+
+@keras.saving.register_keras_serializable(package="kertransfer")
+class ImagePreprocessing(keras.layers.Layer):
+    """Maps raw pixels in `[0, 255]` to the input a backbone was trained on.
+
+    Computes `(x[..., order] - mean) / std` per channel, where `order` is RGB
+    or BGR. Living inside the model, the preprocessing travels with it into
+    `.keras` files, SavedModel and LiteRT exports, so callers always feed raw
+    pixels.
+
+    Args:
+        mean: three floats, per-channel mean in pixel units (0-255), given
+            in the model's channel order.
+        std: three floats, per-channel standard deviation in pixel units.
+        channel_order: `"rgb"` (default) or `"bgr"` (caffe-style
+            `keras.applications.ResNet50`).
+
+    Input shape:
+        `(batch, height, width, 3)`, float pixels in `[0, 255]`, RGB.
+
+    Output shape:
+        Same as the input.
+
+    Raises:
+        ValueError: if `mean`/`std` do not have three entries, a std is not
+            positive, or `channel_order` is not `"rgb"`/`"bgr"`.
+
+    Example:
+
+    >>> layer = ImagePreprocessing(mean=(127.0,) * 3, std=(128.0,) * 3)
+    >>> layer(np.full((1, 2, 2, 3), 255.0)).shape
+    (1, 2, 2, 3)
+    """
+
+    def __init__(self, mean, std, channel_order="rgb", **kwargs):
+        super().__init__(**kwargs)
+        mean = [float(m) for m in mean]
+        std = [float(s) for s in std]
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(
+                "ImagePreprocessing needs three per-channel values for mean "
+                f"and std. Received mean={mean}, std={std}."
+            )
+        if min(std) <= 0:
+            raise ValueError(f"std must be positive. Received std={std}.")
+        if channel_order not in ("rgb", "bgr"):
+            raise ValueError(
+                "channel_order must be 'rgb' or 'bgr'. "
+                f"Received channel_order={channel_order!r}."
+            )
+        self.mean = mean
+        self.std = std
+        self.channel_order = channel_order
+
+    def call(self, inputs):
+        x = ops.cast(inputs, self.compute_dtype)
+        if self.channel_order == "bgr":
+            x = ops.flip(x, axis=-1)
+        mean = ops.convert_to_tensor(self.mean, dtype=self.compute_dtype)
+        std = ops.convert_to_tensor(self.std, dtype=self.compute_dtype)
+        return (x - mean) / std
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            mean=self.mean, std=self.std, channel_order=self.channel_order
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kertransfer")
+class AdaptiveConcatPooling2D(keras.layers.Layer):
+    """Concatenates global average and global max pooling (fast.ai).
+
+    fast.ai's `AdaptiveConcatPool2d`: keeping both the mean and the peak
+    activation of each channel gives the head more to work with than either
+    alone. Output channel order is `[avg, max]`, as in fastai.
+
+    Input shape:
+        `(batch, height, width, channels)`.
+
+    Output shape:
+        `(batch, 2 * channels)`.
+    """
+
+    def call(self, inputs):
+        return ops.concatenate(
+            [ops.mean(inputs, axis=(1, 2)), ops.max(inputs, axis=(1, 2))],
+            axis=-1,
+        )
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[-1])

@@ -1,0 +1,208 @@
+"""Learning-rate schedules as pure functions of progress.
+
+Everything here is plain Python/numpy: no Keras, no backend. Callbacks in
+`kertransfer.callbacks` turn these into per-batch learning rates.
+
+Sources:
+- SGDR: Loshchilov & Hutter, "SGDR: Stochastic Gradient Descent with Warm
+  Restarts" (ICLR 2017), as used by fast.ai v0.7 `CosAnneal` (`cycle_len`,
+  `cycle_mult`).
+- LR range test: Smith, "Cyclical Learning Rates for Training Neural
+  Networks" (WACV 2017), fast.ai v0.7 `LR_Finder`.
+"""
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "sched_cos",
+    "sched_exp",
+    "sgdr_total_epochs",
+    "sgdr_cycle_position",
+    "sgdr_multiplier",
+    "sgdr_lrs",
+    "expand_lrs",
+]
+
+
+def sched_cos(start, end, pct):
+    """Cosine annealing from `start` to `end` as `pct` goes from 0 to 1.
+
+    `end + (start - end) / 2 * (1 + cos(pi * pct))` (fastai's `sched_cos`).
+    """
+    return end + (start - end) / 2.0 * (1.0 + math.cos(math.pi * pct))
+
+
+def sched_exp(start, end, pct):
+    """Exponential ramp `start * (end / start) ** pct` (fastai's `sched_exp`).
+
+    Raises:
+        ValueError: if `start` or `end` is not positive.
+    """
+    if start <= 0 or end <= 0:
+        raise ValueError(
+            "An exponential schedule needs positive start and end values. "
+            f"Received start={start}, end={end}."
+        )
+    return start * (end / start) ** pct
+
+
+def _check_cycle_args(n_cycle, cycle_len, cycle_mult):
+    if int(n_cycle) != n_cycle or n_cycle < 1:
+        raise ValueError(
+            f"n_cycle must be a positive integer. Received n_cycle={n_cycle}."
+        )
+    if cycle_len is not None and (
+        int(cycle_len) != cycle_len or cycle_len < 1
+    ):
+        raise ValueError(
+            "cycle_len must be a positive whole number of epochs or None. "
+            f"Received cycle_len={cycle_len}."
+        )
+    if int(cycle_mult) != cycle_mult or cycle_mult < 1:
+        raise ValueError(
+            "cycle_mult must be a positive integer (1 keeps cycles equal). "
+            f"Received cycle_mult={cycle_mult}."
+        )
+
+
+def sgdr_total_epochs(n_cycle, cycle_len=None, cycle_mult=1):
+    """Number of epochs `fit(lrs, n_cycle, cycle_len, cycle_mult)` runs.
+
+    `cycle_len * (1 + m + ... + m**(n_cycle - 1))`, with the `cycle_mult == 1`
+    case explicit (the closed form `(m**n - 1) / (m - 1)` divides by zero
+    there). Without `cycle_len` there is no annealing and `fit` runs
+    `n_cycle` epochs, as in fast.ai v0.7.
+
+    Args:
+        n_cycle: number of cycles (positive int).
+        cycle_len: epochs in the first cycle, or None.
+        cycle_mult: each cycle is `cycle_mult` times longer than the last.
+
+    Returns:
+        int, epochs.
+
+    Raises:
+        ValueError: on a non-positive or non-integer argument.
+
+    Example:
+
+    >>> sgdr_total_epochs(3, cycle_len=1, cycle_mult=2)
+    7
+    """
+    _check_cycle_args(n_cycle, cycle_len, cycle_mult)
+    if cycle_len is None:
+        return int(n_cycle)
+    if cycle_mult == 1:
+        return int(cycle_len * n_cycle)
+    return int(cycle_len * (cycle_mult**n_cycle - 1) // (cycle_mult - 1))
+
+
+def sgdr_cycle_position(step, steps_per_epoch, cycle_len, cycle_mult=1):
+    """Where batch `step` falls in an SGDR run.
+
+    Args:
+        step: 0-based batch index since the start of `fit`.
+        steps_per_epoch: batches per epoch.
+        cycle_len: epochs in the first cycle.
+        cycle_mult: growth factor of cycle length.
+
+    Returns:
+        `(cycle_index, pct)`: the 0-based cycle and the fraction of it done
+        before this batch, in `[0, 1)`.
+    """
+    first = steps_per_epoch * cycle_len
+    if cycle_mult == 1:
+        return step // first, (step % first) / first
+    cycle, start, length = 0, 0, first
+    while step >= start + length:
+        start += length
+        length *= cycle_mult
+        cycle += 1
+    return cycle, (step - start) / length
+
+
+def sgdr_multiplier(step, steps_per_epoch, cycle_len=None, cycle_mult=1):
+    """Fraction of the base LR to use at batch `step` under SGDR.
+
+    Within each cycle the LR follows `sched_cos(1, 0, pct)`: it starts at the
+    base LR and anneals towards 0 (fast.ai v0.7 `CosAnneal`), restarting at
+    the base LR when a cycle ends. Without `cycle_len` the LR is constant.
+
+    Returns:
+        float in `(0, 1]`.
+    """
+    if cycle_len is None:
+        return 1.0
+    _, pct = sgdr_cycle_position(step, steps_per_epoch, cycle_len, cycle_mult)
+    return sched_cos(1.0, 0.0, pct)
+
+
+def sgdr_lrs(base_lrs, n_cycle, steps_per_epoch, cycle_len=None, cycle_mult=1):
+    """The whole per-batch SGDR schedule, one column per layer group.
+
+    Args:
+        base_lrs: float or sequence of per-group base LRs.
+        n_cycle, cycle_len, cycle_mult: as in `ConvLearner.fit`.
+        steps_per_epoch: batches per epoch.
+
+    Returns:
+        numpy array `(total_steps, num_groups)`.
+    """
+    base = np.atleast_1d(np.asarray(base_lrs, dtype="float64"))
+    total = sgdr_total_epochs(n_cycle, cycle_len, cycle_mult) * steps_per_epoch
+    mult = np.array(
+        [
+            sgdr_multiplier(s, steps_per_epoch, cycle_len, cycle_mult)
+            for s in range(total)
+        ]
+    )
+    return mult[:, None] * base[None, :]
+
+
+def expand_lrs(lrs, num_groups):
+    """Turns `lrs` (float, sequence or slice) into one LR per layer group.
+
+    fast.ai accepts a float (same LR for every group), an array with one LR
+    per group, or (v1/v2) `slice(lo, hi)`: geometric spacing from `lo` for the
+    first group to `hi` for the last; `slice(hi)` gives `hi / 10` to earlier
+    groups and `hi` to the last.
+
+    Args:
+        lrs: float, sequence of `num_groups` floats, or `slice`.
+        num_groups: number of layer groups.
+
+    Returns:
+        list of `num_groups` floats.
+
+    Raises:
+        ValueError: if a sequence has the wrong length or an LR is not
+            positive.
+
+    Example:
+
+    >>> expand_lrs(slice(1e-4, 1e-2), 3)
+    [0.0001, 0.001, 0.01]
+    """
+    if isinstance(lrs, slice):
+        if lrs.start is None:
+            values = [lrs.stop / 10] * (num_groups - 1) + [lrs.stop]
+        elif num_groups == 1:
+            values = [lrs.stop]
+        else:
+            values = list(
+                np.geomspace(lrs.start, lrs.stop, num_groups).tolist()
+            )
+    elif np.ndim(lrs) == 0:
+        values = [float(lrs)] * num_groups
+    else:
+        values = [float(v) for v in np.asarray(lrs).ravel()]
+        if len(values) != num_groups:
+            raise ValueError(
+                f"Received {len(values)} learning rates for {num_groups} "
+                "layer groups. Pass one float, one LR per group, or a slice."
+            )
+    if not all(v > 0 and math.isfinite(v) for v in values):
+        raise ValueError(f"Learning rates must be positive. Received {lrs}.")
+    return [float(v) for v in values]
