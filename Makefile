@@ -1,0 +1,38 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?= $(abspath ../shared/data)
+export KERTRANSFER_DATA := $(DATA)
+# Tests and the demo never write outside the checkout.
+export KERAS_HOME := $(abspath .keras-home)
+export MPLBACKEND := Agg
+export TF_CPP_MIN_LOG_LEVEL := 2
+DEMO_BACKEND ?= tensorflow
+
+.PHONY: install demo test test-fast clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: 2.13.0 is the CPU wheel (a bare `torch` pulls CUDA).
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[tensorflow,jax,torch,dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo
+
+# Unit tests on all three backends, then the end-to-end tests once.
+test: install
+	KERAS_BACKEND=jax $(PY) -m pytest -q -m "not slow" tests
+	KERAS_BACKEND=torch $(PY) -m pytest -q -m "not slow" tests
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+
+test-fast: install
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) .keras-home runs .pytest_cache

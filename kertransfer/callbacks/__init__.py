@@ -1,0 +1,8 @@
+"""Thin Keras callbacks for the fast.ai training loop."""
+
+from kertransfer.callbacks.best import KeepBestWeights
+from kertransfer.callbacks.lr_finder import LRFinder
+from kertransfer.callbacks.lr_finder import raw_batch_losses
+from kertransfer.callbacks.sgdr import SGDR
+
+__all__ = ["KeepBestWeights", "LRFinder", "SGDR", "raw_batch_losses"]

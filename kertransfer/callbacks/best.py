@@ -1,0 +1,52 @@
+"""Keep the weights of the best epoch."""
+
+import math
+
+import keras
+
+__all__ = ["KeepBestWeights"]
+
+
+class KeepBestWeights(keras.callbacks.Callback):
+    """Restores, at the end of training, the weights of the best epoch.
+
+    Like `keras.callbacks.EarlyStopping(restore_best_weights=True)` without
+    stopping early: fast.ai's `best_save_name` with weights kept in memory.
+
+    Args:
+        monitor: epoch log to watch (default `"val_loss"`).
+        mode: `"min"` or `"max"`.
+
+    Attributes:
+        best, best_epoch: the best value and its 0-based epoch.
+
+    Raises:
+        ValueError: if `mode` is not "min"/"max"; `KeyError` at epoch end if
+            `monitor` is not in the logs (e.g. no validation data).
+    """
+
+    def __init__(self, monitor="val_loss", mode="min"):
+        super().__init__()
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max'. Received {mode!r}.")
+        self.monitor, self.mode = monitor, mode
+
+    def on_train_begin(self, logs=None):
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_epoch, self.best_weights = None, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.monitor not in (logs or {}):
+            raise KeyError(
+                f"KeepBestWeights monitors {self.monitor!r}, which is not in "
+                f"the epoch logs {sorted(logs or {})}. Pass validation data."
+            )
+        value = float(logs[self.monitor])
+        better = value < self.best if self.mode == "min" else value > self.best
+        if better:
+            self.best, self.best_epoch = value, epoch
+            self.best_weights = self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.best_weights is not None:
+            self.model.set_weights(self.best_weights)

@@ -1,0 +1,475 @@
+"""ConvLearner: the fast.ai v0.7 transfer-learning verbs on a Keras 3 model.
+
+`ConvLearner.pretrained(arch, data)` puts fast.ai's head on a pretrained
+backbone; `lr_find`, `fit` (SGDR with `cycle_len`/`cycle_mult`),
+`freeze_to`/`unfreeze` with differential LRs, `precompute` and `TTA` work as
+in the fast.ai course. Under the hood each `fit` is one `model.fit` with
+fresh optimizers (Keras needs a recompile whenever `trainable` changes).
+"""
+
+import hashlib
+import logging
+import math
+import os
+import time
+
+import keras
+import numpy as np
+
+from kertransfer import schedules
+from kertransfer.backbones import assign_layer_groups
+from kertransfer.backbones import cache_dir
+from kertransfer.backbones import get_backbone
+from kertransfer.callbacks import LRFinder
+from kertransfer.callbacks import SGDR
+from kertransfer.callbacks import KeepBestWeights
+from kertransfer.groups import group_optimizer
+from kertransfer.groups import trainable_groups
+from kertransfer.layers import AdaptiveConcatPooling2D
+from kertransfer.recorder import FitRecord
+from kertransfer.recorder import LRFindResult
+
+__all__ = ["ConvLearner", "sgd_momentum"]
+
+logger = logging.getLogger(__name__)
+
+
+def sgd_momentum(learning_rate):
+    """fast.ai v0.7's default optimizer: SGD with momentum 0.9."""
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
+
+
+def _head_layers(num_classes, ps, xtra_fc):
+    """fast.ai's head after concat pooling: [BN, Dropout, Dense]* + output."""
+    if np.ndim(ps) == 0:
+        ps = [ps / 2] * len(xtra_fc) + [ps]
+    if len(ps) != len(xtra_fc) + 1:
+        raise ValueError(
+            f"ps needs one dropout rate per dense layer ({len(xtra_fc) + 1}). "
+            f"Received ps={ps}."
+        )
+    layers_ = []
+    for i, units in enumerate(xtra_fc):
+        layers_ += [
+            keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"head_bn{i}"),
+            keras.layers.Dropout(ps[i], name=f"head_drop{i}"),
+            keras.layers.Dense(units, activation="relu", name=f"head_fc{i}"),
+        ]
+    n = len(xtra_fc)
+    layers_ += [
+        keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"head_bn{n}"),
+        keras.layers.Dropout(ps[-1], name=f"head_drop{n}"),
+        keras.layers.Dense(num_classes, activation="softmax", name="head_out"),
+    ]
+    return layers_
+
+
+def _apply(layers_, x):
+    for layer in layers_:
+        x = layer(x)
+    return x
+
+
+class _BatchLosses(keras.callbacks.Callback):
+    """Records raw per-batch training losses from Keras's running means."""
+
+    def __init__(self):
+        super().__init__()
+        self.losses = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._prev = 0.0
+
+    def on_train_batch_end(self, batch, logs=None):
+        mean = float(logs["loss"])
+        self.losses.append((batch + 1) * mean - batch * self._prev)
+        self._prev = mean
+
+
+class ConvLearner:
+    """A pretrained CNN body with a new head, trained the fast.ai way.
+
+    Build it with `ConvLearner.pretrained`. The model takes raw RGB pixels
+    `(batch, height, width, 3)` in `[0, 255]` (preprocessing is its first
+    layer) and returns class probabilities `(batch, num_classes)`.
+
+    Attributes:
+        model: the full `keras.Model`.
+        data: the `ImageClassifierData`.
+        layer_groups: list of lists of layers: the backbone's groups (earliest
+            first), then the head.
+        sched: `LRFindResult` after `lr_find`, `FitRecord` after `fit`.
+        history: list of per-epoch dicts over all fits (with a `stage` key).
+    """
+
+    def __init__(self, arch, data, backbone, ps=0.5, xtra_fc=(512,), opt_fn=sgd_momentum, weights="imagenet"):
+        spec = get_backbone(arch)
+        self.arch = spec.name
+        self.weights = weights
+        self.data = data
+        self.backbone = backbone
+        self.opt_fn = opt_fn
+        inputs = keras.Input((None, None, 3), name="image")
+        pooled = AdaptiveConcatPooling2D(name="concat_pool")(backbone(inputs))
+        self.head = _head_layers(data.num_classes, ps, xtra_fc)
+        self.model = keras.Model(inputs, _apply(self.head, pooled), name=f"{self.arch}_classifier")
+        self.body_model = keras.Model(inputs, pooled, name=f"{self.arch}_body")
+        feats = keras.Input((pooled.shape[-1],), name="features")
+        self.head_model = keras.Model(feats, _apply(self.head, feats), name="head")
+        self.layer_groups = assign_layer_groups(backbone, spec.layer_groups) + [
+            [layer for layer in self.head if layer.weights]
+        ]
+        self.group_names = [f"group{i}" for i in range(len(self.layer_groups) - 1)] + ["head"]
+        self._precompute = False
+        self._features = {}
+        self.sched = None
+        self.history = []
+        self.freeze()
+
+    @classmethod
+    def pretrained(
+        cls,
+        arch,
+        data,
+        precompute=True,
+        ps=0.5,
+        xtra_fc=(512,),
+        weights="imagenet",
+        opt_fn=sgd_momentum,
+    ):
+        """A learner on a pretrained backbone with a new head (fast.ai name).
+
+        Head (fast.ai v0.7 `ConvnetBuilder`): concat(global average pool,
+        global max pool) -> [BatchNorm -> Dropout(ps/2) -> Dense(n, relu)]
+        for each n in `xtra_fc` -> BatchNorm -> Dropout(ps) ->
+        Dense(num_classes, softmax). The body starts frozen; frozen
+        BatchNorm layers run in inference mode.
+
+        Args:
+            arch: registered backbone name, e.g. `"efficientnet_lite0"`,
+                `"resnet34"` (see `kertransfer.backbones.list_backbones()`).
+            data: `ImageClassifierData`.
+            precompute: train the head on cached body activations at first.
+            ps: dropout rate of the last dense layer (earlier: `ps / 2`), or
+                a list with one rate per dense layer.
+            xtra_fc: hidden dense layer widths of the head.
+            weights: `"imagenet"`, None, or a local weights file (passed to
+                the backbone builder).
+            opt_fn: `opt_fn(learning_rate=...) -> keras Optimizer`; default
+                SGD with momentum 0.9, as fast.ai v0.7.
+
+        Returns:
+            `ConvLearner`.
+
+        Example:
+
+        ```python
+        data = ImageClassifierData.from_paths("data/dogscats", image_size=224)
+        learn = ConvLearner.pretrained("efficientnet_lite0", data)
+        learn.lr_find(); learn.fit(1e-2, 2)
+        ```
+        """
+        spec = get_backbone(arch)
+        backbone = spec.builder(weights=weights, input_shape=(None, None, 3), include_top=False)
+        learn = cls(spec.name, data, backbone, ps=ps, xtra_fc=xtra_fc, opt_fn=opt_fn, weights=weights)
+        learn.precompute = precompute
+        return learn
+
+    # ----------------------------------------------------------- freezing
+    def freeze_to(self, n):
+        """Freezes layer groups `[0, n)` and unfreezes groups `[n, end)`.
+
+        Frozen BatchNorm layers run in inference mode. The next `fit`
+        recompiles with fresh optimizers, as Keras requires.
+
+        Raises:
+            ValueError: if `n` is not in `[0, len(layer_groups) - 1]` (the
+                head always trains).
+        """
+        last = len(self.layer_groups) - 1
+        if int(n) != n or not 0 <= n <= last:
+            raise ValueError(
+                f"freeze_to(n) takes 0 <= n <= {last} (there are "
+                f"{last + 1} layer groups; the head always trains). Received n={n}."
+            )
+        for i, group in enumerate(self.layer_groups):
+            for layer in group:
+                layer.trainable = i >= n
+
+    def freeze(self):
+        """Freezes the whole body; only the head trains (fast.ai `freeze`)."""
+        self.freeze_to(len(self.layer_groups) - 1)
+
+    def unfreeze(self):
+        """Makes every layer group trainable and turns precompute off."""
+        self.freeze_to(0)
+        self.precompute = False
+
+    # --------------------------------------------------------- precompute
+    @property
+    def precompute(self):
+        """Train the head on cached body activations (no augmentation)."""
+        return self._precompute
+
+    @precompute.setter
+    def precompute(self, value):
+        if value and trainable_groups(self.layer_groups[:-1]):
+            raise ValueError(
+                "precompute=True needs a frozen body (the cached activations "
+                "would go stale as it trains). Call freeze() first."
+            )
+        self._precompute = bool(value)
+
+    def _body_fingerprint(self):
+        digest = hashlib.sha1(f"{self.arch}|{self.weights}".encode())
+        for w in self.backbone.weights:
+            digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(w)).tobytes())
+        return digest.hexdigest()
+
+    def _activations(self, split):
+        """Body activations `(n, 2 * channels)` of `split`, cached on disk.
+
+        The cache key covers the arch, the body's current weights, the image
+        size and every file's path, size and mtime, so a changed data folder
+        or a fine-tuned body never reuses stale activations.
+        """
+        key = hashlib.sha1(
+            f"{self._body_fingerprint()}|{self.data.fingerprint(split)}".encode()
+        ).hexdigest()[:20]
+        if key in self._features:
+            return self._features[key]
+        folder = os.path.join(cache_dir(), "precompute")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{self.arch}_{self.data.image_size}_{split}_{key}.npy")
+        if os.path.isfile(path):
+            feats = np.load(path)
+        else:
+            logger.info("Precomputing %s activations -> %s", split, path)
+            feats = self.body_model.predict(self.data.fixed_batches(split), verbose=0)
+            tmp = path + f".{os.getpid()}.tmp.npy"
+            np.save(tmp, feats)
+            os.replace(tmp, path)
+        self._features[key] = feats
+        return feats
+
+    # ---------------------------------------------------------- training
+    def _train_inputs(self, batch_size=None, drop_last=False, seed=None):
+        """`(model, train, valid, steps_per_epoch, fit_kwargs)` for a fit."""
+        bs = batch_size or self.data.batch_size
+        if self.precompute:
+            x, y = self._activations("train"), self.data.train_labels
+            if drop_last:
+                order = np.random.default_rng(seed).permutation(len(x))
+                order = order[: (len(x) // bs) * bs]
+                x, y = x[order], y[order]
+            valid = (self._activations("valid"), self.data.valid_labels)
+            steps = math.ceil(len(x) / bs)
+            return self.head_model, (x, y), valid, steps, {"batch_size": bs, "shuffle": True}
+        train = self.data.train_batches(
+            augment=True, drop_last=drop_last, seed=seed, batch_size=bs
+        )
+        return self.model, train, self.data.valid_batches(), len(train), {}
+
+    def _compile(self, model, lrs):
+        optimizer, active = group_optimizer(self.layer_groups, self.opt_fn, lrs)
+        model.compile(
+            optimizer=optimizer,
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+        )
+        return active
+
+    def lr_find(self, start_lr=1e-5, end_lr=10.0, group_ratios=None, min_steps=40, verbose=0):
+        """LR range test: ramps the LR over at most one epoch (fast.ai name).
+
+        Trains from `start_lr` upwards exponentially, recording the raw
+        per-batch loss, and stops when the smoothed loss passes 4x its best
+        (see `kertransfer.callbacks.LRFinder`). Model weights are restored
+        afterwards and every later `fit` starts with fresh optimizers, so the
+        test leaves no trace. When an epoch has fewer than `min_steps` full
+        batches, the test uses smaller batches (down to 4 images) so the curve
+        has enough points.
+
+        Args:
+            start_lr, end_lr: LR range of the last layer group.
+            group_ratios: per-group multipliers of the LR when several groups
+                train (e.g. `[1/10, 1/3, 1]`); default all equal.
+            min_steps: fewest batches wanted in the ramp.
+            verbose: Keras verbosity.
+
+        Returns:
+            `LRFindResult` (also kept as `learn.sched`); call `.plot()` and
+            `.suggestions()`.
+        """
+        n_train = len(self.data.train_labels)
+        bs = self.data.batch_size
+        if n_train // bs < min_steps:
+            bs = max(4, n_train // min_steps)
+        saved = self.model.get_weights()
+        model, train, _, steps, kwargs = self._train_inputs(batch_size=bs, drop_last=True, seed=0)
+        if steps < 2:
+            raise ValueError(
+                f"lr_find needs at least 2 batches of {bs} images; the "
+                f"training set has {n_train}."
+            )
+        ratios = None
+        if group_ratios is not None:
+            ratios = schedules.expand_lrs(group_ratios, len(self.layer_groups))
+            ratios = [ratios[i] for i in trainable_groups(self.layer_groups)]
+        self._compile(model, [start_lr] * len(self.layer_groups))
+        finder = LRFinder(start_lr, end_lr, num_steps=steps, group_scales=ratios)
+        try:
+            if isinstance(train, tuple):
+                model.fit(*train, epochs=1, callbacks=[finder], verbose=verbose, **kwargs)
+            else:
+                model.fit(train, epochs=1, callbacks=[finder], verbose=verbose)
+        finally:
+            self.model.set_weights(saved)
+        self.sched = LRFindResult(finder.lrs[: len(finder.losses)], finder.losses, finder.smoothed_losses, bs)
+        return self.sched
+
+    def fit(
+        self,
+        lrs,
+        n_cycle,
+        cycle_len=None,
+        cycle_mult=1,
+        callbacks=(),
+        keep_best=False,
+        stage=None,
+        verbose=1,
+    ):
+        """Trains with SGDR, one LR per layer group (fast.ai `fit`).
+
+        Runs `sgdr_total_epochs(n_cycle, cycle_len, cycle_mult)` epochs:
+        `cycle_len * (1 + m + ... + m**(n_cycle-1))`, or `n_cycle` at a
+        constant LR without `cycle_len`. Each batch, each trainable group's
+        LR is its base LR times the cosine-annealing factor of the cycle.
+
+        Args:
+            lrs: float (all groups), one LR per layer group (earliest first,
+                e.g. `np.array([1e-4, 1e-3, 1e-2])`), or `slice(lo, hi)`.
+            n_cycle: number of cycles (epochs without `cycle_len`).
+            cycle_len: epochs in the first cycle, or None.
+            cycle_mult: growth factor of each next cycle.
+            callbacks: extra Keras callbacks.
+            keep_best: restore the weights of the epoch with the lowest
+                validation loss at the end.
+            stage: a name for this fit in `learn.history`.
+            verbose: Keras verbosity (1: progress bar).
+
+        Returns:
+            The `keras.callbacks.History` of the fit.
+
+        Raises:
+            ValueError: on bad `lrs`/cycle arguments, or if all is frozen.
+        """
+        epochs = schedules.sgdr_total_epochs(n_cycle, cycle_len, cycle_mult)
+        base = schedules.expand_lrs(lrs, len(self.layer_groups))
+        model, train, valid, steps, kwargs = self._train_inputs()
+        active = self._compile(model, base)
+        sgdr = SGDR([base[i] for i in active], steps, cycle_len, cycle_mult)
+        losses = _BatchLosses()
+        cbs = [sgdr, losses]
+        best = KeepBestWeights() if keep_best else None
+        if best:
+            cbs.append(best)
+        start = time.time()
+        if isinstance(train, tuple):
+            hist = model.fit(*train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose, **kwargs)
+        else:
+            hist = model.fit(train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose)
+        seconds = time.time() - start
+        self.sched = FitRecord(sgdr.lr_history, [self.group_names[i] for i in active], losses.losses, steps, stage)
+        first = len(self.history)
+        for e in range(len(hist.history["loss"])):
+            row = {"epoch": first + e + 1, "stage": stage or "fit"}
+            row.update({k: float(v[e]) for k, v in hist.history.items()})
+            row["lr"] = max(base[i] for i in active)
+            row["precompute"] = self.precompute
+            row["best"] = bool(best and best.best_epoch == e)
+            row["seconds"] = seconds / epochs
+            self.history.append(row)
+        return hist
+
+    # --------------------------------------------------------- inference
+    def predict(self, split="valid"):
+        """Probabilities on `split` with validation transforms (center crop).
+
+        Returns:
+            `(probs, targets)`: `(n, num_classes)` float array and int labels
+            (`None` for the unlabeled test split).
+        """
+        probs = self.model.predict(self.data.fixed_batches(split), verbose=0)
+        targets = None if split == "test" else self.data._splits[split].labels
+        return probs, targets
+
+    def TTA(self, n_aug=4, split="valid", seed=0):
+        """Test-time augmentation (fast.ai v0.7 `learn.TTA`).
+
+        Averages the softmax outputs of the original (center-cropped) images
+        and of `n_aug` augmented copies (training transforms: random crop and
+        augmentation layers called with `training=True`), with the model in
+        inference mode.
+
+        Args:
+            n_aug: number of augmented copies per image.
+            split: "valid" or "test".
+            seed: seed of the augmentation; equal seeds give equal results.
+
+        Returns:
+            `(probs, targets)` as in `predict`.
+        """
+        probs, targets = self.predict(split)
+        total = probs.astype("float64")
+        for i in range(n_aug):
+            batches = self.data.fixed_batches(split, tfms=self.data.train_tfms, augment=True, seed=seed + i)
+            total += self.model.predict(batches, verbose=0)
+        return (total / (n_aug + 1)).astype("float32"), targets
+
+    def set_data(self, data):
+        """Swaps in `data` (e.g. `data.resize(299)`), keeping all weights.
+
+        The body is fully convolutional and the head pools globally, so any
+        image size works; precompute caches are per image size.
+
+        Raises:
+            ValueError: if the classes differ.
+        """
+        if list(data.classes) != list(self.data.classes):
+            raise ValueError(
+                f"set_data needs the same classes. Have {self.data.classes}, "
+                f"received {data.classes}."
+            )
+        self.data = data
+
+    # ------------------------------------------------------------ saving
+    def save(self, path):
+        """Saves the model as a `.keras` file (architecture + weights).
+
+        Args:
+            path: file path; `.keras` is appended when missing.
+
+        Returns:
+            The path written.
+        """
+        path = os.fspath(path)
+        if not path.endswith(".keras"):
+            path += ".keras"
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        self.model.save(path)
+        return path
+
+    def load(self, path):
+        """Loads weights saved by `save` into this learner's model.
+
+        Raises:
+            FileNotFoundError: if `path` (or `path + ".keras"`) is missing.
+        """
+        path = os.fspath(path)
+        if not path.endswith(".keras"):
+            path += ".keras"
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"No saved model at {path}.")
+        saved = keras.saving.load_model(path, compile=False)
+        self.model.set_weights(saved.get_weights())

@@ -1,0 +1,150 @@
+"""What `lr_find` and `fit` record, with fast.ai's plots (`learn.sched`)."""
+
+import collections
+
+import numpy as np
+
+__all__ = ["SuggestedLRs", "suggest_lrs", "LRFindResult", "FitRecord"]
+
+SuggestedLRs = collections.namedtuple("SuggestedLRs", ["min_div10", "steepest"])
+
+
+def suggest_lrs(lrs, smoothed_losses, skip_start=None, skip_end=None):
+    """LR suggestions from an LR range test (fastai `valley`/`steep`/`minimum`).
+
+    - `min_div10`: the LR at the lowest smoothed loss, divided by 10
+      (fast.ai lesson 1: "an order of magnitude before the minimum").
+    - `steepest`: the LR where the smoothed loss falls fastest, by the
+      gradient of loss against log10(LR).
+
+    Args:
+        lrs, smoothed_losses: the test's per-batch values.
+        skip_start, skip_end: points left out at each end (defaults: 10 %
+            and 5 % of the points, fastai's `skip_start=10, skip_end=5` on
+            100 points).
+
+    Returns:
+        `SuggestedLRs(min_div10, steepest)`, floats.
+
+    Raises:
+        ValueError: with fewer than 3 usable points.
+    """
+    lrs = np.asarray(lrs, dtype="float64")
+    losses = np.asarray(smoothed_losses, dtype="float64")
+    n = min(len(lrs), len(losses))
+    lrs, losses = lrs[:n], losses[:n]
+    start = int(n * 0.1) if skip_start is None else skip_start
+    end = int(n * 0.05) if skip_end is None else skip_end
+    lrs, losses = lrs[start : n - end], losses[start : n - end]
+    finite = np.isfinite(losses)
+    lrs, losses = lrs[finite], losses[finite]
+    if len(lrs) < 3:
+        raise ValueError(
+            f"Too few LR-finder points ({len(lrs)}) to suggest an LR. Use a "
+            "smaller batch size or more training images."
+        )
+    min_div10 = float(lrs[np.argmin(losses)] / 10)
+    grads = np.gradient(losses, np.log10(lrs))
+    steepest = float(lrs[np.argmin(grads)])
+    return SuggestedLRs(min_div10, steepest)
+
+
+def _axes(ax):
+    if ax is None:
+        import matplotlib.pyplot as plt
+
+        _, ax = plt.subplots(figsize=(6, 4))
+    return ax
+
+
+class LRFindResult:
+    """Result of `ConvLearner.lr_find`: `learn.sched` after it.
+
+    Attributes:
+        lrs: LR of the last layer group at each batch.
+        losses: raw per-batch training losses.
+        smoothed_losses: EMA-smoothed (beta 0.98), bias-corrected.
+        batch_size: batch size the test ran at.
+    """
+
+    def __init__(self, lrs, losses, smoothed_losses, batch_size):
+        self.lrs = list(lrs)
+        self.losses = list(losses)
+        self.smoothed_losses = list(smoothed_losses)
+        self.batch_size = batch_size
+
+    def suggestions(self):
+        """`SuggestedLRs(min_div10, steepest)`; see `suggest_lrs`."""
+        return suggest_lrs(self.lrs, self.smoothed_losses)
+
+    def plot(self, ax=None, mark=None):
+        """Smoothed loss against LR (log x axis), with suggestions marked.
+
+        Args:
+            ax: matplotlib axes, or None for a new figure.
+            mark: optional LR to mark as "chosen".
+
+        Returns:
+            The axes.
+        """
+        ax = _axes(ax)
+        ax.plot(self.lrs, self.smoothed_losses, label="smoothed loss")
+        ax.set_xscale("log")
+        ax.set_xlabel("learning rate (log scale)")
+        ax.set_ylabel("training loss")
+        try:
+            s = self.suggestions()
+            ax.axvline(s.min_div10, color="tab:green", ls="--", label=f"min/10 = {s.min_div10:.2g}")
+            ax.axvline(s.steepest, color="tab:orange", ls=":", label=f"steepest = {s.steepest:.2g}")
+        except ValueError:
+            pass
+        if mark is not None:
+            ax.axvline(mark, color="tab:red", label=f"chosen = {mark:.2g}")
+        ax.legend()
+        return ax
+
+    def to_dict(self):
+        return {
+            "lrs": self.lrs,
+            "losses": self.losses,
+            "smoothed_losses": self.smoothed_losses,
+            "batch_size": self.batch_size,
+        }
+
+
+class FitRecord:
+    """Per-batch LRs and losses of one `fit`: `learn.sched` after it.
+
+    Attributes:
+        lr_history: array `(steps, num_active_groups)` of LRs set.
+        group_names: names of those groups.
+        batch_losses: raw per-batch training losses.
+        steps_per_epoch: batches per epoch.
+        stage: name of the training stage, if any.
+    """
+
+    def __init__(self, lr_history, group_names, batch_losses, steps_per_epoch, stage=None):
+        self.lr_history = np.asarray(lr_history, dtype="float64")
+        self.group_names = list(group_names)
+        self.batch_losses = list(batch_losses)
+        self.steps_per_epoch = steps_per_epoch
+        self.stage = stage
+
+    def plot_lr(self, ax=None):
+        """LR of each group per batch (restarts show as jumps). Returns axes."""
+        ax = _axes(ax)
+        for g, name in enumerate(self.group_names):
+            ax.plot(self.lr_history[:, g], label=name)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("learning rate")
+        ax.set_yscale("log")
+        ax.legend()
+        return ax
+
+    def plot_loss(self, ax=None):
+        """Raw training loss per batch. Returns the axes."""
+        ax = _axes(ax)
+        ax.plot(self.batch_losses)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("training loss")
+        return ax

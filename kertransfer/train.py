@@ -1,0 +1,259 @@
+"""The main job: fast.ai lesson 1's eight steps, end to end, into a run folder."""
+
+import csv
+import json
+import logging
+import os
+import time
+
+import numpy as np
+
+from kertransfer.data import ImageClassifierData
+from kertransfer.learner import ConvLearner
+from kertransfer.transforms import tfms_from_model
+
+__all__ = ["train", "TrainConfig"]
+
+logger = logging.getLogger(__name__)
+
+
+class TrainConfig:
+    """Knobs of the main job; defaults follow fast.ai lesson 1.
+
+    Args:
+        arch: backbone name.
+        image_size: model input side, pixels.
+        batch_size: images per batch.
+        weights: `"imagenet"`, None or a local weights file.
+        head_epochs: epochs of head training on precomputed activations.
+        aug_epochs: cycles (of 1 epoch) training the head with augmentation.
+        unfrozen_cycles: SGDR cycles after unfreezing (`cycle_len=1`,
+            `cycle_mult=2`: 1 -> 1, 2 -> 3, 3 -> 7 epochs).
+        group_ratio: each earlier layer group's LR is this much lower.
+        n_aug: TTA augmented copies.
+        max_lr: upper bound on the LR chosen from `lr_find`.
+    """
+
+    def __init__(
+        self,
+        arch="efficientnet_lite0",
+        image_size=224,
+        batch_size=32,
+        weights="imagenet",
+        head_epochs=2,
+        aug_epochs=2,
+        unfrozen_cycles=2,
+        group_ratio=10.0,
+        n_aug=4,
+        max_lr=1e-2,
+    ):
+        self.arch = arch
+        self.image_size = image_size
+        self.batch_size = batch_size
+        self.weights = weights
+        self.head_epochs = head_epochs
+        self.aug_epochs = aug_epochs
+        self.unfrozen_cycles = unfrozen_cycles
+        self.group_ratio = group_ratio
+        self.n_aug = n_aug
+        self.max_lr = max_lr
+
+
+def _choose_lr(result, cap):
+    """min/10 suggestion of an LR-finder result, capped; None if unusable."""
+    try:
+        return float(min(result.suggestions().min_div10, cap))
+    except ValueError:
+        return None
+
+
+def _savefig(ax_or_fig, path):
+    fig = getattr(ax_or_fig, "figure", ax_or_fig)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def _plot_schedules(records, path):
+    """LR per group over all fits, stage boundaries marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    offset = 0
+    colors = {"group0": "tab:blue", "group1": "tab:orange", "head": "tab:green"}
+    seen = set()
+    for rec in records:
+        steps = np.arange(len(rec.lr_history)) + offset
+        for g, name in enumerate(rec.group_names):
+            label = name if name not in seen else None
+            seen.add(name)
+            ax.plot(steps, rec.lr_history[:, g], color=colors.get(name), label=label)
+        ax.axvline(offset, color="grey", lw=0.5)
+        ax.text(offset, ax.get_ylim()[1] if offset else 0, f" {rec.stage}", fontsize=7, va="top", rotation=90)
+        offset += len(rec.lr_history)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch (all stages)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("LR schedule per layer group (SGDR restarts)")
+    ax.legend()
+    _savefig(ax, path)
+
+
+def _plot_losses(history, path):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["loss"] for r in history], "o-", label="train loss")
+    ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="valid loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [r["val_accuracy"] for r in history], "s--", color="tab:green", label="valid accuracy")
+    ax2.set_ylabel("valid accuracy")
+    prev = None
+    for r in history:
+        if r["stage"] != prev:
+            ax.axvline(r["epoch"] - 0.5, color="grey", lw=0.5)
+            ax.text(r["epoch"] - 0.5, ax.get_ylim()[1], f" {r['stage']}", fontsize=7, va="top", rotation=90)
+            prev = r["stage"]
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper left")
+    ax2.legend(loc="upper right")
+    _savefig(ax, path)
+
+
+def train(data_dir, out_dir, config=None, verbose=1):
+    """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
+
+    Steps: (1) precompute=True; (2) `lr_find`, choose the LR (min/10,
+    capped at `max_lr`); (3) train the head on precomputed activations;
+    (4) precompute=False, train the head with augmentation, `cycle_len=1`;
+    (5) unfreeze; (6) earlier groups at `group_ratio`x lower LRs; (7)
+    `lr_find` again; (8) fit with `cycle_len=1, cycle_mult=2`, keeping the
+    best weights by validation loss; then TTA.
+
+    Writes into `out_dir`: `model.keras`, `history.csv` (one row per epoch,
+    `stage` column), `metrics.json`, `predictions.npz` (`probs`,
+    `tta_probs`, `targets`, `paths`), `lr_find.png`,
+    `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`.
+
+    Args:
+        data_dir: fast.ai-layout folder (`train/<class>/*`, `valid|val/...`).
+        out_dir: run folder (created).
+        config: `TrainConfig`.
+        verbose: 1 shows Keras progress bars.
+
+    Returns:
+        The metrics dict (also in `metrics.json`).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    config = config or TrainConfig()
+    os.makedirs(out_dir, exist_ok=True)
+    wall = time.time()
+    stage_seconds = {}
+
+    def timed(name, fn, *args, **kwargs):
+        t = time.time()
+        result = fn(*args, **kwargs)
+        stage_seconds[name] = stage_seconds.get(name, 0.0) + round(time.time() - t, 2)
+        return result
+
+    def say(msg):
+        if verbose:
+            print(f"[kertransfer] {msg}", flush=True)
+
+    tfms = tfms_from_model(config.arch, config.image_size)
+    data = timed("load_data", ImageClassifierData.from_paths, data_dir, batch_size=config.batch_size, tfms=tfms)
+    say(f"{len(data.train_paths)} train / {len(data.valid_paths)} valid images, classes {data.classes}, skipped {len(data.skipped)}")
+    learn = timed("build", ConvLearner.pretrained, config.arch, data, precompute=True, weights=config.weights)
+
+    # (1)-(2): precompute, find the head LR.
+    finder = timed("lr_find", learn.lr_find)
+    lr = _choose_lr(finder, config.max_lr) or config.max_lr
+    _savefig(finder.plot(mark=lr), os.path.join(out_dir, "lr_find.png"))
+    say(f"lr_find -> lr={lr:.3g}")
+    records = []
+    lrs_used = {}
+
+    # (3) head on precomputed activations.
+    timed("head_precomputed", learn.fit, lr, config.head_epochs, stage="head_precomputed", verbose=verbose)
+    records.append(learn.sched)
+    lrs_used["head_precomputed"] = [lr]
+
+    # (4) head with augmentation, SGDR cycle_len=1.
+    learn.precompute = False
+    if config.aug_epochs:
+        timed("head_augmented", learn.fit, lr, config.aug_epochs, cycle_len=1, stage="head_augmented", verbose=verbose)
+        records.append(learn.sched)
+        lrs_used["head_augmented"] = [lr]
+
+    # (5)-(8) unfreeze, differential LRs, lr_find again, SGDR with cycle_mult=2.
+    learn.unfreeze()
+    n_groups = len(learn.layer_groups)
+    ratios = [config.group_ratio ** -(n_groups - 1 - i) for i in range(n_groups)]
+    finder2 = timed("lr_find_unfrozen", learn.lr_find, group_ratios=ratios)
+    lr2 = _choose_lr(finder2, lr) or lr
+    _savefig(finder2.plot(mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
+    lrs = [lr2 * r for r in ratios]
+    say(f"unfrozen lr_find -> lrs={[float(f'{x:.3g}') for x in lrs]}")
+    timed(
+        "unfrozen",
+        learn.fit,
+        np.array(lrs),
+        config.unfrozen_cycles,
+        cycle_len=1,
+        cycle_mult=2,
+        keep_best=True,
+        stage="unfrozen",
+        verbose=verbose,
+    )
+    records.append(learn.sched)
+    lrs_used["unfrozen"] = lrs
+
+    # Evaluate, TTA.
+    probs, targets = timed("evaluate", learn.predict)
+    tta_probs, _ = timed("tta", learn.TTA, config.n_aug)
+    eps = 1e-7
+    valid_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], eps, 1))))
+    metrics = {
+        "valid_accuracy": float((probs.argmax(1) == targets).mean()),
+        "tta_accuracy": float((tta_probs.argmax(1) == targets).mean()),
+        "valid_loss": valid_loss,
+        "classes": data.classes,
+        "arch": config.arch,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
+        "lrs": lrs_used,
+        "epochs": len(learn.history),
+        "dataset": data.summary(),
+        "stage_seconds": stage_seconds,
+    }
+    say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
+
+    # Write the run folder.
+    learn.save(os.path.join(out_dir, "model.keras"))
+    np.savez(
+        os.path.join(out_dir, "predictions.npz"),
+        probs=probs,
+        tta_probs=tta_probs,
+        targets=targets,
+        paths=np.asarray(data.valid_paths),
+    )
+    fields = sorted({k for row in learn.history for k in row}, key=lambda k: (k not in ("epoch", "stage"), k))
+    with open(os.path.join(out_dir, "history.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(learn.history)
+    with open(os.path.join(out_dir, "lr_find.json"), "w") as f:
+        json.dump({"head": finder.to_dict(), "unfrozen": finder2.to_dict(), "chosen": {"head": lr, "unfrozen": lr2}}, f)
+    _plot_schedules(records, os.path.join(out_dir, "lr_schedule.png"))
+    _plot_losses(learn.history, os.path.join(out_dir, "loss.png"))
+    metrics["wall_seconds"] = round(time.time() - wall, 1)
+    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    say(f"wrote {out_dir} in {metrics['wall_seconds']} s")
+    return metrics

@@ -1,0 +1,125 @@
+import os
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from kertransfer.data import ImageClassifierData
+from kertransfer.data import load_image
+from kertransfer.transforms import ImageTransforms
+from kertransfer.transforms import tfms_from_model
+
+
+def _tfms(size=32):
+    return tfms_from_model("tiny_cnn", size)
+
+
+def test_hymenoptera_layout_and_its_mess(hymenoptera):
+    data = ImageClassifierData.from_paths(hymenoptera, batch_size=16, tfms=_tfms())
+    assert data.classes == ["ants", "bees"]
+    assert data.counts("train") == {"ants": 124, "bees": 121}
+    assert data.counts("valid") == {"ants": 70, "bees": 83}
+    names = [os.path.basename(p) for p in data.train_paths]
+    assert "ant photos.jpg" in names and "imageNotFound.gif" in names
+    assert data.skipped == []
+    x, y = data.valid_batches()[0]
+    assert x.shape == (16, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
+    assert 0 <= x.min() and x.max() <= 255
+
+
+def _make_folder(root, layout):
+    """layout: {"train/cats": n, ...} -> real-photo copies from dogscats."""
+    src = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "dogscats", "train", "cats")
+    photos = sorted(os.listdir(src))
+    for folder, n in layout.items():
+        os.makedirs(root / folder, exist_ok=True)
+        for i in range(n):
+            shutil.copy(os.path.join(src, photos[i]), root / folder / f"img{i}.jpg")
+    return root
+
+
+def test_undecodable_file_is_skipped_and_reported(tmp_path):
+    root = _make_folder(tmp_path, {"train/a": 4, "train/b": 4, "valid/a": 2, "valid/b": 2})
+    bad = root / "train" / "a" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    (root / "train" / "b" / "notes.txt").write_text("hello")
+    with pytest.warns(UserWarning, match="Skipped 2 file") as rec:
+        data = ImageClassifierData.from_paths(root, batch_size=4, tfms=_tfms())
+    assert str(bad) in str(rec[0].message)
+    assert sorted(os.path.basename(p) for p, _ in data.skipped) == ["broken.jpg", "notes.txt"]
+    assert len(data.train_paths) == 8 and str(bad) not in data.train_paths
+    batches = data.train_batches(seed=0)
+    assert sum(len(batches[i][1]) for i in range(len(batches))) == 8
+
+
+def test_missing_train_folder(tmp_path):
+    (tmp_path / "valid" / "a").mkdir(parents=True)
+    with pytest.raises(FileNotFoundError, match="No training folder .*train"):
+        ImageClassifierData.from_paths(tmp_path, tfms=_tfms())
+
+
+def test_valid_class_not_in_train(tmp_path):
+    root = _make_folder(tmp_path, {"train/a": 2, "train/b": 2, "valid/a": 1, "valid/zebra": 1})
+    with pytest.raises(ValueError, match="zebra"):
+        ImageClassifierData.from_paths(root, tfms=_tfms())
+
+
+def test_empty_class_folder(tmp_path):
+    root = _make_folder(tmp_path, {"train/a": 2, "valid/a": 1})
+    (root / "train" / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        ImageClassifierData.from_paths(root, tfms=_tfms())
+
+
+def test_val_pct_split_is_seeded_and_disjoint(tmp_path):
+    root = _make_folder(tmp_path, {"train/a": 10, "train/b": 10})
+    d1 = ImageClassifierData.from_paths(root, tfms=_tfms(), val_pct=0.25, seed=1)
+    d2 = ImageClassifierData.from_paths(root, tfms=_tfms(), val_pct=0.25, seed=1)
+    assert len(d1.valid_paths) == 5 and len(d1.train_paths) == 15
+    assert d1.valid_paths == d2.valid_paths
+    assert not set(d1.valid_paths) & set(d1.train_paths)
+
+
+def test_load_image_modes_and_exif(tmp_path):
+    rgb = np.zeros((20, 40, 3), dtype="uint8")
+    rgb[:, :20] = 255  # left half white
+    img = Image.fromarray(rgb)
+    exif = img.getexif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    img.save(tmp_path / "rot.jpg", exif=exif)
+    out = load_image(tmp_path / "rot.jpg")
+    assert out.mode == "RGB" and out.size == (20, 40)  # transposed
+    arr = np.asarray(out)
+    assert arr[:15].mean() > 200 and arr[-15:].mean() < 50  # white now on top
+    for mode in ["L", "P", "CMYK", "RGBA", "LA", "I;16"]:
+        Image.new(mode, (8, 6)).save(tmp_path / f"m.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}")
+        path = tmp_path / f"m.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}"
+        assert load_image(path).mode == "RGB", mode
+    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    rgba.save(tmp_path / "clear.png")
+    assert np.asarray(load_image(tmp_path / "clear.png")).min() == 255  # onto white
+
+
+def test_augmentation_really_changes_pixels_and_is_seeded(tiny_data):
+    a = tiny_data.fixed_batches("valid", tfms=tiny_data.train_tfms, augment=True, seed=3)[0][0]
+    b = tiny_data.fixed_batches("valid", tfms=tiny_data.train_tfms, augment=True, seed=3)[0][0]
+    plain = tiny_data.fixed_batches("valid")[0][0]
+    np.testing.assert_allclose(a, b)
+    assert np.abs(a - plain).mean() > 5
+
+
+def test_resize_keeps_splits(tiny_data):
+    bigger = tiny_data.resize(48)
+    assert bigger.image_size == 48 and bigger.valid_paths == tiny_data.valid_paths
+    assert bigger.valid_batches()[0][0].shape[1:] == (48, 48, 3)
+
+
+def test_transforms_reject_bad_args():
+    with pytest.raises(ValueError, match="image_size"):
+        ImageTransforms(0)
+    with pytest.raises(ValueError, match="max_zoom"):
+        ImageTransforms(32, max_zoom=0.5)
+    with pytest.raises(ValueError, match="Unknown backbone"):
+        tfms_from_model("no_such_net", 32)
