@@ -121,6 +121,7 @@ class ConvLearner:
         ]
         self.group_names = [f"group{i}" for i in range(len(self.layer_groups) - 1)] + ["head"]
         self._precompute = False
+        self._bn_freeze = False
         self._features = {}
         self.sched = None
         self.history = []
@@ -192,9 +193,22 @@ class ConvLearner:
                 f"freeze_to(n) takes 0 <= n <= {last} (there are "
                 f"{last + 1} layer groups; the head always trains). Received n={n}."
             )
+        body = len(self.layer_groups) - 1
         for i, group in enumerate(self.layer_groups):
             for layer in group:
-                layer.trainable = i >= n
+                is_body_bn = i < body and isinstance(layer, keras.layers.BatchNormalization)
+                layer.trainable = i >= n and not (self._bn_freeze and is_body_bn)
+        self._frozen_to = n
+
+    def bn_freeze(self, value=True):
+        """Keeps the body's BatchNorm layers frozen, even after `unfreeze`.
+
+        fast.ai v0.7 `learn.bn_freeze(True)`: with small batches, or data much
+        like ImageNet, re-estimating BatchNorm statistics hurts; frozen, they
+        keep ImageNet's statistics (inference mode) and their scale/offset.
+        """
+        self._bn_freeze = bool(value)
+        self.freeze_to(self._frozen_to)
 
     def freeze(self):
         """Freezes the whole body; only the head trains (fast.ai `freeze`)."""

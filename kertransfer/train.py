@@ -32,6 +32,8 @@ class TrainConfig:
         group_ratio: each earlier layer group's LR is this much lower.
         n_aug: TTA augmented copies.
         max_lr: upper bound on the LR chosen from `lr_find`.
+        bn_freeze: keep the body's BatchNorm frozen after unfreezing
+            (fast.ai `bn_freeze(True)`).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class TrainConfig:
         group_ratio=10.0,
         n_aug=4,
         max_lr=1e-2,
+        bn_freeze=True,
     ):
         self.arch = arch
         self.image_size = image_size
@@ -57,12 +60,18 @@ class TrainConfig:
         self.group_ratio = group_ratio
         self.n_aug = n_aug
         self.max_lr = max_lr
+        self.bn_freeze = bn_freeze
 
 
-def _choose_lr(result, cap):
-    """min/10 suggestion of an LR-finder result, capped; None if unusable."""
+def _choose_lr(result, cap, floor=0.0):
+    """min/10 suggestion of an LR-finder result in [floor, cap]; None if unusable.
+
+    After unfreezing, a trained head makes the loss lowest at the very start
+    of the ramp, so min/10 can fall orders of magnitude too low: the floor
+    keeps the choice within 10x of the head LR.
+    """
     try:
-        return float(min(result.suggestions().min_div10, cap))
+        return float(min(max(result.suggestions().min_div10, floor), cap))
     except ValueError:
         return None
 
@@ -128,7 +137,8 @@ def train(data_dir, out_dir, config=None, verbose=1):
     """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
 
     Steps: (1) precompute=True; (2) `lr_find`, choose the LR (min/10,
-    capped at `max_lr`); (3) train the head on precomputed activations;
+    clipped to `[max_lr / 100, max_lr]` so one noisy curve cannot pick an
+    absurd LR; after unfreezing, to `[lr / 10, lr]`); (3) train the head on precomputed activations;
     (4) precompute=False, train the head with augmentation, `cycle_len=1`;
     (5) unfreeze; (6) earlier groups at `group_ratio`x lower LRs; (7)
     `lr_find` again; (8) fit with `cycle_len=1, cycle_mult=2`, keeping the
@@ -173,7 +183,7 @@ def train(data_dir, out_dir, config=None, verbose=1):
 
     # (1)-(2): precompute, find the head LR.
     finder = timed("lr_find", learn.lr_find)
-    lr = _choose_lr(finder, config.max_lr) or config.max_lr
+    lr = _choose_lr(finder, config.max_lr, floor=config.max_lr / 100) or config.max_lr
     _savefig(finder.plot(mark=lr), os.path.join(out_dir, "lr_find.png"))
     say(f"lr_find -> lr={lr:.3g}")
     records = []
@@ -192,11 +202,12 @@ def train(data_dir, out_dir, config=None, verbose=1):
         lrs_used["head_augmented"] = [lr]
 
     # (5)-(8) unfreeze, differential LRs, lr_find again, SGDR with cycle_mult=2.
+    learn.bn_freeze(config.bn_freeze)
     learn.unfreeze()
     n_groups = len(learn.layer_groups)
     ratios = [config.group_ratio ** -(n_groups - 1 - i) for i in range(n_groups)]
     finder2 = timed("lr_find_unfrozen", learn.lr_find, group_ratios=ratios)
-    lr2 = _choose_lr(finder2, lr) or lr
+    lr2 = _choose_lr(finder2, lr, floor=lr / 10) or lr
     _savefig(finder2.plot(mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
     lrs = [lr2 * r for r in ratios]
     say(f"unfrozen lr_find -> lrs={[float(f'{x:.3g}') for x in lrs]}")
@@ -241,7 +252,7 @@ def train(data_dir, out_dir, config=None, verbose=1):
         probs=probs,
         tta_probs=tta_probs,
         targets=targets,
-        paths=np.asarray(data.valid_paths),
+        paths=np.asarray([os.path.abspath(p) for p in data.valid_paths]),
     )
     fields = sorted({k for row in learn.history for k in row}, key=lambda k: (k not in ("epoch", "stage"), k))
     with open(os.path.join(out_dir, "history.csv"), "w", newline="") as f:
@@ -255,5 +266,8 @@ def train(data_dir, out_dir, config=None, verbose=1):
     metrics["wall_seconds"] = round(time.time() - wall, 1)
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
-    say(f"wrote {out_dir} in {metrics['wall_seconds']} s")
+    from kertransfer.report import write_report
+
+    report = write_report(out_dir)
+    say(f"wrote {out_dir} in {metrics['wall_seconds']} s; report: {report}")
     return metrics

@@ -41,8 +41,9 @@ class LRFinder(keras.callbacks.Callback):
     batches, e.g. `drop_last=True`), smoothed by an exponential moving
     average with `beta` and bias correction, and training stops once the
     smoothed loss exceeds `stop_factor` times the best seen (or is NaN).
-    The stop check starts after the first 10 % of the ramp (at least 3
-    batches): on small data one noisy early batch would otherwise end it.
+    The divergence check starts after the first third of the ramp (NaN
+    stops at once): on small data, with small batches, one noisy early batch
+    would otherwise end the test before the LR gets anywhere useful.
     With several sub-optimizers (layer groups), all LRs move together,
     keeping the ratios of `group_scales`.
 
@@ -117,7 +118,7 @@ class LRFinder(keras.callbacks.Callback):
         self.smoothed_losses.append(smooth)
         if i == 0 or smooth < self._best:
             self._best = smooth
-        warm = i + 1 >= max(3, self.num_steps // 10)
+        warm = i + 1 >= max(3, self.num_steps // 3)
         diverged = smooth > self.stop_factor * self._best
         if (
             not math.isfinite(smooth)

@@ -1,0 +1,134 @@
+"""ConvLearner verbs on real photos with a tiny registered backbone (fast)."""
+
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from kertransfer.data import ImageClassifierData
+from kertransfer.learner import ConvLearner
+from kertransfer.transforms import tfms_from_model
+
+
+def _learner(data, precompute=True):
+    return ConvLearner.pretrained("tiny_cnn", data, precompute=precompute, weights=None)
+
+
+def test_head_architecture_and_frozen_body(tiny_data):
+    learn = _learner(tiny_data)
+    names = [l.name for l in learn.model.layers]
+    assert names[-7:] == ["concat_pool", "head_bn0", "head_drop0", "head_fc0", "head_bn1", "head_drop1", "head_out"]
+    assert learn.model.output_shape == (None, 2)
+    assert learn.model.get_layer("head_fc0").units == 512
+    assert learn.model.get_layer("head_drop0").rate == 0.25 and learn.model.get_layer("head_drop1").rate == 0.5
+    # Groups hold the layers with weights: stem conv+bn / late conv+bn / head.
+    assert [[l.name for l in g] for g in learn.layer_groups] == [
+        ["stem_conv", "stem_bn"], ["late_conv", "late_bn"], ["head_bn0", "head_fc0", "head_bn1", "head_out"]]
+    assert not any(l.trainable for g in learn.layer_groups[:-1] for l in g)
+    # Frozen BatchNorm runs in inference mode: training=True changes nothing.
+    x = tiny_data.valid_batches()[0][0]
+    a = keras.ops.convert_to_numpy(learn.body_model(x, training=True))
+    b = keras.ops.convert_to_numpy(learn.body_model(x, training=False))
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_freeze_to_and_unfreeze(tiny_data):
+    learn = _learner(tiny_data)
+    learn.freeze_to(1)
+    flags = [all(l.trainable for l in g) for g in learn.layer_groups]
+    assert flags == [False, True, True]
+    with pytest.raises(ValueError, match="Call freeze"):
+        learn.precompute = True
+    learn.unfreeze()
+    assert all(l.trainable for g in learn.layer_groups for l in g) and not learn.precompute
+    with pytest.raises(ValueError, match="0 <= n <= 2"):
+        learn.freeze_to(3)
+
+
+def test_precompute_trains_only_the_head_and_caches(tiny_data):
+    learn = _learner(tiny_data)
+    body_before = [w.copy() for w in learn.backbone.get_weights()]
+    head_before = learn.model.get_layer("head_out").get_weights()[0].copy()
+    learn.fit(1e-2, 2, verbose=0, stage="head")
+    assert [r["stage"] for r in learn.history] == ["head", "head"]
+    for a, b in zip(body_before, learn.backbone.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(learn.model.get_layer("head_out").get_weights()[0] - head_before).max() > 0
+    cache = os.path.join(os.environ["KERAS_HOME"], "kertransfer", "precompute")
+    assert any(f.startswith("tiny_cnn_32_train_") for f in os.listdir(cache))
+    # The head trained on cached activations is the head of the full model.
+    feats = learn._activations("valid")
+    np.testing.assert_allclose(
+        learn.head_model.predict(feats, verbose=0), learn.predict()[0], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_changed_data_folder_never_reuses_stale_cache(tmp_path, hymenoptera):
+    for split in ("train", "val"):
+        for cls in ("ants", "bees"):
+            src = hymenoptera / split / cls
+            dst = tmp_path / split / cls
+            dst.mkdir(parents=True)
+            for f in sorted(os.listdir(src))[:6]:
+                shutil.copy(src / f, dst / f)
+    tfms = tfms_from_model("tiny_cnn", 32)
+    learn = _learner(ImageClassifierData.from_paths(tmp_path, batch_size=4, tfms=tfms))
+    first = learn._activations("train")
+    victim = sorted((tmp_path / "train" / "ants").iterdir())[0]
+    shutil.copy(hymenoptera / "train" / "bees" / sorted(os.listdir(hymenoptera / "train" / "bees"))[10], victim)
+    os.utime(victim, ns=(1, 10**18))
+    learn.set_data(ImageClassifierData.from_paths(tmp_path, batch_size=4, tfms=tfms))
+    second = learn._activations("train")
+    assert np.abs(first - second).max() > 1e-4
+
+
+def test_lr_find_restores_weights(tiny_data):
+    learn = _learner(tiny_data, precompute=False)
+    before = [w.copy() for w in learn.model.get_weights()]
+    result = learn.lr_find(start_lr=1e-4, end_lr=1.0)
+    assert len(result.lrs) >= 5 and result.batch_size <= tiny_data.batch_size
+    for a, b in zip(before, learn.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    ax = result.plot()
+    assert ax.get_xscale() == "log"
+
+
+def test_fit_sgdr_epochs_and_differential_lrs(tiny_data):
+    learn = _learner(tiny_data, precompute=False)
+    learn.unfreeze()
+    learn.fit(np.array([1e-4, 1e-3, 1e-2]), 2, cycle_len=1, cycle_mult=2, verbose=0, stage="unfrozen")
+    assert len(learn.history) == 3
+    lrs = learn.sched.lr_history
+    steps = learn.sched.steps_per_epoch
+    assert lrs.shape == (3 * steps, 3)
+    np.testing.assert_allclose(lrs[0], [1e-4, 1e-3, 1e-2])
+    np.testing.assert_allclose(lrs[steps], [1e-4, 1e-3, 1e-2])  # restart
+    assert learn.sched.plot_lr().get_yscale() == "log"
+
+
+def test_tta_is_seeded_and_really_augments(tiny_data):
+    learn = _learner(tiny_data)
+    plain, targets = learn.predict()
+    p1, t1 = learn.TTA(n_aug=2, seed=5)
+    p2, _ = learn.TTA(n_aug=2, seed=5)
+    np.testing.assert_allclose(p1, p2, rtol=1e-5)
+    np.testing.assert_array_equal(t1, targets)
+    assert np.abs(p1 - plain).max() > 1e-4
+    np.testing.assert_allclose(p1.sum(1), 1, rtol=1e-4)
+
+
+def test_save_and_load_roundtrip(tiny_data, tmp_path):
+    learn = _learner(tiny_data)
+    learn.fit(1e-2, 1, verbose=0)
+    path = learn.save(tmp_path / "m")
+    assert path.endswith(".keras")
+    other = _learner(tiny_data)
+    other.load(tmp_path / "m")
+    np.testing.assert_allclose(other.predict()[0], learn.predict()[0], rtol=1e-5, atol=1e-6)
+    reloaded = keras.saving.load_model(path, compile=False)
+    x = tiny_data.valid_batches()[0][0]
+    np.testing.assert_allclose(reloaded.predict(x, verbose=0), learn.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(FileNotFoundError):
+        other.load(tmp_path / "missing")
