@@ -1,0 +1,745 @@
+"""Interpretation of a classifier's validation predictions.
+
+Compute first, plot second: every question ("which classes get confused?",
+"which images is the model most sure and most wrong about?") is answered by a
+method returning numpy arrays or a pandas DataFrame; the `plot_*` methods only
+draw those answers. Nothing here imports Keras: interpretation works on the
+probabilities a model already produced, whatever the backend.
+
+Sources: fast.ai v0.7 lesson 1 (`most_by_correct`, `most_uncertain`,
+`plot_val_with_title`) and fastai v2 `ClassificationInterpretation`
+(`confusion_matrix`, `most_confused`, `top_losses`, `plot_top_losses`).
+"""
+
+import collections
+import math
+import os
+import warnings
+
+import numpy as np
+import pandas as pd
+
+__all__ = [
+    "ClassificationInterpretation",
+    "MultiLabelInterpretation",
+    "TopLosses",
+    "cross_entropy",
+]
+
+# Same value as `keras.config.epsilon()`, so the losses here match what
+# `keras.losses.categorical_crossentropy` reports for the same probabilities.
+EPSILON = 1e-7
+
+TopLosses = collections.namedtuple("TopLosses", ["indices", "losses"])
+TopLosses.__doc__ = """Result of `ClassificationInterpretation.top_losses`.
+
+Attributes:
+    indices: int array `(k,)`, indices into the validation set.
+    losses: float array `(k,)`, the loss of each of those items, in the
+        same order.
+"""
+
+
+def cross_entropy(probs, targets, epsilon=EPSILON):
+    """Per-sample categorical cross-entropy `-log(p[target])`.
+
+    Probabilities are clipped to `[epsilon, 1 - epsilon]` first, like
+    `keras.losses.categorical_crossentropy`, so a probability of exactly 0
+    for the true class gives a large but finite loss.
+
+    Args:
+        probs: float array `(n, num_classes)` of class probabilities.
+        targets: int array `(n,)` of true class indices.
+        epsilon: clipping constant.
+
+    Returns:
+        Float array `(n,)`.
+
+    Example:
+
+    >>> cross_entropy(np.array([[0.9, 0.1], [0.0, 1.0]]), np.array([0, 0]))
+    array([ 0.10536052, 16.11809565])
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    picked = probs[np.arange(len(targets)), targets]
+    return -np.log(np.clip(picked, epsilon, 1.0 - epsilon))
+
+
+def _check_probs(probs, owner):
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.ndim != 2 or probs.shape[0] == 0:
+        raise ValueError(
+            f"{owner} expects probs of shape (num_samples, num_classes). "
+            f"Received shape {probs.shape}."
+        )
+    if not np.all(np.isfinite(probs)):
+        raise ValueError(f"{owner} received probs containing NaN or inf.")
+    if probs.min() < -1e-6 or probs.max() > 1 + 1e-6:
+        raise ValueError(
+            f"{owner} expects probabilities in [0, 1]. Received values in "
+            f"[{probs.min():.4g}, {probs.max():.4g}]; these look like logits "
+            "or log-probabilities: apply softmax (or exp, or sigmoid for "
+            "multi-label) first."
+        )
+    return np.clip(probs, 0.0, 1.0)
+
+
+def _check_class_names(class_names, num_classes, owner):
+    if class_names is None:
+        return [str(i) for i in range(num_classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"{owner} got {len(class_names)} class_names for probs with "
+            f"{num_classes} columns. Received class_names={class_names}."
+        )
+    if len(set(class_names)) != len(class_names):
+        raise ValueError(
+            f"{owner} needs unique class_names. Received {class_names}."
+        )
+    return class_names
+
+
+def _check_k(k, owner):
+    if k is None:
+        return None
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValueError(
+            f"{owner} expects k to be a positive int or None (all items). "
+            f"Received k={k!r}."
+        )
+    return int(k)
+
+
+def _divide(numerator, denominator):
+    """Elementwise `numerator / denominator`, 0 where the denominator is 0."""
+    numerator = np.asarray(numerator, dtype=np.float64)
+    denominator = np.asarray(denominator, dtype=np.float64)
+    return np.divide(
+        numerator,
+        denominator,
+        out=np.zeros(np.broadcast(numerator, denominator).shape),
+        where=denominator != 0,
+    )
+
+
+def _load_thumbnail(path, size):
+    """RGB uint8 array of the image at `path`, at most `size` px a side."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image).convert("RGB")
+    image.thumbnail((size, size))
+    return np.asarray(image)
+
+
+def _placeholder_figure(message):
+    """A small figure that says why there is nothing to show."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 1.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    return fig
+
+
+class ClassificationInterpretation:
+    """Answers "what does my single-label classifier get wrong, and why?".
+
+    Holds validation probabilities and targets and derives the confusion
+    matrix, the most confused class pairs, per-class precision/recall, the
+    items with the highest loss, and fast.ai lesson 1's "most correct",
+    "most incorrect" and "most uncertain" images for a class. The `plot_*`
+    methods draw those results and return the matplotlib axes or figure;
+    they never call `plt.show()`.
+
+    Sources: fast.ai v0.7 lesson 1 (`most_by_correct`, `most_uncertain`)
+    and fastai v2 `ClassificationInterpretation`.
+
+    Args:
+        probs: float array `(n, num_classes)` of class probabilities (softmax
+            outputs, or TTA-averaged softmax outputs).
+        targets: int array `(n,)` of true class indices, or one-hot targets
+            `(n, num_classes)`.
+        class_names: `num_classes` names, in column order of `probs`.
+        image_paths: optional sequence of `n` image file paths aligned with
+            `targets`; needed only by the image plots.
+        losses: optional float array `(n,)` of per-item losses (e.g. with
+            label smoothing, as the model computed them). Defaults to
+            `cross_entropy(probs, targets)`.
+
+    Raises:
+        ValueError: if shapes disagree, probabilities fall outside [0, 1],
+            targets are not class indices, or class names are not unique.
+
+    Example:
+
+    >>> probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.6, 0.4]])
+    >>> interp = ClassificationInterpretation(probs, [0, 1, 1], ["cat", "dog"])
+    >>> interp.confusion_matrix()
+    array([[1, 0],
+           [1, 1]])
+    >>> interp.most_incorrect("dog")
+    array([2])
+    """
+
+    def __init__(
+        self, probs, targets, class_names, image_paths=None, losses=None
+    ):
+        owner = type(self).__name__
+        self.probs = _check_probs(probs, owner)
+        num_items, num_classes = self.probs.shape
+        if num_classes < 2:
+            raise ValueError(
+                f"{owner} needs at least 2 classes. Received probs of shape "
+                f"{self.probs.shape}; for a single sigmoid output use "
+                "np.stack([1 - p, p], axis=1)."
+            )
+        self.targets = self._check_targets(targets, num_items, num_classes)
+        self.class_names = _check_class_names(class_names, num_classes, owner)
+        if image_paths is not None:
+            image_paths = [os.fspath(path) for path in image_paths]
+            if len(image_paths) != num_items:
+                raise ValueError(
+                    f"{owner} got {len(image_paths)} image_paths for "
+                    f"{num_items} predictions; they must be aligned."
+                )
+        self.image_paths = image_paths
+        if losses is None:
+            self.losses = cross_entropy(self.probs, self.targets)
+        else:
+            self.losses = np.asarray(losses, dtype=np.float64).reshape(-1)
+            if self.losses.shape != (num_items,):
+                raise ValueError(
+                    f"{owner} expects losses of shape ({num_items},). "
+                    f"Received shape {np.shape(losses)}."
+                )
+        self.preds = np.argmax(self.probs, axis=1)
+
+    @staticmethod
+    def _check_targets(targets, num_items, num_classes):
+        targets = np.asarray(targets)
+        if targets.shape == (num_items, num_classes):
+            targets = np.argmax(targets, axis=1)  # one-hot
+        targets = targets.reshape(-1) if targets.ndim == 2 else targets
+        if targets.shape != (num_items,):
+            raise ValueError(
+                "ClassificationInterpretation expects targets of shape "
+                f"({num_items},) or one-hot ({num_items}, {num_classes}). "
+                f"Received shape {targets.shape}."
+            )
+        as_int = targets.astype(np.int64)
+        if not np.array_equal(as_int, targets) or (
+            as_int.min() < 0 or as_int.max() >= num_classes
+        ):
+            raise ValueError(
+                "ClassificationInterpretation expects integer class indices "
+                f"in [0, {num_classes}). Received values in "
+                f"[{targets.min()}, {targets.max()}]."
+            )
+        return as_int
+
+    @classmethod
+    def from_learner(cls, learn, tta=False):
+        """Builds the interpretation of a learner's validation predictions.
+
+        Args:
+            learn: a learner with `predict()` and `TTA()`, both returning
+                `(probs, targets)` for the validation set, and `data` with
+                `classes` and `valid_paths`.
+            tta: use test-time-augmented predictions (`learn.TTA()`).
+
+        Returns:
+            A `ClassificationInterpretation`.
+
+        Example:
+
+        >>> interp = ClassificationInterpretation.from_learner(learn, tta=True)
+        >>> interp.plot_most_incorrect("cats")
+        """
+        probs, targets = learn.TTA() if tta else learn.predict()
+        data = learn.data
+        return cls(
+            probs,
+            targets,
+            class_names=list(data.classes),
+            image_paths=getattr(data, "valid_paths", None),
+        )
+
+    @property
+    def num_classes(self):
+        return self.probs.shape[1]
+
+    def class_index(self, cls):
+        """Index of a class given by name or index.
+
+        Raises:
+            ValueError: if `cls` is neither a known name nor a valid index.
+        """
+        if isinstance(cls, str):
+            if cls in self.class_names:
+                return self.class_names.index(cls)
+        elif isinstance(cls, (int, np.integer)) and not isinstance(cls, bool):
+            if 0 <= cls < self.num_classes:
+                return int(cls)
+        raise ValueError(
+            f"Unknown class {cls!r}. Expected one of {self.class_names} or "
+            f"an index in [0, {self.num_classes})."
+        )
+
+    # ------------------------------------------------------------- compute
+
+    def accuracy(self):
+        """Fraction of items whose arg-max prediction equals the target."""
+        return float(np.mean(self.preds == self.targets))
+
+    def confusion_matrix(self):
+        """Counts of (actual, predicted) pairs.
+
+        Returns:
+            Int array `(num_classes, num_classes)`: rows are actual classes,
+            columns predicted classes; it sums to the number of items.
+        """
+        c = self.num_classes
+        flat = np.bincount(self.targets * c + self.preds, minlength=c * c)
+        return flat.reshape(c, c).astype(np.int64)
+
+    def most_confused(self, min_val=1):
+        """Off-diagonal cells of the confusion matrix, largest first.
+
+        Source: fastai v2 `ClassificationInterpretation.most_confused`.
+
+        Args:
+            min_val: keep pairs confused at least this many times.
+
+        Returns:
+            DataFrame with columns `actual`, `predicted`, `count`, sorted by
+            `count` descending (ties in class order).
+        """
+        cm = self.confusion_matrix()
+        rows = [
+            (self.class_names[i], self.class_names[j], int(cm[i, j]))
+            for i in range(self.num_classes)
+            for j in range(self.num_classes)
+            if i != j and cm[i, j] >= min_val
+        ]
+        frame = pd.DataFrame(rows, columns=["actual", "predicted", "count"])
+        frame = frame.astype({"count": np.int64})
+        frame = frame.sort_values("count", ascending=False, kind="stable")
+        return frame.reset_index(drop=True)
+
+    def top_losses(self, k=None, largest=True):
+        """Items with the largest (or smallest) loss.
+
+        Source: fastai v2 `ClassificationInterpretation.top_losses`.
+
+        Args:
+            k: number of items, or None for all.
+            largest: largest losses first if True, smallest first otherwise.
+
+        Returns:
+            `TopLosses(indices, losses)`: int array `(k,)` of item indices
+            and the matching float array `(k,)` of losses.
+        """
+        k = _check_k(k, "top_losses")
+        key = -self.losses if largest else self.losses
+        order = np.argsort(key, kind="stable")[:k]
+        return TopLosses(order, self.losses[order])
+
+    def most_correct(self, cls, k=4):
+        """Items of class `cls` predicted as `cls`, most confident first.
+
+        Source: fast.ai v0.7 lesson 1 `most_by_correct(y, True)`.
+
+        Args:
+            cls: class name or index.
+            k: number of items, or None for all.
+
+        Returns:
+            Int array of at most `k` indices, by decreasing probability of
+            `cls`. Empty if no item qualifies.
+        """
+        c = self.class_index(cls)
+        mask = (self.targets == c) & (self.preds == c)
+        return self._sorted_by_prob(mask, c, descending=True, k=k)
+
+    def most_incorrect(self, cls, k=4):
+        """Items of class `cls` predicted as another class, most wrong first.
+
+        Source: fast.ai v0.7 lesson 1 `most_by_correct(y, False)`.
+
+        Args:
+            cls: class name or index.
+            k: number of items, or None for all.
+
+        Returns:
+            Int array of at most `k` indices, by increasing probability of
+            `cls` (the most confidently wrong first). Empty if the model
+            gets every item of `cls` right.
+        """
+        c = self.class_index(cls)
+        mask = (self.targets == c) & (self.preds != c)
+        return self._sorted_by_prob(mask, c, descending=False, k=k)
+
+    def most_uncertain(self, cls, k=4):
+        """Items whose probability of `cls` is closest to `1 / num_classes`.
+
+        Considers every item, whatever its true class. For two classes this
+        is fast.ai v0.7 lesson 1's
+        `np.argsort(np.abs(probs - 0.5))[:4]`.
+
+        Args:
+            cls: class name or index.
+            k: number of items, or None for all.
+
+        Returns:
+            Int array of at most `k` indices, least certain first.
+        """
+        c = self.class_index(cls)
+        k = _check_k(k, "most_uncertain")
+        distance = np.abs(self.probs[:, c] - 1.0 / self.num_classes)
+        return np.argsort(distance, kind="stable")[:k]
+
+    def _sorted_by_prob(self, mask, c, descending, k):
+        k = _check_k(k, "most_correct/most_incorrect")
+        idxs = np.flatnonzero(mask)
+        key = self.probs[idxs, c]
+        order = np.argsort(-key if descending else key, kind="stable")
+        return idxs[order][:k]
+
+    def per_class_report(self):
+        """Precision, recall, F1 and support per class.
+
+        A class never predicted gets precision 0 (and one never present,
+        recall 0), as scikit-learn's `zero_division=0`.
+
+        Returns:
+            DataFrame indexed by class name with columns `precision`,
+            `recall`, `f1`, `support`, followed by three summary rows:
+            `accuracy` (the micro average: precision, recall and F1 all
+            equal the accuracy), `macro avg` and `weighted avg` (weighted by
+            support). `support` is the number of items of that class.
+        """
+        cm = self.confusion_matrix()
+        true_pos = np.diag(cm)
+        support = cm.sum(axis=1)
+        precision = _divide(true_pos, cm.sum(axis=0))
+        recall = _divide(true_pos, support)
+        f1 = _divide(2 * precision * recall, precision + recall)
+        n = int(support.sum())
+        accuracy = true_pos.sum() / n
+
+        def weighted(values):
+            return float(np.average(values, weights=support))
+
+        frame = pd.DataFrame(
+            {
+                "precision": [*precision, accuracy, precision.mean(),
+                              weighted(precision)],
+                "recall": [*recall, accuracy, recall.mean(), weighted(recall)],
+                "f1": [*f1, accuracy, f1.mean(), weighted(f1)],
+                "support": [*support, n, n, n],
+            },
+            index=pd.Index(
+                [*self.class_names, "accuracy", "macro avg", "weighted avg"],
+                name="class",
+            ),
+        )
+        return frame.astype({"support": np.int64})
+
+    # ---------------------------------------------------------------- plot
+
+    def plot_confusion_matrix(self, normalize=False, ax=None, cmap="Blues"):
+        """Draws the confusion matrix with the value written in each cell.
+
+        Args:
+            normalize: divide each row by its total (recall per class), and
+                write proportions instead of counts.
+            ax: matplotlib axes to draw on; a new figure if None.
+            cmap: matplotlib colormap name.
+
+        Returns:
+            The matplotlib axes.
+        """
+        import matplotlib.pyplot as plt
+
+        cm = self.confusion_matrix()
+        values = cm.astype(np.float64)
+        if normalize:
+            values = _divide(values, cm.sum(axis=1, keepdims=True))
+        c = self.num_classes
+        if ax is None:
+            side = min(max(4.0, 0.55 * c + 2.0), 30.0)
+            _, ax = plt.subplots(figsize=(side, side))
+        vmax = 1.0 if normalize else max(1.0, float(values.max()))
+        ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax)
+        fontsize = max(4.0, min(10.0, 160.0 / c))
+        for i in range(c):
+            for j in range(c):
+                text = f"{values[i, j]:.2f}" if normalize else str(cm[i, j])
+                color = "white" if values[i, j] > vmax / 2 else "black"
+                ax.text(j, i, text, ha="center", va="center", color=color,
+                        fontsize=fontsize)
+        ax.set_xticks(range(c))
+        ax.set_yticks(range(c))
+        ax.set_xticklabels(self.class_names, rotation=45 if c > 2 else 0,
+                           ha="right" if c > 2 else "center",
+                           fontsize=fontsize)
+        ax.set_yticklabels(self.class_names, fontsize=fontsize)
+        ax.set_xlabel("Predicted")
+        ax.set_ylabel("Actual")
+        ax.set_title(
+            "Confusion matrix (row-normalized)" if normalize
+            else "Confusion matrix"
+        )
+        return ax
+
+    def plot_images(self, idxs, title=None, ncols=4, size=224):
+        """Grid of the validation images at `idxs`.
+
+        Each image is titled with its actual class, predicted class, the
+        predicted class's probability and the item's loss (fast.ai v0.7
+        `plot_val_with_title`). Images are opened with Pillow, rotated by
+        their EXIF orientation, converted to RGB and thumbnailed. An image
+        that cannot be opened is drawn as a labelled blank tile (with a
+        warning), and an empty `idxs` gives a placeholder figure.
+
+        Args:
+            idxs: indices into the validation set.
+            title: optional figure title.
+            ncols: images per row.
+            size: thumbnail size in pixels (longest side).
+
+        Returns:
+            The matplotlib figure.
+
+        Raises:
+            ValueError: if the interpretation has no `image_paths`, or an
+                index is out of range.
+        """
+        import matplotlib.pyplot as plt
+
+        idxs = np.asarray(idxs, dtype=np.int64).reshape(-1)
+        if idxs.size == 0:
+            label = f"{title}: " if title else ""
+            return _placeholder_figure(f"{label}no images to show.")
+        if self.image_paths is None:
+            raise ValueError(
+                "plot_images needs the image files. Pass image_paths= to "
+                "ClassificationInterpretation (from_learner takes them from "
+                "learn.data.valid_paths)."
+            )
+        n = len(self.targets)
+        if idxs.min() < 0 or idxs.max() >= n:
+            raise ValueError(
+                f"plot_images expects indices in [0, {n}). Received "
+                f"{idxs.tolist()}."
+            )
+        ncols = max(1, min(int(ncols), idxs.size))
+        nrows = math.ceil(idxs.size / ncols)
+        fig, axes = plt.subplots(
+            nrows, ncols, figsize=(2.8 * ncols, 3.2 * nrows), squeeze=False
+        )
+        for ax in axes.flat:
+            ax.axis("off")
+        for ax, i in zip(axes.flat, idxs):
+            path = self.image_paths[i]
+            try:
+                ax.imshow(_load_thumbnail(path, size))
+            except (OSError, ValueError) as error:
+                warnings.warn(
+                    f"Could not open image {path!r}: {error}", stacklevel=2
+                )
+                ax.text(0.5, 0.5, f"cannot open\n{os.path.basename(path)}",
+                        ha="center", va="center", transform=ax.transAxes)
+            ax.set_title(self._image_title(i), fontsize=9)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+        return fig
+
+    def _image_title(self, i):
+        actual = self.class_names[self.targets[i]]
+        predicted = self.class_names[self.preds[i]]
+        prob = self.probs[i, self.preds[i]]
+        return (
+            f"actual: {actual}\npred: {predicted} ({prob:.2f})\n"
+            f"loss: {self.losses[i]:.2f}"
+        )
+
+    def plot_top_losses(self, k=9, ncols=4):
+        """Images with the highest loss (fastai v2 `plot_top_losses`).
+
+        Returns:
+            The matplotlib figure.
+        """
+        idxs = self.top_losses(k).indices
+        return self.plot_images(idxs, title=f"Top {k} losses", ncols=ncols)
+
+    def plot_most_correct(self, cls, k=4, ncols=4):
+        """Images of `most_correct(cls, k)`; returns the figure."""
+        name = self.class_names[self.class_index(cls)]
+        return self.plot_images(self.most_correct(cls, k),
+                                title=f"Most correct {name}", ncols=ncols)
+
+    def plot_most_incorrect(self, cls, k=4, ncols=4):
+        """Images of `most_incorrect(cls, k)`; returns the figure."""
+        name = self.class_names[self.class_index(cls)]
+        return self.plot_images(self.most_incorrect(cls, k),
+                                title=f"Most incorrect {name}", ncols=ncols)
+
+    def plot_most_uncertain(self, cls, k=4, ncols=4):
+        """Images of `most_uncertain(cls, k)`; returns the figure."""
+        name = self.class_names[self.class_index(cls)]
+        return self.plot_images(self.most_uncertain(cls, k),
+                                title=f"Most uncertain {name}", ncols=ncols)
+
+
+class MultiLabelInterpretation:
+    """Per-tag quality of a multi-label (sigmoid) classifier at thresholds.
+
+    An item has a tag when its probability is strictly above the tag's
+    threshold (fast.ai's `preds > thresh`). Reports true/false
+    positives/negatives per tag, precision, recall and F-beta; F2 (beta=2,
+    recall weighted over precision) is the Kaggle Planet metric of fast.ai
+    v0.7 lesson 3.
+
+    Args:
+        probs: float array `(n, num_tags)` of independent tag probabilities.
+        targets: multi-hot array `(n, num_tags)` of 0/1 (or bool).
+        class_names: `num_tags` tag names.
+        thresholds: one float for every tag, or an array `(num_tags,)`.
+
+    Raises:
+        ValueError: if shapes disagree, values are not probabilities,
+            targets are not 0/1, or thresholds are outside [0, 1].
+
+    Example:
+
+    >>> interp = MultiLabelInterpretation(
+    ...     probs=[[0.9, 0.2], [0.6, 0.7]], targets=[[1, 0], [0, 1]],
+    ...     class_names=["clear", "water"], thresholds=0.5)
+    >>> interp.counts()["fp"].tolist()
+    [1, 0]
+    """
+
+    def __init__(self, probs, targets, class_names, thresholds=0.5):
+        owner = type(self).__name__
+        self.probs = _check_probs(probs, owner)
+        num_tags = self.probs.shape[1]
+        targets = np.asarray(targets)
+        if targets.shape != self.probs.shape:
+            raise ValueError(
+                f"{owner} expects multi-hot targets of shape "
+                f"{self.probs.shape}, like probs. Received shape "
+                f"{targets.shape}."
+            )
+        if not np.all((targets == 0) | (targets == 1)):
+            raise ValueError(f"{owner} expects targets of 0s and 1s.")
+        self.targets = targets.astype(bool)
+        self.class_names = _check_class_names(class_names, num_tags, owner)
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        if thresholds.ndim == 0:
+            thresholds = np.full(num_tags, float(thresholds))
+        if thresholds.shape != (num_tags,):
+            raise ValueError(
+                f"{owner} expects thresholds to be one float or {num_tags} "
+                f"floats (one per tag). Received shape {thresholds.shape}."
+            )
+        if thresholds.min() < 0 or thresholds.max() > 1:
+            raise ValueError(
+                f"{owner} expects thresholds in [0, 1]. Received "
+                f"{thresholds.tolist()}."
+            )
+        self.thresholds = thresholds
+        self.predictions = self.probs > thresholds
+
+    @classmethod
+    def from_learner(cls, learn, thresholds=0.5, tta=False):
+        """Like `ClassificationInterpretation.from_learner`, multi-hot."""
+        probs, targets = learn.TTA() if tta else learn.predict()
+        return cls(probs, targets, list(learn.data.classes), thresholds)
+
+    def counts(self):
+        """True/false positive/negative counts per tag.
+
+        Returns:
+            DataFrame indexed by tag with int columns `tp`, `fp`, `fn`, `tn`.
+        """
+        pred, true = self.predictions, self.targets
+        return pd.DataFrame(
+            {
+                "tp": (pred & true).sum(axis=0),
+                "fp": (pred & ~true).sum(axis=0),
+                "fn": (~pred & true).sum(axis=0),
+                "tn": (~pred & ~true).sum(axis=0),
+            },
+            index=pd.Index(self.class_names, name="tag"),
+        ).astype(np.int64)
+
+    @staticmethod
+    def _fbeta(tp, fp, fn, beta):
+        b2 = beta * beta
+        return _divide((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp)
+
+    def per_class_report(self, beta=2):
+        """Threshold, precision, recall, F-beta and counts per tag.
+
+        F-beta is `(1 + b^2) tp / ((1 + b^2) tp + b^2 fn + fp)`, 0 when a
+        tag is neither present nor predicted (scikit-learn's
+        `zero_division=0`); likewise precision and recall.
+
+        Args:
+            beta: weight of recall; the column is named `f{beta}` (`f2`).
+
+        Returns:
+            DataFrame indexed by tag with columns `threshold`, `precision`,
+            `recall`, `f{beta}`, `support` (items having the tag), `tp`,
+            `fp`, `fn`, `tn`.
+        """
+        counts = self.counts()
+        tp, fp, fn = (counts[c].to_numpy() for c in ("tp", "fp", "fn"))
+        frame = pd.DataFrame(
+            {
+                "threshold": self.thresholds,
+                "precision": _divide(tp, tp + fp),
+                "recall": _divide(tp, tp + fn),
+                f"f{beta:g}": self._fbeta(tp, fp, fn, beta),
+                "support": tp + fn,
+            },
+            index=counts.index,
+        )
+        return frame.join(counts)
+
+    def fbeta(self, beta=2, average="samples"):
+        """F-beta over the whole set.
+
+        Args:
+            beta: weight of recall (2 for the Planet F2 score).
+            average: `"samples"` (F-beta per item, then the mean: Planet's
+                and fast.ai's `f2`), `"macro"` (mean of per-tag scores) or
+                `"micro"` (from counts summed over tags).
+
+        Returns:
+            A float.
+
+        Raises:
+            ValueError: for an unknown `average`.
+        """
+        pred, true = self.predictions, self.targets
+        if average == "samples":
+            axis = 1
+        elif average == "macro":
+            axis = 0
+        elif average == "micro":
+            axis = None
+        else:
+            raise ValueError(
+                "average must be 'samples', 'macro' or 'micro'. "
+                f"Received average={average!r}."
+            )
+        tp = (pred & true).sum(axis=axis)
+        fp = (pred & ~true).sum(axis=axis)
+        fn = (~pred & true).sum(axis=axis)
+        return float(np.mean(self._fbeta(tp, fp, fn, beta)))

@@ -1,0 +1,285 @@
+"""Tests for kertransfer.report on a realistic run folder of real photos."""
+
+import base64
+import html.parser
+import io
+import json
+import pathlib
+import re
+import shutil
+import subprocess
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
+from kertransfer.report import write_report  # noqa: E402
+
+DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
+VALID = DATA / "dogscats" / "valid"
+CLASSES = ["cats", "dogs"]
+PER_CLASS = 12
+# Hand-made predictions on 12 cats then 12 dogs. Plain: cats 2 and 5 and
+# dog 14 are wrong. TTA fixes cat 5 and breaks dog 20.
+PLAIN_WRONG = {2, 5, 14}
+TTA_WRONG = {2, 14, 20}
+TTA_CONFUSION = [[11, 1], [2, 10]]
+
+
+def _probs(wrong):
+    p_true = np.linspace(0.6, 0.97, 2 * PER_CLASS)
+    for i in wrong:
+        p_true[i] = 0.1 + 0.05 * (i % 5)
+    targets = np.repeat([0, 1], PER_CLASS)
+    probs = np.empty((2 * PER_CLASS, 2))
+    probs[np.arange(2 * PER_CLASS), targets] = p_true
+    probs[np.arange(2 * PER_CLASS), 1 - targets] = 1 - p_true
+    return probs, targets
+
+
+def _save_png(path, ys, title):
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot(ys)
+    ax.set_title(title)
+    fig.savefig(path, format="png", dpi=50)
+    plt.close(fig)
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    paths = []
+    for name in CLASSES:
+        files = sorted((VALID / name).glob("*.jpg"))[100:100 + PER_CLASS]
+        assert len(files) == PER_CLASS, f"expected photos in {VALID / name}"
+        paths += [str(p) for p in files]
+    probs, targets = _probs(PLAIN_WRONG)
+    tta_probs, _ = _probs(TTA_WRONG)
+    np.savez(run / "predictions.npz", probs=probs, tta_probs=tta_probs,
+             targets=targets, paths=np.asarray(paths, dtype=str))
+    metrics = {
+        "valid_accuracy": 21 / 24,
+        "tta_accuracy": 21 / 24,
+        "valid_loss": 0.3124,
+        "classes": CLASSES,
+        "arch": "resnet34",
+        "image_size": 224,
+        "lrs": {"frozen": [0.01], "unfrozen": [1e-4, 1e-3, 1e-2]},
+        "stage_seconds": {"lr_find": 12.5, "frozen": 80.0, "unfrozen": 302.0},
+        "wall_seconds": 400.0,
+        "dataset": {
+            "train_counts": {"cats": 11500, "dogs": 11500},
+            "valid_counts": {"cats": 250, "dogs": 250},
+            "skipped": ["/data/train/cats/cat.666.jpg"],
+        },
+    }
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    epochs = [("frozen", 0), ("frozen", 1), ("frozen", 2),
+              ("unfrozen", 0), ("unfrozen", 1)]
+    lines = ["epoch,stage,loss,accuracy,val_loss,val_accuracy,learning_rate"]
+    for row, (stage, epoch) in enumerate(epochs):
+        lines.append(f"{epoch},{stage},{0.5 - 0.05 * row:.3f},"
+                     f"{0.8 + 0.02 * row:.3f},{0.45 - 0.03 * row:.3f},"
+                     f"{0.82 + 0.015 * row:.3f},0.01")
+    (run / "history.csv").write_text("\n".join(lines) + "\n")
+    curve = np.exp(-np.linspace(0, 3, 50)) + 0.1 * np.linspace(0, 1, 50) ** 4
+    _save_png(run / "lr_find.png", curve, "lr_find")
+    _save_png(run / "lr_schedule.png", np.cos(np.linspace(0, 3, 50)), "lrs")
+    _save_png(run / "loss.png", curve[::-1], "loss")
+    return run
+
+
+class _ReportParser(html.parser.HTMLParser):
+    """Collects confusion-matrix cells and <img>/<link>/<script> sources."""
+
+    def __init__(self):
+        super().__init__()
+        self.cells = {}
+        self.sources = []
+        self.tags = []
+        self._cell = None
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        for key in ("src", "href"):
+            if key in attrs:
+                self.sources.append((tag, attrs[key]))
+        if tag == "td" and "cm-cell" in (attrs.get("class") or "").split():
+            self._cell = (int(attrs["data-row"]), int(attrs["data-col"]))
+            self.cells[self._cell] = ""
+
+    def handle_data(self, data):
+        if self._cell is not None:
+            self.cells[self._cell] += data
+
+    def handle_endtag(self, tag):
+        if tag == "td":
+            self._cell = None
+
+
+def _parse(path):
+    parser = _ReportParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    return parser
+
+
+def _confusion_from_html(parser, num_classes):
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    for (row, col), text in parser.cells.items():
+        matrix[row, col] = int(text)
+    assert len(parser.cells) == num_classes ** 2
+    return matrix
+
+
+def test_report_confusion_matrix_matches_interpretation(run_dir):
+    path = write_report(run_dir)
+    assert path == run_dir / "report.html"
+    text = path.read_text(encoding="utf-8")
+    assert text.count('id="confusion-matrix"') == 1
+    matrix = _confusion_from_html(_parse(path), 2)
+    with np.load(run_dir / "predictions.npz") as arrays:
+        interp = ClassificationInterpretation(
+            arrays["tta_probs"], arrays["targets"], CLASSES)
+    np.testing.assert_array_equal(matrix, interp.confusion_matrix())
+    np.testing.assert_array_equal(matrix, TTA_CONFUSION)
+    assert matrix.sum() == 2 * PER_CLASS
+
+
+def test_report_images_are_inline_pngs(run_dir):
+    path = write_report(run_dir)
+    parser = _parse(path)
+    images = [src for tag, src in parser.sources if tag == "img"]
+    # lr_find, lr_schedule, history plot, loss.png, confusion matrix,
+    # 2 most-incorrect grids, 1 most-uncertain grid, top losses.
+    assert len(images) == 9
+    for src in images:
+        prefix = "data:image/png;base64,"
+        assert src.startswith(prefix)
+        with Image.open(io.BytesIO(base64.b64decode(src[len(prefix):]))) as im:
+            assert im.format == "PNG"
+            im.verify()
+
+
+def test_report_has_no_external_resources(run_dir):
+    path = write_report(run_dir)
+    parser = _parse(path)
+    assert parser.sources and all(
+        src.startswith("data:") for _, src in parser.sources)
+    assert "link" not in parser.tags and "iframe" not in parser.tags
+    text = re.sub(r"data:image/png;base64,[A-Za-z0-9+/=]+", "",
+                  path.read_text(encoding="utf-8"))
+    assert "http" not in text.lower()
+    assert "url(" not in text and "@import" not in text
+
+
+def test_report_contents(run_dir):
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    for expected in (
+        "resnet34", "11500", "cat.666.jpg",  # dataset summary, skipped file
+        "lr_find_unfrozen.png not found",  # missing optional file is noted
+        "Plain vs TTA", "Time per stage", "5 min 2 s",  # unfrozen stage
+        "Most incorrect", "Most uncertain", "Top losses",
+        "0.0001, 0.001, 0.01",  # per-group LRs
+    ):
+        assert expected in text, expected
+    # Plain accuracy recomputed from predictions.npz: 21/24.
+    accuracy_table = re.search(r'<table[^>]*id="accuracy".*?</table>', text,
+                               re.S).group(0)
+    assert f"{21 / 24:.4f}" in accuracy_table
+
+
+def test_missing_optional_files_are_noted(run_dir):
+    for name in ("history.csv", "lr_find.png", "lr_schedule.png", "loss.png"):
+        (run_dir / name).unlink()
+    with np.load(run_dir / "predictions.npz") as arrays:
+        np.savez(run_dir / "predictions.npz", probs=arrays["probs"],
+                 targets=arrays["targets"])
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    for name in ("history.csv", "lr_find.png", "lr_schedule.png", "loss.png"):
+        assert f"{name} not found" in text
+    assert "no tta_probs" in text and "no paths" in text
+    # Without TTA the matrix comes from the plain predictions.
+    matrix = _confusion_from_html(_parse(run_dir / "report.html"), 2)
+    np.testing.assert_array_equal(matrix, [[10, 2], [1, 11]])
+
+
+def test_unreadable_optional_files_are_noted(run_dir):
+    (run_dir / "lr_find.png").write_bytes(b"not a png")
+    (run_dir / "history.csv").write_text("")
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    assert "lr_find.png is not a readable image" in text
+    assert "history.csv could not be read" in text
+
+
+@pytest.mark.parametrize("name", ["metrics.json", "predictions.npz"])
+def test_missing_required_file_names_it(run_dir, name):
+    (run_dir / name).unlink()
+    with pytest.raises(FileNotFoundError, match=re.escape(name)):
+        write_report(run_dir)
+
+
+def test_missing_run_dir(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "nope")
+
+
+def test_class_count_mismatch_raises(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics["classes"] = ["cats", "dogs", "birds"]
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    with pytest.raises(ValueError, match="3 classes"):
+        write_report(run_dir)
+
+
+def _chromium():
+    binary = shutil.which("chromium")
+    if binary is None:
+        pytest.fail(
+            "The headless report check needs Chromium: run "
+            "`apt-get update && apt-get install -y chromium`."
+        )
+    return binary
+
+
+def _run_chromium(binary, tmp_path, *args):
+    profile = tmp_path / f"profile-{len(list(tmp_path.glob('profile-*')))}"
+    command = [
+        binary, "--headless", "--no-sandbox", "--disable-gpu",
+        "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", f"--user-data-dir={profile}", *args,
+    ]
+    return subprocess.run(command, capture_output=True, text=True,
+                          timeout=180, check=False)
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium(run_dir, tmp_path):
+    binary = _chromium()
+    url = write_report(run_dir).resolve().as_uri()
+
+    dom = _run_chromium(binary, tmp_path, "--virtual-time-budget=5000",
+                        "--dump-dom", url)
+    body = re.search(r"<body[^>]*>", dom.stdout)
+    assert body, f"no DOM from chromium: {dom.stderr[-2000:]}"
+    attrs = dict(re.findall(r'data-images-(\w+)="(\d+)"', body.group(0)))
+    assert attrs, f"the load script did not run: {body.group(0)}"
+    assert int(attrs["total"]) == 9
+    assert int(attrs["broken"]) == 0
+    assert int(attrs["loaded"]) == 9
+
+    screenshot = tmp_path / "report.png"
+    shot = _run_chromium(binary, tmp_path, f"--screenshot={screenshot}",
+                         "--window-size=1280,4000", url)
+    assert screenshot.is_file(), f"no screenshot: {shot.stderr[-2000:]}"
+    with Image.open(screenshot) as image:
+        pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
+    assert pixels.shape[:2] == (4000, 1280)
+    assert pixels.std() > 20
