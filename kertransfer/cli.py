@@ -65,6 +65,8 @@ def build_parser():
     p.add_argument("--dataset", default="hymenoptera", help="sample dataset (hymenoptera or dogscats)")
     p.add_argument("--out", default=os.path.join("runs", "demo"), help="run folder (default runs/demo)")
     _train_args(p)
+    p = sub.add_parser("report", help="rebuild report.html of a run folder")
+    p.add_argument("run_dir", help="folder written by `kertransfer train`")
     return parser
 
 
@@ -75,6 +77,11 @@ def main(argv=None):
     from kertransfer.train import train
 
     try:
+        if args.command == "report":
+            from kertransfer.report import write_report
+
+            print(write_report(args.run_dir))
+            return 0
         if args.command == "demo":
             from kertransfer.datasets import untar_data
 
