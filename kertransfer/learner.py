@@ -301,8 +301,8 @@ class ConvLearner:
         (see `kertransfer.callbacks.LRFinder`). Model weights are restored
         afterwards and every later `fit` starts with fresh optimizers, so the
         test leaves no trace. When an epoch has fewer than `min_steps` full
-        batches, the test uses smaller batches (down to 4 images) so the curve
-        has enough points.
+        batches, the test uses smaller batches (down to 16 images: smaller ones
+        make the curve too noisy to read) so the curve has more points.
 
         Args:
             start_lr, end_lr: LR range of the last layer group.
@@ -318,7 +318,7 @@ class ConvLearner:
         n_train = len(self.data.train_labels)
         bs = self.data.batch_size
         if n_train // bs < min_steps:
-            bs = max(4, n_train // min_steps)
+            bs = min(bs, max(16, n_train // min_steps))
         saved = self.model.get_weights()
         model, train, _, steps, kwargs = self._train_inputs(batch_size=bs, drop_last=True, seed=0)
         if steps < 2:
