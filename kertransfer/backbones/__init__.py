@@ -8,6 +8,14 @@ from kertransfer.backbones.registry import get_backbone
 from kertransfer.backbones.registry import list_backbones
 from kertransfer.backbones.registry import register_backbone
 from kertransfer.backbones.efficientnet_lite import efficientnet_lite0
+from kertransfer.backbones.resnet import build_resnet
+from kertransfer.backbones.resnet import convert_torchvision_state_dict
+from kertransfer.backbones.resnet import resnet18
+from kertransfer.backbones.resnet import resnet34
+from kertransfer.backbones.resnet import resnext50_32x4d
+from kertransfer.backbones.resnet import resnext101_32x8d
+from kertransfer.backbones.resnet import tv_resnet50
+from kertransfer.backbones.keras_apps import build_keras_app
 
 __all__ = [
     "BackboneSpec",
@@ -18,4 +26,12 @@ __all__ = [
     "list_backbones",
     "register_backbone",
     "efficientnet_lite0",
+    "build_resnet",
+    "convert_torchvision_state_dict",
+    "resnet18",
+    "resnet34",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "tv_resnet50",
+    "build_keras_app",
 ]
