@@ -67,11 +67,22 @@ def build_parser():
     _train_args(p)
     p = sub.add_parser("report", help="rebuild report.html of a run folder")
     p.add_argument("run_dir", help="folder written by `kertransfer train`")
+    sub.add_parser(
+        "export",
+        help="SavedModel (TF Serving) / LiteRT / ONNX from a run folder, validated",
+        add_help=False,
+    )
     return parser
 
 
 def main(argv=None):
     """Entry point of the `kertransfer` command."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["export"]:
+        # Its own parser (`kertransfer export --help`); TF-only code.
+        from kertransfer.export import export_main
+
+        return export_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     from kertransfer.train import train

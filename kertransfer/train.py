@@ -235,6 +235,9 @@ def train(data_dir, out_dir, config=None, verbose=1):
         "tta_accuracy": float((tta_probs.argmax(1) == targets).mean()),
         "valid_loss": valid_loss,
         "classes": data.classes,
+        "data_dir": os.path.abspath(data_dir),
+        # Training images, e.g. for int8 calibration by `kertransfer export`.
+        "train_dir": os.path.abspath(os.path.join(data_dir, "train")),
         "arch": config.arch,
         "image_size": config.image_size,
         "batch_size": config.batch_size,

@@ -1,0 +1,511 @@
+"""Tests for kertransfer.export and the export/ deployment kit.
+
+A tiny model that follows the trainer's contract (raw pixels in, softmax
+out, `ImagePreprocessing` and `AdaptiveConcatPooling2D` inside) is fitted on
+40 real hymenoptera photos under the current Keras backend, saved as a run
+folder, then exported once through the CLI entry point (`export_main`).
+Under JAX or torch the export runs in its TensorFlow subprocess, so every
+test runs on every backend; TensorFlow itself must be installed (it is a
+dependency of the export, not of the backend).
+"""
+
+import base64
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from kertransfer import export as kexport
+from kertransfer.layers import AdaptiveConcatPooling2D, ImagePreprocessing
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(REPO, "..", "shared", "data", "hymenoptera")
+if not os.path.isdir(DATA):
+    DATA = "/work/shared/data/hymenoptera"
+CLASSES = ["ants", "bees"]
+IMAGE_SIZE = 64
+
+
+def _photos(split, per_class):
+    pairs = []
+    for label, name in enumerate(CLASSES):
+        folder = os.path.join(DATA, split, name)
+        files = sorted(f for f in os.listdir(folder)
+                       if f.lower().endswith((".jpg", ".jpeg")))
+        pairs += [(os.path.join(folder, f), label) for f in files[:per_class]]
+    return pairs
+
+
+def build_tiny_model(image_size):
+    """Contract-following classifier with ~0.7M weights (2.7 MB).
+
+    Wide convolutions run only at 1/8 resolution, so the weights dominate
+    the SavedModel's fixed graph (~100 KB) — the lean-size check is then
+    meaningful — while a forward pass stays cheap.
+    """
+    inputs = keras.Input((image_size, image_size, 3))
+    x = ImagePreprocessing(mean=(127.0,) * 3, std=(128.0,) * 3)(inputs)
+    x = keras.layers.Conv2D(16, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(32, 3, strides=2, activation="relu")(x)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.Conv2D(256, 3, strides=2, activation="relu")(x)
+    x = keras.layers.Conv2D(256, 3, padding="same", activation="relu")(x)
+    x = AdaptiveConcatPooling2D()(x)
+    outputs = keras.layers.Dense(len(CLASSES), activation="softmax")(x)
+    return keras.Model(inputs, outputs)
+
+
+def make_run(run_dir, image_size=IMAGE_SIZE, per_class=20, epochs=6):
+    """Fits the tiny model on real photos and writes a trainer run folder."""
+    keras.utils.set_random_seed(0)
+    train, val = _photos("train", per_class), _photos("val", per_class)
+    x = kexport.read_images([p for p, _ in train], image_size)
+    y = np.array([t for _, t in train])
+    model = build_tiny_model(image_size)
+    model.compile(keras.optimizers.Adam(1e-3),
+                  "sparse_categorical_crossentropy")
+    model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
+    os.makedirs(run_dir, exist_ok=True)
+    model.save(os.path.join(run_dir, "model.keras"))
+    with open(os.path.join(run_dir, "metrics.json"), "w") as f:
+        json.dump({"classes": CLASSES, "image_size": image_size,
+                   "arch": "tiny-test"}, f)
+    np.savez(os.path.join(run_dir, "predictions.npz"),
+             paths=np.array([p for p, _ in val]),
+             targets=np.array([t for _, t in val]))
+    return model, [p for p, _ in val]
+
+
+def _env(**extra):
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (REPO, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _load_kit_module(relative_path):
+    path = os.path.join(REPO, relative_path)
+    spec = importlib.util.spec_from_file_location(
+        os.path.basename(path)[:-3], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = str(tmp_path_factory.mktemp("run"))
+    model, val_paths = make_run(run_dir)
+    pixels = kexport.read_images(val_paths, IMAGE_SIZE)
+    reference = np.asarray(model.predict(pixels, verbose=0))
+    margin = np.abs(reference[:, 0] - reference[:, 1])
+    confident = int(np.argmax(margin))
+    return {
+        "dir": run_dir,
+        "model": model,
+        "val_paths": val_paths,
+        "reference": reference,
+        # The clearest call: resampling differences (TF vs Pillow) cannot
+        # flip it, so every path must agree on its top class.
+        "image": val_paths[confident],
+        "top_class": CLASSES[int(reference[confident].argmax())],
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("export"))
+    status = kexport.export_main([
+        run["dir"], "--formats", "saved_model,tflite", "--quantize", "all",
+        "--representative-images", os.path.join(DATA, "train"),
+        "--out", out, "--name", "tiny",
+    ])
+    assert status == 0
+    with open(os.path.join(out, "export_report.json")) as f:
+        report = json.load(f)
+    return {
+        "out": out,
+        "saved_model": os.path.join(out, "serving", "tiny", "1"),
+        "litert": os.path.join(out, "litert"),
+        "report": report,
+        "rows": {row["name"]: row for row in report["artifacts"]},
+    }
+
+
+@pytest.fixture(scope="module")
+def signatures(exported):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(exported["saved_model"])
+    return loaded.signatures
+
+
+# --- fast checks, no TensorFlow needed -------------------------------------
+
+
+def test_read_images_handles_gif_and_spaces():
+    paths = [os.path.join(DATA, "train", "ants", "imageNotFound.gif"),
+             os.path.join(DATA, "train", "ants", "ant photos.jpg")]
+    pixels = kexport.read_images(paths, 48)
+    assert pixels.shape == (2, 48, 48, 3) and pixels.dtype == np.float32
+    assert 0.0 <= pixels.min() and pixels.max() <= 255.0
+
+
+def test_invalid_arguments_explain_the_fix(tmp_path):
+    with pytest.raises(ValueError, match="quantize must be one of"):
+        kexport.tflite(str(tmp_path), str(tmp_path / "m.tflite"),
+                       quantize="int4")
+    with pytest.raises(ValueError, match="must end with '.tflite'"):
+        kexport.tflite(str(tmp_path), str(tmp_path / "m.tfl"))
+    with pytest.raises(ValueError, match="name must be a non-empty folder"):
+        kexport.saved_model(str(tmp_path), str(tmp_path), name="a/b")
+    with pytest.raises(ValueError, match="version must be a positive int"):
+        kexport.saved_model(str(tmp_path), str(tmp_path), version=0)
+    with pytest.raises(FileNotFoundError, match="No model.keras"):
+        kexport.export(str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="Image file not found"):
+        kexport.read_images([str(tmp_path / "missing.jpg")], 32)
+    assert kexport.export_main([str(tmp_path / "missing-run")]) == 2
+
+
+def test_import_does_not_import_tensorflow():
+    code = ("import sys, kertransfer.export; "
+            "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                            text=True, env=_env(KERAS_BACKEND="jax"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "False"
+
+
+def test_tf_serving_config_parses():
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
+    path = os.path.join(REPO, "export", "tf_serving", "models.config")
+    with open(path) as f:
+        config = text_format.Parse(f.read(),
+                                   model_server_config_pb2.ModelServerConfig())
+    (model,) = config.model_config_list.config
+    assert model.name == "kertransfer"
+    assert model.base_path == "/models/kertransfer"
+
+
+# --- SavedModel --------------------------------------------------------------
+
+
+def _saved_model_cli(*args):
+    script = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
+    module = "tensorflow.python.tools.saved_model_cli"
+    command = ([script] if os.path.isfile(script)
+               else [sys.executable, "-m", module])
+    result = subprocess.run(command + list(args), capture_output=True,
+                            text=True, env=_env())
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_saved_model_cli_shows_both_signatures(exported):
+    shown = _saved_model_cli("show", "--all", "--dir", exported["saved_model"])
+    default = shown.split("signature_def['serving_default']")[1]
+    assert "inputs['image_bytes']" in default and "DT_STRING" in default
+    pixels = shown.split("signature_def['predict_images']")[1].split(
+        "signature_def[")[0]
+    assert "inputs['images']" in pixels and "(-1, -1, -1, 3)" in pixels
+    for output in ("probabilities", "top_classes", "top_scores"):
+        assert f"outputs['{output}']" in default
+        assert f"outputs['{output}']" in pixels
+
+
+def test_saved_model_cli_run_on_a_jpeg_matches_keras(run, exported,
+                                                     tmp_path):
+    # String tensors cannot go through --input_exprs (one argv string, and
+    # literal bytes of a photo overflow it); --inputs takes an .npy of
+    # Python bytes objects instead.
+    with open(run["image"], "rb") as f:
+        np.save(tmp_path / "image_bytes.npy",
+                np.array([f.read()], dtype=object))
+    _saved_model_cli(
+        "run", "--dir", exported["saved_model"], "--tag_set", "serve",
+        "--signature_def", "serving_default",
+        "--inputs", f"image_bytes={tmp_path / 'image_bytes.npy'}",
+        "--outdir", str(tmp_path / "out"),
+    )
+    top = np.load(tmp_path / "out" / "top_classes.npy", allow_pickle=True)
+    probabilities = np.load(tmp_path / "out" / "probabilities.npy")
+    assert top.shape == (1, 2) and probabilities.shape == (1, 2)
+    assert top[0, 0].decode() == run["top_class"]
+
+
+def test_saved_model_is_lean(run, exported):
+    weights = sum(np.prod(w.shape) * 4 for w in run["model"].weights)
+    folder = exported["saved_model"]
+    size = sum(os.path.getsize(os.path.join(root, f))
+               for root, _, files in os.walk(folder) for f in files)
+    variables = sum(os.path.getsize(os.path.join(folder, "variables", f))
+                    for f in os.listdir(os.path.join(folder, "variables")))
+    # keras' model.export() stores each variable twice (2x the weights).
+    assert variables <= 1.02 * weights
+    assert size <= 1.1 * weights, (size, weights)
+    assert exported["rows"]["saved_model:predict_images"]["passed"]
+    with open(os.path.join(folder, "assets", "labels.txt")) as f:
+        assert f.read().split() == CLASSES
+
+
+def test_rest_body_feeds_serving_default(run, signatures):
+    import tensorflow as tf
+
+    client = _load_kit_module(os.path.join("export", "tf_serving",
+                                           "client.py"))
+    body = client.rest_body([run["image"]])
+    with open(run["image"], "rb") as f:
+        data = f.read()
+    assert body == {"signature_name": "serving_default",
+                    "instances": [{"b64": base64.b64encode(data).decode()}]}
+    # What TF Serving does with the JSON: {"b64": ...} -> bytes -> tf.string.
+    received = json.loads(json.dumps(body))
+    tensor = tf.constant([base64.b64decode(i["b64"])
+                          for i in received["instances"]])
+    outputs = signatures[received["signature_name"]](image_bytes=tensor)
+    assert outputs["top_classes"].numpy()[0, 0].decode() == run["top_class"]
+    np.testing.assert_allclose(outputs["top_scores"].numpy()[0],
+                               np.sort(outputs["probabilities"][0])[::-1])
+    assert client.rest_url("http://h:8501", "tiny", 3) == (
+        "http://h:8501/v1/models/tiny/versions/3:predict")
+
+    # predict_images over REST: rows of nested pixel lists.
+    pixels = kexport.read_images(run["val_paths"][:2], IMAGE_SIZE)
+    received = json.loads(json.dumps(
+        {"signature_name": "predict_images", "instances": pixels.tolist()}))
+    outputs = signatures["predict_images"](
+        images=tf.constant(received["instances"], tf.float32))
+    np.testing.assert_allclose(outputs["probabilities"].numpy(),
+                               run["reference"][:2], atol=1e-5)
+
+
+def test_client_rest_round_trip_with_a_stand_in_server(run, signatures):
+    """client.py against a local HTTP stand-in for TF Serving's REST API."""
+    import http.server
+    import threading
+
+    import tensorflow as tf
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(
+                int(self.headers["Content-Length"])))
+            assert self.path == "/v1/models/tiny:predict"
+            data = [base64.b64decode(i["b64"]) for i in body["instances"]]
+            try:
+                outputs = signatures[body["signature_name"]](
+                    image_bytes=tf.constant(data))
+                status, answer = 200, {"predictions": [
+                    {"probabilities": outputs["probabilities"][i].numpy()
+                     .tolist(),
+                     "top_classes": [c.decode() for c in
+                                     outputs["top_classes"][i].numpy()],
+                     "top_scores": outputs["top_scores"][i].numpy().tolist()}
+                    for i in range(len(data))]}
+            except tf.errors.InvalidArgumentError as error:
+                status, answer = 400, {"error": error.message}
+            payload = json.dumps(answer).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    client = _load_kit_module(os.path.join("export", "tf_serving",
+                                           "client.py"))
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        (prediction,) = client.rest_predict([run["image"]], url, "tiny")
+        assert prediction["top_classes"][0] == run["top_class"]
+        assert client.format_predictions([run["image"]], [prediction]) \
+            .startswith(f"{run['image']}: {run['top_class']} ")
+        with pytest.raises(RuntimeError, match="raw bytes of a JPEG"):
+            client.rest_predict([__file__], url, "tiny")  # not an image
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_grpc_predict_request_feeds_serving_default(run, signatures):
+    pytest.importorskip(
+        "tensorflow_serving",
+        reason="gRPC request building needs `pip install "
+               "tensorflow-serving-api`")
+    import tensorflow as tf
+
+    client = _load_kit_module(os.path.join("export", "tf_serving",
+                                           "client.py"))
+    request = client.grpc_request([run["image"]], model="tiny", version=1)
+    assert request.model_spec.name == "tiny"
+    assert request.model_spec.signature_name == "serving_default"
+    assert request.model_spec.version.value == 1
+    proto = request.inputs["image_bytes"]
+    assert proto.dtype == tf.string.as_datatype_enum
+    received = tf.make_ndarray(proto)
+    with open(run["image"], "rb") as f:
+        assert received.tolist() == [f.read()]
+    outputs = signatures[request.model_spec.signature_name](
+        image_bytes=tf.constant(received))
+    assert outputs["top_classes"].numpy()[0, 0].decode() == run["top_class"]
+
+
+def test_malformed_bytes_give_a_clear_error(run, signatures):
+    import tensorflow as tf
+
+    serve = signatures["serving_default"]
+    with open(run["image"], "rb") as f:
+        data = f.read()
+    for bad in (b"not an image", base64.b64encode(data), b""):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match="raw bytes of a JPEG, PNG, GIF or BMP"):
+            serve(image_bytes=tf.constant([data, bad]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="JPEG"):
+        serve(image_bytes=tf.constant([data[:300]]))  # truncated
+
+
+# --- LiteRT and the report ---------------------------------------------------
+
+
+def test_tflite_quantizations_agree_and_shrink(exported):
+    rows = exported["rows"]
+    assert rows["tflite:float32"]["top1_agreement"] == 1.0
+    assert rows["tflite:float32"]["max_abs_prob_diff"] < 1e-4
+    assert rows["tflite:float16"]["top1_agreement"] == 1.0
+    assert rows["tflite:dynamic"]["top1_agreement"] >= 0.99
+    assert rows["tflite:int8"]["top1_agreement"] >= 0.99
+    fp32 = rows["tflite:float32"]["size_bytes"]
+    assert rows["tflite:float16"]["size_bytes"] <= 0.6 * fp32
+    assert rows["tflite:int8"]["size_bytes"] <= 0.3 * fp32
+    for name in ("model", "model_float16", "model_dynamic", "model_int8"):
+        assert os.path.isfile(os.path.join(exported["litert"],
+                                           f"{name}.tflite"))
+    with open(os.path.join(exported["litert"], "labels.txt")) as f:
+        assert f.read().split() == CLASSES
+
+
+def test_int8_is_fully_quantized(exported):
+    from ai_edge_litert.interpreter import Interpreter
+
+    interpreter = Interpreter(
+        model_path=os.path.join(exported["litert"], "model_int8.tflite"))
+    tensors = interpreter.get_tensor_details()
+    float_tensors = [t for t in tensors if t["dtype"] == np.float32]
+    int8_tensors = [t for t in tensors if t["dtype"] == np.int8]
+    # Only the float32 input/output (and their quantize ops) stay float.
+    assert len(float_tensors) <= 2 < len(int8_tensors)
+
+
+def test_litert_runner_prints_the_keras_top_class(run, exported):
+    runner = os.path.join(REPO, "export", "mobile", "litert_runner.py")
+    result = subprocess.run(
+        [sys.executable, runner,
+         os.path.join(exported["litert"], "model_int8.tflite"), run["image"],
+         "--top", "2"],
+        capture_output=True, text=True, env=_env(),
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    line = result.stdout.strip().splitlines()[-1]
+    assert line.startswith(f"{run['image']}: {run['top_class']} ")
+
+
+def test_export_report_json(run, exported):
+    report = exported["report"]
+    assert report["passed"], kexport.format_report(report)
+    assert report["classes"] == CLASSES
+    assert report["image_size"] == IMAGE_SIZE
+    assert report["num_images"] == len(run["val_paths"]) == 40
+    assert report["labels_known"] and report["arch"] == "tiny-test"
+    assert set(exported["rows"]) == {
+        "saved_model:predict_images", "saved_model:serving_default",
+        "tflite:float32", "tflite:float16", "tflite:dynamic", "tflite:int8"}
+    keras_accuracy = np.mean(run["reference"].argmax(-1)
+                             == np.repeat([0, 1], 20))
+    assert report["keras"]["accuracy"] == pytest.approx(keras_accuracy,
+                                                       abs=0.026)
+    for row in report["artifacts"]:
+        assert row["size_bytes"] > 0 and row["median_latency_ms"] > 0
+        assert 0.0 <= row["accuracy"] <= 1.0
+        assert row["passed"] and not row["failures"]
+    assert "tflite:int8" in kexport.format_report(report)
+
+
+def test_onnx_export_matches_keras(run, tmp_path):
+    pytest.importorskip(
+        "tf2onnx",
+        reason="ONNX export needs `pip install 'kertransfer[onnx]'`")
+    pytest.importorskip(
+        "onnxruntime",
+        reason="ONNX validation needs `pip install onnxruntime`")
+    path = kexport.onnx(run["dir"], str(tmp_path / "model.onnx"))
+    report = kexport.validate(run["dir"], [path], print_fn=None)
+    (row,) = report["artifacts"]
+    assert row["name"] == "onnx:float32" and row["top1_agreement"] == 1.0
+    assert row["max_abs_prob_diff"] < 1e-4
+    assert os.path.isfile(tmp_path / "export_report.json")
+
+
+# --- models trained under the other backends ---------------------------------
+
+_TRAIN_SCRIPT = """
+import importlib.util
+spec = importlib.util.spec_from_file_location("test_export", {test_file!r})
+tests = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tests)
+import keras
+assert keras.backend.backend() == {backend!r}, keras.backend.backend()
+tests.make_run({run_dir!r}, image_size=32, per_class=4, epochs=1)
+"""
+
+# A fresh process: keras' own model.save() may import TensorFlow, so only
+# here can we check that exporting keeps TensorFlow out of the process.
+_EXPORT_SCRIPT = """
+import json, sys
+import keras
+from kertransfer.export import export
+assert keras.backend.backend() == {backend!r}, keras.backend.backend()
+report = export({run_dir!r}, quantize=["int8"], print_fn=None)
+report["tf_in_process"] = "tensorflow" in sys.modules
+print(json.dumps(report))
+"""
+
+
+# The current backend is already covered by the `run` fixture (exported via
+# the subprocess path unless it is TensorFlow), so only the others run here.
+OTHER_BACKENDS = [b for b in ("jax", "torch") if b != keras.backend.backend()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", OTHER_BACKENDS)
+def test_model_trained_under_other_backend_exports(backend, tmp_path):
+    pytest.importorskip(backend, reason=f"the {backend} backend is not "
+                                        "installed")
+    run_dir = str(tmp_path / "run")
+    for script in (_TRAIN_SCRIPT, _EXPORT_SCRIPT):
+        code = script.format(test_file=os.path.abspath(__file__),
+                             backend=backend, run_dir=run_dir)
+        result = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True,
+            env=_env(KERAS_BACKEND=backend), cwd=REPO)
+        assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    # The export ran in a TensorFlow subprocess, not in this process.
+    assert report["tf_in_process"] is False
+    rows = {row["name"]: row for row in report["artifacts"]}
+    assert rows["saved_model:predict_images"]["top1_agreement"] == 1.0
+    assert rows["tflite:float32"]["top1_agreement"] == 1.0
+    assert rows["tflite:int8"]["top1_agreement"] >= 0.99
+    assert report["passed"], rows
+    assert os.path.isdir(os.path.join(run_dir, "export", "serving",
+                                      "kertransfer", "1"))
