@@ -26,12 +26,12 @@ missing file fails at once with a message saying how to pass a local one.
 """
 
 import functools
-import os
 
 import keras
 import numpy as np
 
 from kertransfer.backbones.registry import BackboneSpec
+from kertransfer.backbones.registry import local_weights_file
 from kertransfer.backbones.registry import register_backbone
 from kertransfer.backbones.resnet import fetch_weights
 from kertransfer.layers import ImagePreprocessing
@@ -183,17 +183,7 @@ def _resolve_weights(arch, weights, include_top, input_shape):
         return fetch_weights(
             fname, url, arch, file_hash=file_hash, formats=WEIGHTS_FORMATS
         )
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            f"weights must be 'imagenet', None or a file path. Received "
-            f"weights={weights!r} for arch={arch!r}."
-        )
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{arch} weights file not found: {path}. Pass weights='imagenet', "
-            "None, or the path of a Keras .h5 / .weights.h5 file."
-        )
+    path = local_weights_file(arch, weights, "a Keras .h5 / .weights.h5 file")
     if not path.endswith(".h5"):
         expected = _imagenet_file(arch, include_top, input_shape)[0]
         raise ValueError(

@@ -139,3 +139,33 @@ def cache_dir():
     path = os.path.join(base, "kertransfer")
     os.makedirs(path, exist_ok=True)
     return path
+
+
+def local_weights_file(arch, weights, formats):
+    """Checks a `weights=` path argument and returns it as a string.
+
+    Args:
+        arch: backbone name, for the messages.
+        weights: a file path (`str` or `os.PathLike`).
+        formats: the file kinds `arch` reads, for the messages (e.g.
+            `"a .pth, .safetensors or .weights.h5 file"`).
+
+    Returns:
+        The path, as a string.
+
+    Raises:
+        ValueError: if `weights` is not a path.
+        FileNotFoundError: if no file is there.
+    """
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(
+            f"weights must be 'imagenet', None or a file path. Received "
+            f"weights={weights!r} for arch={arch!r}."
+        )
+    path = os.fspath(weights)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{arch} weights file not found: {path}. Pass weights='imagenet', "
+            f"None, or the path of {formats}."
+        )
+    return path

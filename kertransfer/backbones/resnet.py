@@ -30,6 +30,7 @@ from keras import layers
 
 from kertransfer.backbones.registry import BackboneSpec
 from kertransfer.backbones.registry import cache_dir
+from kertransfer.backbones.registry import local_weights_file
 from kertransfer.backbones.registry import register_backbone
 from kertransfer.backbones.torch_weights import load_torch_state_dict
 from kertransfer.layers import ImagePreprocessing
@@ -511,17 +512,9 @@ def _resolve_weights(arch, weights, include_top):
         if os.path.isfile(cached):
             return ("keras", cached)
         return ("torch", fetch_weights(fname, url, arch, sha256_prefix))
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            f"weights must be 'imagenet', None or a file path. Received "
-            f"weights={weights!r} for arch={arch!r}."
-        )
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{arch} weights file not found: {path}. Pass weights='imagenet', "
-            "None, or the path of a .pth, .safetensors or .weights.h5 file."
-        )
+    path = local_weights_file(
+        arch, weights, "a .pth, .safetensors or .weights.h5 file"
+    )
     if path.endswith(".weights.h5"):
         return ("keras", path)
     if path.endswith(TORCH_SUFFIXES):
