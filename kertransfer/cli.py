@@ -1,4 +1,4 @@
-"""`kertransfer train|demo|...`: the command line."""
+"""`kertransfer train|demo|predict|report|export`: the command line."""
 
 import argparse
 import os
@@ -11,6 +11,13 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
     return value
 
 
@@ -32,6 +39,16 @@ def _train_args(p):
         help="SGDR cycles after unfreezing, cycle_mult=2 (default 2 = 3 epochs)",
     )
     p.add_argument("--tta", type=int, default=4, help="TTA augmented copies (default 4)")
+    p.add_argument(
+        "--tensorboard",
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="DIR",
+        help="log losses, metrics and per-group LRs per epoch for TensorBoard "
+        "(default DIR: <run folder>/tensorboard; give it after data_dir; needs tensorflow "
+        "and tensorboard)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -48,6 +65,7 @@ def _config(args):
         aug_epochs=args.aug_epochs,
         unfrozen_cycles=args.unfrozen_cycles,
         n_aug=args.tta,
+        tensorboard=args.tensorboard,
     )
 
 
@@ -65,6 +83,22 @@ def build_parser():
     p.add_argument("--dataset", default="hymenoptera", help="sample dataset (hymenoptera or dogscats)")
     p.add_argument("--out", default=os.path.join("runs", "demo"), help="run folder (default runs/demo)")
     _train_args(p)
+    p = sub.add_parser(
+        "predict",
+        help="classify images with a trained run folder",
+        description="Top-k classes of images under a run folder's model.keras, with "
+        "the run's validation transforms (center crop). Folders are searched for "
+        "images; unreadable files are reported and skipped. Exit status 1 only if "
+        "nothing could be predicted.",
+    )
+    p.add_argument("run_dir", help="folder written by `kertransfer train` (model.keras, metrics.json)")
+    p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation, as ConvLearner.TTA")
+    p.add_argument("--n-aug", type=_non_negative_int, default=4, help="TTA augmented copies (default 4)")
+    p.add_argument("--top-k", type=_positive_int, default=None, help="classes per image (default 3, at most the number of classes)")
+    p.add_argument("--csv", default=None, metavar="OUT.csv", help="also write all rows, errors included, to this CSV file")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    p.add_argument("--seed", type=int, default=0, help="TTA augmentation seed (default 0)")
     p = sub.add_parser("report", help="rebuild report.html of a run folder")
     p.add_argument("run_dir", help="folder written by `kertransfer train`")
     sub.add_parser(
@@ -73,6 +107,46 @@ def build_parser():
         add_help=False,
     )
     return parser
+
+
+def _table(frame):
+    """Left-aligned text columns, probabilities with 4 decimals."""
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(frame.columns)]
+    lines = [list(frame.columns)] + cells
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines)
+
+
+def _predict(args):
+    """`kertransfer predict`: table on stdout, bad files on stderr."""
+    from kertransfer.predict import predict_images
+
+    frame = predict_images(
+        args.run_dir,
+        args.images,
+        tta=args.tta,
+        top_k=args.top_k,
+        n_aug=args.n_aug,
+        seed=args.seed,
+        batch_size=args.batch_size,
+    )
+    ok = frame[frame["status"] == "ok"]
+    for row in frame[frame["status"] != "ok"].itertuples():
+        print(f"kertransfer: cannot predict {row.file}: {row.error}", file=sys.stderr)
+    if len(ok):
+        print(_table(ok.drop(columns=["status", "error"])))
+    if args.csv:
+        frame.to_csv(args.csv, index=False, float_format="%.6f")
+    csv_note = f"; wrote {args.csv}" if args.csv else ""
+    print(
+        f"kertransfer: predicted {len(ok)} of {len(frame)} file(s)"
+        f"{' with TTA' if args.tta else ''}{csv_note}",
+        file=sys.stderr,
+    )
+    if len(ok) == 0:
+        print("kertransfer: error: no image could be predicted", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None):
@@ -85,9 +159,9 @@ def main(argv=None):
         return export_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
-    from kertransfer.train import train
-
     try:
+        if args.command == "predict":
+            return _predict(args)
         if args.command == "report":
             from kertransfer.report import write_report
 
@@ -100,8 +174,10 @@ def main(argv=None):
         else:
             data_dir = args.data_dir
         out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(data_dir)))
+        from kertransfer.train import train
+
         train(data_dir, out, _config(args), verbose=0 if args.quiet else 1)
-    except (FileNotFoundError, ValueError, ImportError) as e:
+    except (OSError, ValueError, ImportError) as e:  # OSError: FileNotFoundError, CSV
         print(f"kertransfer: error: {e}", file=sys.stderr)
         return 2
     return 0

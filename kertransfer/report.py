@@ -13,8 +13,8 @@ offline. Run folder contract (all written by the trainer):
   optionally `tta_probs` (n, c) and `paths` (n,) as a str array.
 - `history.csv` (optional): one row per epoch, columns `epoch`, `stage`,
   `loss`, `accuracy`, `val_loss`, `val_accuracy`, ...
-- `lr_find.png`, `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`
-  (optional).
+- `lr_find.png`, `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`,
+  `augmented.png` (optional).
 
 Missing optional files are noted in the report. A small inline script
 records, once the page has loaded, how many images decoded
@@ -213,7 +213,7 @@ def _summary_section(metrics, predictions, run_dir):
     )
 
 
-def _dataset_section(metrics, class_names):
+def _dataset_section(metrics, class_names, run_dir=None):
     dataset = metrics.get("dataset") or {}
     parts = []
     train_counts = dataset.get("train_counts") or {}
@@ -246,6 +246,9 @@ def _dataset_section(metrics, class_names):
         )
     else:
         parts.append("<p>No files were skipped.</p>")
+    if run_dir is not None and (run_dir / "augmented.png").is_file():
+        parts.append("<h3>Training augmentation (center crop, then copies)</h3>")
+        parts.append(_png_or_note(run_dir, "augmented.png", "augmented training images"))
     classes = ", ".join(_esc(n) for n in class_names)
     parts.insert(0, f"<p>{len(class_names)} classes: {classes}</p>")
     return _section("dataset", "Dataset", parts)
@@ -540,7 +543,7 @@ def write_report(run_dir, filename="report.html", num_images=4,
     title = f"kertransfer report: {metrics.get('arch', 'model')} ({run_dir.name})"
     sections = [
         _summary_section(metrics, predictions, run_dir),
-        _dataset_section(metrics, interp.class_names),
+        _dataset_section(metrics, interp.class_names, run_dir),
         _lr_section(metrics, run_dir),
         _history_section(run_dir),
         _accuracy_section(metrics, predictions),

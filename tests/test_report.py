@@ -93,6 +93,7 @@ def run_dir(tmp_path):
     _save_png(run / "lr_find.png", curve, "lr_find")
     _save_png(run / "lr_schedule.png", np.cos(np.linspace(0, 3, 50)), "lrs")
     _save_png(run / "loss.png", curve[::-1], "loss")
+    _save_png(run / "augmented.png", curve * 2, "augmented")
     return run
 
 
@@ -139,27 +140,33 @@ def _confusion_from_html(parser, num_classes):
     return matrix
 
 
+def _tta_interpretation(run_dir):
+    """The interpretation the report should show, and the validation size."""
+    with np.load(run_dir / "predictions.npz") as arrays:
+        interp = ClassificationInterpretation(
+            arrays["tta_probs"], arrays["targets"], CLASSES)
+        return interp, len(arrays["targets"])
+
+
 def test_report_confusion_matrix_matches_interpretation(run_dir):
     path = write_report(run_dir)
     assert path == run_dir / "report.html"
     text = path.read_text(encoding="utf-8")
     assert text.count('id="confusion-matrix"') == 1
     matrix = _confusion_from_html(_parse(path), 2)
-    with np.load(run_dir / "predictions.npz") as arrays:
-        interp = ClassificationInterpretation(
-            arrays["tta_probs"], arrays["targets"], CLASSES)
+    interp, num_valid = _tta_interpretation(run_dir)
     np.testing.assert_array_equal(matrix, interp.confusion_matrix())
     np.testing.assert_array_equal(matrix, TTA_CONFUSION)
-    assert matrix.sum() == 2 * PER_CLASS
+    assert matrix.sum() == num_valid == 2 * PER_CLASS
 
 
 def test_report_images_are_inline_pngs(run_dir):
     path = write_report(run_dir)
     parser = _parse(path)
     images = [src for tag, src in parser.sources if tag == "img"]
-    # lr_find, lr_schedule, history plot, loss.png, confusion matrix,
-    # 2 most-incorrect grids, 1 most-uncertain grid, top losses.
-    assert len(images) == 9
+    # augmented.png, lr_find, lr_schedule, history plot, loss.png, confusion
+    # matrix, 2 most-incorrect grids, 1 most-uncertain grid, top losses.
+    assert len(images) == 10
     for src in images:
         prefix = "data:image/png;base64,"
         assert src.startswith(prefix)
@@ -271,9 +278,16 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     assert body, f"no DOM from chromium: {dom.stderr[-2000:]}"
     attrs = dict(re.findall(r'data-images-(\w+)="(\d+)"', body.group(0)))
     assert attrs, f"the load script did not run: {body.group(0)}"
-    assert int(attrs["total"]) == 9
+    assert int(attrs["total"]) == 10
     assert int(attrs["broken"]) == 0
-    assert int(attrs["loaded"]) == 9
+    assert int(attrs["loaded"]) == 10
+    # The confusion matrix as the browser rendered it.
+    parser = _ReportParser()
+    parser.feed(dom.stdout)
+    rendered = _confusion_from_html(parser, 2)
+    interp, num_valid = _tta_interpretation(run_dir)
+    np.testing.assert_array_equal(rendered, interp.confusion_matrix())
+    assert rendered.sum() == num_valid
 
     screenshot = tmp_path / "report.png"
     shot = _run_chromium(binary, tmp_path, f"--screenshot={screenshot}",

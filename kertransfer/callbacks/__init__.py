@@ -4,5 +4,12 @@ from kertransfer.callbacks.best import KeepBestWeights
 from kertransfer.callbacks.lr_finder import LRFinder
 from kertransfer.callbacks.lr_finder import raw_batch_losses
 from kertransfer.callbacks.sgdr import SGDR
+from kertransfer.callbacks.tensorboard import TensorBoardLogger
 
-__all__ = ["KeepBestWeights", "LRFinder", "SGDR", "raw_batch_losses"]
+__all__ = [
+    "KeepBestWeights",
+    "LRFinder",
+    "SGDR",
+    "TensorBoardLogger",
+    "raw_batch_losses",
+]

@@ -1,0 +1,123 @@
+"""TensorBoard logging over a sequence of fits, with per-group LRs."""
+
+import importlib.util
+
+import keras
+
+from kertransfer.callbacks._optim import get_learning_rates
+
+__all__ = ["TensorBoardLogger"]
+
+
+def _require_tensorboard():
+    missing = [
+        name
+        for name in ("tensorflow", "tensorboard")
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise ImportError(
+            "TensorBoard logging uses keras.callbacks.TensorBoard, which writes "
+            "event files with TensorFlow's tf.summary under any Keras backend "
+            f"(JAX and torch included). Missing: {', '.join(missing)}. Install "
+            "them with `pip install tensorflow tensorboard` (or "
+            "`pip install kertransfer[tensorflow]`), or train without "
+            "--tensorboard."
+        )
+
+
+class TensorBoardLogger(keras.callbacks.TensorBoard):
+    """`keras.callbacks.TensorBoard` across several fits, with per-group LRs.
+
+    fast.ai's workflow is a sequence of fits (head on precomputed
+    activations, head with augmentation, unfrozen with differential LRs);
+    each is one `model.fit`, whose epochs restart at 0. This callback keeps
+    one running epoch count over all fits it is passed to, so the curves of
+    the stages follow each other on one TensorBoard axis. At each epoch end
+    it adds the mean learning rate of each trainable layer group over the
+    epoch's batches (as set by the `SGDR` callback, read back from the
+    sub-optimizers; the LR at the epoch's end is ~0 with `cycle_len=1`) to
+    the scalars, as `epoch_lr_<group>` (e.g. `epoch_lr_group0`,
+    `epoch_lr_head`), in place of Keras's `epoch_learning_rate_<optimizer
+    name>`. Losses and metrics are
+    written as by Keras: `epoch_loss`, `epoch_accuracy` under `train/`, and
+    the validation ones under `validation/`.
+
+    `keras.callbacks.TensorBoard` writes with `tf.summary`, so it needs
+    TensorFlow and TensorBoard installed; the Keras backend can be any.
+
+    Args:
+        log_dir: folder for the event files (`train/` and `validation/`
+            sub-folders are written).
+        group_names: names of the trainable layer groups, earliest first, one
+            per sub-optimizer: a list, or a callable returning the list
+            (called when each fit begins, since trainable groups change after
+            `unfreeze`). None: `group0`, `group1`, ...
+        **kwargs: passed to `keras.callbacks.TensorBoard` (`write_graph`
+            defaults to False here).
+
+    Raises:
+        ImportError: if TensorFlow or TensorBoard is not installed.
+
+    Example:
+
+    ```python
+    tb = TensorBoardLogger("runs/dogscats/tensorboard")
+    learn.fit(1e-2, 1, callbacks=[tb])
+    learn.unfreeze()
+    learn.fit([1e-4, 1e-3, 1e-2], 3, cycle_len=1, cycle_mult=2, callbacks=[tb])
+    # then: tensorboard --logdir runs/dogscats/tensorboard
+    ```
+    """
+
+    def __init__(self, log_dir, group_names=None, **kwargs):
+        _require_tensorboard()
+        kwargs.setdefault("write_graph", False)
+        super().__init__(log_dir=str(log_dir), **kwargs)
+        self.group_names = group_names
+        self.epochs_logged = 0
+        self._names = None
+        self._lr_sums = None
+        self._lr_batches = 0
+
+    def on_train_begin(self, logs=None):
+        names = self.group_names() if callable(self.group_names) else self.group_names
+        self._names = None if names is None else [str(n) for n in names]
+        super().on_train_begin(logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._lr_sums = None
+        self._lr_batches = 0
+        super().on_epoch_begin(epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        # Runs after SGDR's on_train_batch_begin (learner callbacks come
+        # first), so these are the LRs this batch trains with.
+        lrs = get_learning_rates(self.model)
+        if self._lr_sums is None:
+            self._lr_sums = [0.0] * len(lrs)
+        self._lr_sums = [total + lr for total, lr in zip(self._lr_sums, lrs)]
+        self._lr_batches += 1
+        super().on_train_batch_begin(batch, logs)
+
+    def group_learning_rates(self):
+        """`{"lr_<group>": mean LR}` over the epoch, one per sub-optimizer."""
+        if self._lr_batches:
+            lrs = [total / self._lr_batches for total in self._lr_sums]
+        else:
+            lrs = get_learning_rates(self.model)
+        names = self._names
+        if names is None or len(names) != len(lrs):
+            names = [f"group{i}" for i in range(len(lrs))]
+        return {f"lr_{name}": lr for name, lr in zip(names, lrs)}
+
+    def _collect_learning_rate(self, logs):
+        # Keras would add `learning_rate_<sub-optimizer name>`; the names
+        # change with every recompile, so the group LRs replace them.
+        return logs
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = dict(logs or {})  # a copy: History keeps its own keys
+        logs.update(self.group_learning_rates())
+        super().on_epoch_end(self.epochs_logged, logs)
+        self.epochs_logged += 1

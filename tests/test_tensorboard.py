@@ -1,0 +1,77 @@
+"""TensorBoard logging of a sequence of fits (`train --tensorboard`)."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from kertransfer.callbacks import TensorBoardLogger
+from kertransfer.cli import _config
+from kertransfer.cli import build_parser
+from kertransfer.groups import trainable_groups
+from kertransfer.learner import ConvLearner
+
+
+def _scalars(log_dir):
+    """`{tag: [(step, value)]}` read back from the event files of `log_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+        for tag in events.Tags()["tensors"]
+    }
+
+
+def test_fits_write_loss_metrics_and_group_lrs(tiny_data, tmp_path):
+    learn = ConvLearner.pretrained("tiny_cnn", tiny_data, precompute=True, weights=None)
+    tb = TensorBoardLogger(
+        tmp_path / "tb",
+        group_names=lambda: [learn.group_names[i] for i in trainable_groups(learn.layer_groups)],
+    )
+    learn.fit(1e-2, 1, callbacks=[tb], verbose=0)  # constant LR, precomputed
+    learn.precompute = False
+    learn.fit(1e-2, 1, cycle_len=1, callbacks=[tb], verbose=0)  # cosine
+    learn.unfreeze()
+    learn.fit(np.array([1e-4, 1e-3, 1e-2]), 1, callbacks=[tb], verbose=0)
+
+    train = _scalars(tmp_path / "tb" / "train")
+    valid = _scalars(tmp_path / "tb" / "validation")
+    # One running epoch axis over the three fits.
+    assert [step for step, _ in train["epoch_loss"]] == [0, 1, 2]
+    assert [step for step, _ in valid["epoch_loss"]] == [0, 1, 2]
+    np.testing.assert_allclose(
+        [v for _, v in train["epoch_loss"]], [r["loss"] for r in learn.history], rtol=1e-5)
+    np.testing.assert_allclose(
+        [v for _, v in valid["epoch_accuracy"]], [r["val_accuracy"] for r in learn.history], rtol=1e-5)
+    # Mean LR of each epoch: constant, then a cosine cycle from 1e-2 to ~0
+    # (mean ~ half), then the three differential LRs.
+    head = dict(train["epoch_lr_head"])
+    assert head[0] == pytest.approx(1e-2)
+    assert 0.3e-2 < head[1] < 0.7e-2
+    assert head[2] == pytest.approx(1e-2)
+    assert train["epoch_lr_group0"] == [(2, pytest.approx(1e-4))]
+    assert train["epoch_lr_group1"] == [(2, pytest.approx(1e-3))]
+    assert not any(tag.startswith("epoch_learning_rate") for tag in train)
+    # The History of each fit is untouched.
+    assert not any(k.startswith("lr_") for row in learn.history for k in row)
+
+
+def test_cli_tensorboard_flag_reaches_train_config(tmp_path):
+    parser = build_parser()
+    args = parser.parse_args(["train", str(tmp_path), "--tensorboard"])
+    assert _config(args).tensorboard is True
+    args = parser.parse_args(["train", str(tmp_path), "--tensorboard", str(tmp_path / "tb")])
+    assert _config(args).tensorboard == str(tmp_path / "tb")
+    assert _config(parser.parse_args(["train", str(tmp_path)])).tensorboard is None
+
+
+def test_missing_tensorflow_is_a_clear_error(monkeypatch, tmp_path):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a)
+    )
+    with pytest.raises(ImportError, match="pip install tensorflow tensorboard"):
+        TensorBoardLogger(tmp_path)
