@@ -19,6 +19,8 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from kertransfer.metrics import fbeta_from_counts
+
 __all__ = [
     "ClassificationInterpretation",
     "MultiLabelInterpretation",
@@ -680,8 +682,7 @@ class MultiLabelInterpretation:
 
     @staticmethod
     def _fbeta(tp, fp, fn, beta):
-        b2 = beta * beta
-        return _divide((1 + b2) * tp, (1 + b2) * tp + b2 * fn + fp)
+        return fbeta_from_counts(tp, fp, fn, beta)
 
     def per_class_report(self, beta=2):
         """Threshold, precision, recall, F-beta and counts per tag.

@@ -20,14 +20,17 @@ from kertransfer import schedules
 from kertransfer.backbones import assign_layer_groups
 from kertransfer.backbones import cache_dir
 from kertransfer.backbones import get_backbone
+from kertransfer.balance import resolve_class_weight
 from kertransfer.callbacks import LRFinder
 from kertransfer.callbacks import SGDR
 from kertransfer.callbacks import KeepBestWeights
+from kertransfer.fbeta_score import SamplesFBetaScore
 from kertransfer.groups import group_optimizer
 from kertransfer.groups import trainable_groups
 from kertransfer.layers import AdaptiveConcatPooling2D
 from kertransfer.recorder import FitRecord
 from kertransfer.recorder import LRFindResult
+from kertransfer.tta import tta_probs
 
 __all__ = ["ConvLearner", "sgd_momentum"]
 
@@ -39,7 +42,7 @@ def sgd_momentum(learning_rate):
     return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
 
 
-def _head_layers(num_classes, ps, xtra_fc):
+def _head_layers(num_classes, ps, xtra_fc, activation="softmax"):
     """fast.ai's head after concat pooling: [BN, Dropout, Dense]* + output."""
     if np.ndim(ps) == 0:
         ps = [ps / 2] * len(xtra_fc) + [ps]
@@ -59,7 +62,7 @@ def _head_layers(num_classes, ps, xtra_fc):
     layers_ += [
         keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, name=f"head_bn{n}"),
         keras.layers.Dropout(ps[-1], name=f"head_drop{n}"),
-        keras.layers.Dense(num_classes, activation="softmax", name="head_out"),
+        keras.layers.Dense(num_classes, activation=activation, name="head_out"),
     ]
     return layers_
 
@@ -111,7 +114,10 @@ class ConvLearner:
         self.opt_fn = opt_fn
         inputs = keras.Input((None, None, 3), name="image")
         pooled = AdaptiveConcatPooling2D(name="concat_pool")(backbone(inputs))
-        self.head = _head_layers(data.num_classes, ps, xtra_fc)
+        # Multi-label (fast.ai v0.7 `is_multi`): independent sigmoids.
+        self.is_multi = bool(getattr(data, "is_multi", False))
+        activation = "sigmoid" if self.is_multi else "softmax"
+        self.head = _head_layers(data.num_classes, ps, xtra_fc, activation)
         self.model = keras.Model(inputs, _apply(self.head, pooled), name=f"{self.arch}_classifier")
         self.body_model = keras.Model(inputs, pooled, name=f"{self.arch}_body")
         feats = keras.Input((pooled.shape[-1],), name="features")
@@ -143,8 +149,10 @@ class ConvLearner:
         Head (fast.ai v0.7 `ConvnetBuilder`): concat(global average pool,
         global max pool) -> [BatchNorm -> Dropout(ps/2) -> Dense(n, relu)]
         for each n in `xtra_fc` -> BatchNorm -> Dropout(ps) ->
-        Dense(num_classes, softmax). The body starts frozen; frozen
-        BatchNorm layers run in inference mode.
+        Dense(num_classes, softmax), or sigmoid when `data.is_multi`
+        (multi-label: binary cross-entropy loss, samples-averaged F2
+        metric `f2`, as fast.ai lesson 2 Planet). The body starts frozen;
+        frozen BatchNorm layers run in inference mode.
 
         Args:
             arch: registered backbone name, e.g. `"efficientnet_lite0"`,
@@ -271,7 +279,8 @@ class ConvLearner:
         """`(model, train, valid, steps_per_epoch, fit_kwargs)` for a fit."""
         bs = batch_size or self.data.batch_size
         if self.precompute:
-            x, y = self._activations("train"), self.data.train_labels
+            index = self.data.train_index  # repeats rare classes if oversample
+            x, y = self._activations("train")[index], self.data.train_labels[index]
             if drop_last:
                 order = np.random.default_rng(seed).permutation(len(x))
                 order = order[: (len(x) // bs) * bs]
@@ -288,8 +297,8 @@ class ConvLearner:
         optimizer, active = group_optimizer(self.layer_groups, self.opt_fn, lrs)
         model.compile(
             optimizer=optimizer,
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
+            loss="binary_crossentropy" if self.is_multi else "sparse_categorical_crossentropy",
+            metrics=[SamplesFBetaScore(beta=2, threshold=0.5)] if self.is_multi else ["accuracy"],
         )
         return active
 
@@ -301,8 +310,10 @@ class ConvLearner:
         (see `kertransfer.callbacks.LRFinder`). Model weights are restored
         afterwards and every later `fit` starts with fresh optimizers, so the
         test leaves no trace. When an epoch has fewer than `min_steps` full
-        batches, the test uses smaller batches (down to 16 images: smaller ones
-        make the curve too noisy to read) so the curve has more points.
+        batches, the ramp goes over precomputed activations several times
+        (each pass reshuffled); through the body, it uses smaller batches
+        instead (down to 16 images: smaller ones make the curve too noisy to
+        read), so the curve has more points.
 
         Args:
             start_lr, end_lr: LR range of the last layer group.
@@ -317,7 +328,7 @@ class ConvLearner:
         """
         n_train = len(self.data.train_labels)
         bs = self.data.batch_size
-        if n_train // bs < min_steps:
+        if n_train // bs < min_steps and not self.precompute:
             bs = min(bs, max(16, n_train // min_steps))
         saved = self.model.get_weights()
         model, train, _, steps, kwargs = self._train_inputs(batch_size=bs, drop_last=True, seed=0)
@@ -326,6 +337,14 @@ class ConvLearner:
                 f"lr_find needs at least 2 batches of {bs} images; the "
                 f"training set has {n_train}."
             )
+        if isinstance(train, tuple) and steps < min_steps:
+            # Precomputed activations cost next to nothing to revisit: pass
+            # over them several times, each in a new order, so that a small
+            # dataset still gives a ramp of `min_steps` full batches.
+            x, y = train
+            rng = np.random.default_rng(1)
+            order = np.concatenate([rng.permutation(len(x)) for _ in range(math.ceil(min_steps / steps))])
+            train, steps = (x[order], y[order]), len(order) // bs
         ratios = None
         if group_ratios is not None:
             ratios = schedules.expand_lrs(group_ratios, len(self.layer_groups))
@@ -352,6 +371,7 @@ class ConvLearner:
         keep_best=False,
         stage=None,
         verbose=1,
+        class_weight=None,
     ):
         """Trains with SGDR, one LR per layer group (fast.ai `fit`).
 
@@ -371,14 +391,25 @@ class ConvLearner:
                 validation loss at the end.
             stage: a name for this fit in `learn.history`.
             verbose: Keras verbosity (1: progress bar).
+            class_weight: None, `"balanced"` (scikit-learn's weights
+                `n / (num_classes * count_c)` from the training labels), or
+                a dict `{class_index: weight}` (missing classes: 1). Scales
+                each image's training loss by its class's weight (Keras
+                `model.fit(class_weight=...)`); an alternative to
+                `ImageClassifierData.from_paths(..., oversample=True)` for
+                unbalanced classes. Single-label data only.
 
         Returns:
             The `keras.callbacks.History` of the fit.
 
         Raises:
-            ValueError: on bad `lrs`/cycle arguments, or if all is frozen.
+            ValueError: on bad `lrs`/cycle arguments, a bad `class_weight`, or
+                if all is frozen.
         """
         epochs = schedules.sgdr_total_epochs(n_cycle, cycle_len, cycle_mult)
+        weights = resolve_class_weight(
+            class_weight, self.data.train_labels, self.data.num_classes
+        )
         base = schedules.expand_lrs(lrs, len(self.layer_groups))
         model, train, valid, steps, kwargs = self._train_inputs()
         active = self._compile(model, base)
@@ -390,9 +421,9 @@ class ConvLearner:
             cbs.append(best)
         start = time.time()
         if isinstance(train, tuple):
-            hist = model.fit(*train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose, **kwargs)
+            hist = model.fit(*train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose, class_weight=weights, **kwargs)
         else:
-            hist = model.fit(train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose)
+            hist = model.fit(train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose, class_weight=weights)
         seconds = time.time() - start
         self.sched = FitRecord(sgdr.lr_history, [self.group_names[i] for i in active], losses.losses, steps, stage)
         first = len(self.history)
@@ -412,16 +443,17 @@ class ConvLearner:
 
         Returns:
             `(probs, targets)`: `(n, num_classes)` float array and int labels
-            (`None` for the unlabeled test split).
+            `(n,)`, or multi-hot float32 `(n, num_classes)` when
+            `data.is_multi` (`None` for the unlabeled test split).
         """
         probs = self.model.predict(self.data.fixed_batches(split), verbose=0)
         targets = None if split == "test" else self.data._splits[split].labels
         return probs, targets
 
-    def TTA(self, n_aug=4, split="valid", seed=0):
+    def TTA(self, n_aug=4, split="valid", seed=0, beta=None):
         """Test-time augmentation (fast.ai v0.7 `learn.TTA`).
 
-        Averages the softmax outputs of the original (center-cropped) images
+        Averages the probabilities of the original (center-cropped) images
         and of `n_aug` augmented copies (training transforms: random crop and
         augmentation layers called with `training=True`), with the model in
         inference mode.
@@ -430,16 +462,21 @@ class ConvLearner:
             n_aug: number of augmented copies per image.
             split: "valid" or "test".
             seed: seed of the augmentation; equal seeds give equal results.
+            beta: None (fast.ai v0.7: plain mean over the `n_aug + 1`
+                predictions), or the weight in [0, 1] of the un-augmented
+                prediction against the mean of the augmented ones (fast.ai v2
+                `Learner.tta`, default there 0.25).
 
         Returns:
             `(probs, targets)` as in `predict`.
+
+        Raises:
+            ValueError: on `n_aug < 0`, `beta` outside [0, 1], or `beta`
+                with `n_aug=0`.
         """
         probs, targets = self.predict(split)
-        total = probs.astype("float64")
-        for i in range(n_aug):
-            batches = self.data.fixed_batches(split, tfms=self.data.train_tfms, augment=True, seed=seed + i)
-            total += self.model.predict(batches, verbose=0)
-        return (total / (n_aug + 1)).astype("float32"), targets
+        blended = tta_probs(self.model, self.data, n_aug, split, seed, probs=probs, beta=beta)
+        return blended, targets
 
     def set_data(self, data):
         """Swaps in `data` (e.g. `data.resize(299)`), keeping all weights.
@@ -448,12 +485,18 @@ class ConvLearner:
         image size works; precompute caches are per image size.
 
         Raises:
-            ValueError: if the classes differ.
+            ValueError: if the classes, or single- vs multi-label, differ.
         """
         if list(data.classes) != list(self.data.classes):
             raise ValueError(
                 f"set_data needs the same classes. Have {self.data.classes}, "
                 f"received {data.classes}."
+            )
+        if bool(getattr(data, "is_multi", False)) != self.is_multi:
+            raise ValueError(
+                "set_data needs data of the same kind: this learner is "
+                f"{'multi' if self.is_multi else 'single'}-label (is_multi="
+                f"{self.is_multi}), the new data is not."
             )
         self.data = data
 
@@ -471,7 +514,12 @@ class ConvLearner:
         if not path.endswith(".keras"):
             path += ".keras"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        self.model.save(path)
+        # Without the optimizer: every fit starts fresh optimizers (fast.ai),
+        # and its state would double or triple the file (one momentum per
+        # group) for TF Serving / LiteRT export, which never uses it.
+        clean = keras.models.clone_model(self.model)
+        clean.set_weights(self.model.get_weights())
+        clean.save(path)
         return path
 
     def load(self, path):

@@ -8,7 +8,9 @@ import time
 
 import numpy as np
 
+from kertransfer.callbacks import TensorBoardLogger
 from kertransfer.data import ImageClassifierData
+from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
 from kertransfer.transforms import tfms_from_model
 
@@ -34,6 +36,10 @@ class TrainConfig:
         max_lr: upper bound on the LR chosen from `lr_find`.
         bn_freeze: keep the body's BatchNorm frozen after unfreezing
             (fast.ai `bn_freeze(True)`).
+        tensorboard: None (off), True (log to `<out_dir>/tensorboard`) or a
+            folder: per-epoch losses, metrics and per-group LRs of every fit,
+            through `keras.callbacks.TensorBoard` (needs TensorFlow and
+            TensorBoard installed, whatever the Keras backend).
     """
 
     def __init__(
@@ -49,6 +55,7 @@ class TrainConfig:
         n_aug=4,
         max_lr=1e-2,
         bn_freeze=True,
+        tensorboard=None,
     ):
         self.arch = arch
         self.image_size = image_size
@@ -61,6 +68,7 @@ class TrainConfig:
         self.n_aug = n_aug
         self.max_lr = max_lr
         self.bn_freeze = bn_freeze
+        self.tensorboard = tensorboard
 
 
 def _choose_lr(result, cap, floor=0.0):
@@ -74,6 +82,11 @@ def _choose_lr(result, cap, floor=0.0):
         return float(min(max(result.suggestions().min_div10, floor), cap))
     except ValueError:
         return None
+
+
+def _trainable_group_names(learn):
+    """Names of the groups the next fit trains, in sub-optimizer order."""
+    return [learn.group_names[i] for i in trainable_groups(learn.layer_groups)]
 
 
 def _savefig(ax_or_fig, path):
@@ -100,7 +113,9 @@ def _plot_schedules(records, path):
             seen.add(name)
             ax.plot(steps, rec.lr_history[:, g], color=colors.get(name), label=label)
         ax.axvline(offset, color="grey", lw=0.5)
-        ax.text(offset, ax.get_ylim()[1] if offset else 0, f" {rec.stage}", fontsize=7, va="top", rotation=90)
+        # x in batches, y in axes fraction: the label sits at the top
+        # whatever the (log) LR range.
+        ax.text(offset, 0.98, f" {rec.stage}", fontsize=7, va="top", rotation=90, transform=ax.get_xaxis_transform())
         offset += len(rec.lr_history)
     ax.set_yscale("log")
     ax.set_xlabel("batch (all stages)")
@@ -147,7 +162,8 @@ def train(data_dir, out_dir, config=None, verbose=1):
     Writes into `out_dir`: `model.keras`, `history.csv` (one row per epoch,
     `stage` column), `metrics.json`, `predictions.npz` (`probs`,
     `tta_probs`, `targets`, `paths`), `lr_find.png`,
-    `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`.
+    `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`, `augmented.png`; with
+    `config.tensorboard`, TensorBoard event files (`train/`, `validation/`).
 
     Args:
         data_dir: fast.ai-layout folder (`train/<class>/*`, `valid|val/...`).
@@ -157,6 +173,9 @@ def train(data_dir, out_dir, config=None, verbose=1):
 
     Returns:
         The metrics dict (also in `metrics.json`).
+
+    Raises:
+        ImportError: with `config.tensorboard` but no TensorFlow/TensorBoard.
     """
     import matplotlib
 
@@ -176,9 +195,16 @@ def train(data_dir, out_dir, config=None, verbose=1):
         if verbose:
             print(f"[kertransfer] {msg}", flush=True)
 
+    callbacks = []
+    log_dir = None
+    if config.tensorboard:
+        log_dir = os.path.join(out_dir, "tensorboard") if config.tensorboard is True else os.fspath(config.tensorboard)
+        callbacks.append(TensorBoardLogger(log_dir, group_names=lambda: _trainable_group_names(learn)))
     tfms = tfms_from_model(config.arch, config.image_size)
     data = timed("load_data", ImageClassifierData.from_paths, data_dir, batch_size=config.batch_size, tfms=tfms)
     say(f"{len(data.train_paths)} train / {len(data.valid_paths)} valid images, classes {data.classes}, skipped {len(data.skipped)}")
+    # What the model sees in the augmented stages (fast.ai `plots` of aug_tfms).
+    data.plot_augmented(n=6, path=os.path.join(out_dir, "augmented.png"), images=[0, len(data.train_paths) - 1])
     learn = timed("build", ConvLearner.pretrained, config.arch, data, precompute=True, weights=config.weights)
 
     # (1)-(2): precompute, find the head LR.
@@ -190,14 +216,14 @@ def train(data_dir, out_dir, config=None, verbose=1):
     lrs_used = {}
 
     # (3) head on precomputed activations.
-    timed("head_precomputed", learn.fit, lr, config.head_epochs, stage="head_precomputed", verbose=verbose)
+    timed("head_precomputed", learn.fit, lr, config.head_epochs, stage="head_precomputed", callbacks=callbacks, verbose=verbose)
     records.append(learn.sched)
     lrs_used["head_precomputed"] = [lr]
 
     # (4) head with augmentation, SGDR cycle_len=1.
     learn.precompute = False
     if config.aug_epochs:
-        timed("head_augmented", learn.fit, lr, config.aug_epochs, cycle_len=1, stage="head_augmented", verbose=verbose)
+        timed("head_augmented", learn.fit, lr, config.aug_epochs, cycle_len=1, stage="head_augmented", callbacks=callbacks, verbose=verbose)
         records.append(learn.sched)
         lrs_used["head_augmented"] = [lr]
 
@@ -220,6 +246,7 @@ def train(data_dir, out_dir, config=None, verbose=1):
         cycle_mult=2,
         keep_best=True,
         stage="unfrozen",
+        callbacks=callbacks,
         verbose=verbose,
     )
     records.append(learn.sched)
@@ -246,6 +273,9 @@ def train(data_dir, out_dir, config=None, verbose=1):
         "dataset": data.summary(),
         "stage_seconds": stage_seconds,
     }
+    if log_dir is not None:
+        metrics["tensorboard"] = os.path.abspath(log_dir)
+        say(f"TensorBoard logs in {log_dir}: tensorboard --logdir {log_dir}")
     say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
 
     # Write the run folder.

@@ -12,6 +12,7 @@ import numpy as np
 
 __all__ = [
     "ImageTransforms",
+    "BatchAugmenter",
     "transforms_basic",
     "transforms_side_on",
     "transforms_top_down",
@@ -87,15 +88,21 @@ def _random_rot90_layer(seed):
             super().__init__(**kwargs)
             self.generator = keras.random.SeedGenerator(seed)
 
-        def call(self, images, training=True):
+        def get_random_transformation(self, data, training=True, seed=None):
+            """Number of quarter turns, 0-3 (Keras augmentation-layer API)."""
             if not training:
-                return images
-            k = ops.convert_to_numpy(
-                keras.random.randint((), 0, 4, seed=self.generator)
-            )
-            for _ in range(int(k)):
+                return 0
+            k = keras.random.randint((), 0, 4, seed=self.generator if seed is None else seed)
+            return int(ops.convert_to_numpy(k))
+
+        def transform_images(self, images, transformation, training=True):
+            for _ in range(int(transformation)):
                 images = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)
             return images
+
+        def call(self, images, training=True):
+            k = self.get_random_transformation(images, training=training)
+            return self.transform_images(images, k, training=training)
 
     return RandomRot90(seed=seed)
 
@@ -107,7 +114,8 @@ class ImageTransforms:
     `round(image_size / crop_pct)` pixels (ImageNet's standard evaluation:
     256 for 224). Validation takes the center `image_size` square; training
     takes a random square of the same size (fast.ai `RandomCrop`), optionally
-    zoomed in by up to `max_zoom`, then runs the augmentation layers.
+    zoomed in by up to `max_zoom`, then runs the augmentation layers (see
+    `BatchAugmenter`).
 
     Args:
         image_size: side of the square model input, pixels.
@@ -190,36 +198,92 @@ class ImageTransforms:
             top, left = (h - s) // 2, (w - s) // 2
         return image[top : top + s, left : left + s]
 
-    def build_augmenter(self, seed=None):
-        """Returns a callable `batch -> batch` (float32 numpy), or None.
+    def augment_layers(self, seed=None):
+        """The Keras layers of the augmentation, zoom first, or `[]`.
 
-        Keras random layers are inert unless called with `training=True`;
-        the augmenter does that.
+        `max_zoom > 1` becomes `keras.layers.RandomZoom((1 / max_zoom - 1,
+        0))` (zoom in only, reflected borders), then the `aug_tfms` layers.
         """
         if not self.augments:
-            return None
+            return []
         import keras
 
         layers_ = []
         if self.max_zoom > 1:
             zoom = 1.0 - 1.0 / self.max_zoom
             layers_.append(
-                keras.layers.RandomZoom(
-                    (-zoom, 0.0), fill_mode="reflect", seed=seed
-                )
+                keras.layers.RandomZoom((-zoom, 0.0), fill_mode="reflect", seed=seed)
             )
         if callable(self.aug_tfms):
             layers_ += list(self.aug_tfms(seed=seed))
         elif self.aug_tfms:
             layers_ += list(self.aug_tfms)
-        pipeline = keras.Sequential(layers_)
+        return layers_
 
-        def augment(batch):
-            out = pipeline(batch, training=True)
-            out = keras.ops.clip(out, 0.0, 255.0)
-            return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
+    def build_augmenter(self, seed=None):
+        """Returns a `BatchAugmenter` for these transforms, or None.
 
-        return augment
+        Keras random layers are inert unless called with `training=True`;
+        the augmenter applies them as in training.
+        """
+        if not self.augments:
+            return None
+        return BatchAugmenter(self, self.augment_layers(seed))
+
+    def batch(self, images, rng, augmenter=None):
+        """Crops (and augments) decoded images into one model batch.
+
+        Args:
+            images: list of uint8 `(h, w, 3)` decoded images.
+            rng: `numpy.random.Generator` of this batch (crop offsets and
+                augmentation parameters come from it alone).
+            augmenter: a `BatchAugmenter`, or None for crops only.
+
+        Returns:
+            float32 `(len(images), image_size, image_size, 3)` in [0, 255].
+        """
+        if augmenter is None:
+            return np.stack([self.crop(im, rng) for im in images]).astype("float32")
+        return augmenter(images, rng)
+
+
+class BatchAugmenter:
+    """Crops and augments a batch of decoded images, seeded per batch.
+
+    Each image gets its random crop from the batch's numpy generator, then
+    the Keras augmentation layers run on the whole batch with
+    `training=True` (Keras random layers are inert otherwise). Layers with
+    Keras's `get_random_transformation` / `transform_images` (all Keras 3
+    image augmentation layers, and kertransfer's `RandomRot90`) get an
+    explicit seed drawn from the batch's generator, so a batch is the same
+    whichever thread makes it and in whatever order (TTA, workers > 1).
+    Other user layers are called as they are (their own seed generator:
+    deterministic only when batches are made in order).
+
+    Args:
+        tfms: the `ImageTransforms` (crop size, random or center crop).
+        layers: Keras augmentation layers, e.g. `tfms.augment_layers()`.
+    """
+
+    def __init__(self, tfms, layers):
+        self.tfms = tfms
+        self.layers = list(layers)
+
+    def __call__(self, images, rng):
+        """Augments a list of decoded uint8 images into a float32 batch."""
+        import keras
+
+        x = np.stack([self.tfms.crop(im, rng) for im in images]).astype("float32")
+        out = keras.ops.convert_to_tensor(x)
+        for layer in self.layers:
+            seed = int(rng.integers(0, 2**31 - 1))
+            if hasattr(layer, "get_random_transformation") and hasattr(layer, "transform_images"):
+                transformation = layer.get_random_transformation(out, training=True, seed=seed)
+                out = layer.transform_images(out, transformation, training=True)
+            else:
+                out = layer(out, training=True)
+        out = keras.ops.clip(out, 0.0, 255.0)
+        return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
 
 
 def tfms_from_model(

@@ -1,8 +1,11 @@
 """ConvLearner verbs on real photos with a tiny registered backbone (fast)."""
 
+import io
 import os
 import shutil
+import zipfile
 
+import h5py
 import keras
 import numpy as np
 import pytest
@@ -130,5 +133,10 @@ def test_save_and_load_roundtrip(tiny_data, tmp_path):
     reloaded = keras.saving.load_model(path, compile=False)
     x = tiny_data.valid_batches()[0][0]
     np.testing.assert_allclose(reloaded.predict(x, verbose=0), learn.model.predict(x, verbose=0), rtol=1e-5, atol=1e-6)
+    # Lean file: weights only, no optimizer state (momentum per group).
+    with zipfile.ZipFile(path) as z, z.open("model.weights.h5") as f:
+        with h5py.File(io.BytesIO(f.read())) as h5:
+            assert "optimizer" not in h5
+            assert "layers" in h5
     with pytest.raises(FileNotFoundError):
         other.load(tmp_path / "missing")

@@ -1,0 +1,65 @@
+"""The batch augmenter: random crops, then Keras layers seeded per batch."""
+
+import keras
+import numpy as np
+import pytest
+
+from kertransfer.data import ImageClassifierData
+from kertransfer.transforms import BatchAugmenter
+from kertransfer.transforms import ImageTransforms
+from kertransfer.transforms import transforms_top_down
+
+
+@pytest.fixture(scope="module")
+def photo(hymenoptera):
+    tfms = (ImageTransforms(64), ImageTransforms(64))
+    data = ImageClassifierData.from_paths(hymenoptera, batch_size=8, tfms=tfms)
+    return data._splits["valid"].images[0]
+
+
+@pytest.mark.parametrize(
+    "layer",
+    [
+        keras.layers.RandomRotation((0.05, 0.05), fill_mode="reflect"),  # 18 degrees
+        keras.layers.RandomZoom((-0.2, -0.2), fill_mode="reflect"),
+    ],
+    ids=["rotation", "zoom"],
+)
+def test_augmenter_runs_the_keras_layer_with_the_batch_seed(photo, layer):
+    tfms = ImageTransforms(64)  # center crop: only the layer changes pixels
+    center = tfms.crop(photo, None).astype("float32")[None]
+    ours = BatchAugmenter(tfms, [layer])([photo], np.random.default_rng(0))[0]
+    # The same seed the augmenter drew, given to the Keras layer itself.
+    seed = int(np.random.default_rng(0).integers(0, 2**31 - 1))
+    transformation = layer.get_random_transformation(center, training=True, seed=seed)
+    keras_out = keras.ops.convert_to_numpy(layer.transform_images(center, transformation, training=True))[0]
+    np.testing.assert_allclose(ours, np.clip(keras_out, 0, 255), atol=1e-3)
+    inner = slice(16, 48)
+    assert np.abs(center[0, inner, inner] - ours[inner, inner]).mean() > 10
+
+
+def test_batches_are_the_same_in_any_order(tiny_data):
+    # Each batch draws from its own (seed, epoch, index) generator: threads
+    # (workers > 1) and TTA can make batches in any order.
+    a = tiny_data.train_batches(seed=7)
+    b = tiny_data.train_batches(seed=7)
+    later = a[2][0]
+    b[0], b[1]
+    np.testing.assert_array_equal(b[2][0], later)
+    a.on_epoch_end()
+    assert np.abs(a[2][0] - later).mean() > 1  # a new epoch, new draws
+
+
+def test_top_down_turns_by_quarter_turns(photo):
+    tfms = ImageTransforms(64, random_crop=False, aug_tfms=lambda seed=None: transforms_top_down(seed, lighting=0.0, max_rotate=0.0))
+    augmenter = tfms.build_augmenter(seed=0)
+    center = tfms.crop(photo, None).astype("float32")
+    dihedral = [np.rot90(f, k) for f in (center, center[:, ::-1]) for k in range(4)]
+    seen = set()
+    for i in range(12):
+        out = augmenter([photo], np.random.default_rng(i))[0]
+        # No rotation/lighting left: each output is one of the 8 symmetries.
+        errors = [np.abs(out - d).mean() for d in dihedral]
+        assert min(errors) < 0.5
+        seen.add(int(np.argmin(errors)))
+    assert len(seen) >= 4  # the seeds reach several symmetries
