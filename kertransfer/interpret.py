@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from kertransfer.metrics import check_multi_hot
 from kertransfer.metrics import fbeta_from_counts
 
 __all__ = [
@@ -630,16 +631,7 @@ class MultiLabelInterpretation:
         owner = type(self).__name__
         self.probs = _check_probs(probs, owner)
         num_tags = self.probs.shape[1]
-        targets = np.asarray(targets)
-        if targets.shape != self.probs.shape:
-            raise ValueError(
-                f"{owner} expects multi-hot targets of shape "
-                f"{self.probs.shape}, like probs. Received shape "
-                f"{targets.shape}."
-            )
-        if not np.all((targets == 0) | (targets == 1)):
-            raise ValueError(f"{owner} expects targets of 0s and 1s.")
-        self.targets = targets.astype(bool)
+        self.targets = check_multi_hot(self.probs, targets, owner)[1]
         self.class_names = _check_class_names(class_names, num_tags, owner)
         thresholds = np.asarray(thresholds, dtype=np.float64)
         if thresholds.ndim == 0:

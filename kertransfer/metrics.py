@@ -10,7 +10,7 @@ metric is `kertransfer.fbeta_score.SamplesFBetaScore`.
 
 import numpy as np
 
-__all__ = ["fbeta", "fbeta_from_counts", "opt_th"]
+__all__ = ["check_multi_hot", "fbeta", "fbeta_from_counts", "opt_th"]
 
 DEFAULT_THRESHOLDS = np.arange(0.05, 0.95, 0.01)
 
@@ -41,7 +41,15 @@ def fbeta_from_counts(tp, fp, fn, beta=2):
     )
 
 
-def _check(probs, targets, name):
+def check_multi_hot(probs, targets, name):
+    """Validates `(num_items, num_tags)` probabilities and 0/1 targets.
+
+    Returns:
+        `(probs as float64, targets as bool)`.
+
+    Raises:
+        ValueError: naming `name`, on mismatched shapes or non-0/1 targets.
+    """
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets)
     if probs.ndim != 2 or probs.shape != targets.shape:
@@ -88,7 +96,7 @@ def fbeta(probs, targets, beta=2, threshold=0.5):
     >>> fbeta([[0.9, 0.2], [0.6, 0.7]], [[1, 0], [0, 1]])  # items: 1, 5/6
     0.9166666666666667
     """
-    probs, true = _check(probs, targets, "fbeta")
+    probs, true = check_multi_hot(probs, targets, "fbeta")
     return float(np.mean(_samples_fbeta(probs > np.asarray(threshold), true, beta)))
 
 
@@ -128,7 +136,7 @@ def opt_th(
     >>> float(opt_th(probs, [[1, 1], [1, 1]]))  # every tag present
     0.05
     """
-    probs, true = _check(probs, targets, "opt_th")
+    probs, true = check_multi_hot(probs, targets, "opt_th")
     thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
     if thresholds.size == 0:
         raise ValueError("opt_th needs at least one candidate threshold.")

@@ -72,3 +72,16 @@ def tiny_data(hymenoptera):
 
     tfms = tfms_from_model("tiny_cnn", 32)
     return ImageClassifierData.from_paths(hymenoptera, batch_size=16, tfms=tfms)
+
+
+def tensorboard_scalars(log_dir):
+    """`{tag: [(step, value)]}` read back from the event files of `log_dir`."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.util import tensor_util
+
+    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    events.Reload()
+    return {
+        tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
+        for tag in events.Tags()["tensors"]
+    }

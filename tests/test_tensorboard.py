@@ -10,19 +10,7 @@ from kertransfer.cli import _config
 from kertransfer.cli import build_parser
 from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
-
-
-def _scalars(log_dir):
-    """`{tag: [(step, value)]}` read back from the event files of `log_dir`."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
-
-    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
-    events.Reload()
-    return {
-        tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
-        for tag in events.Tags()["tensors"]
-    }
+from conftest import tensorboard_scalars
 
 
 def test_fits_write_loss_metrics_and_group_lrs(tiny_data, tmp_path):
@@ -37,8 +25,8 @@ def test_fits_write_loss_metrics_and_group_lrs(tiny_data, tmp_path):
     learn.unfreeze()
     learn.fit(np.array([1e-4, 1e-3, 1e-2]), 1, callbacks=[tb], verbose=0)
 
-    train = _scalars(tmp_path / "tb" / "train")
-    valid = _scalars(tmp_path / "tb" / "validation")
+    train = tensorboard_scalars(tmp_path / "tb" / "train")
+    valid = tensorboard_scalars(tmp_path / "tb" / "validation")
     # One running epoch axis over the three fits.
     assert [step for step, _ in train["epoch_loss"]] == [0, 1, 2]
     assert [step for step, _ in valid["epoch_loss"]] == [0, 1, 2]

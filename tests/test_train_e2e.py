@@ -8,6 +8,8 @@ import re
 import numpy as np
 import pytest
 
+from conftest import tensorboard_scalars
+
 from kertransfer.cli import main
 from kertransfer.interpret import ClassificationInterpretation
 from kertransfer.train import TrainConfig
@@ -48,19 +50,6 @@ def test_cli_unknown_arch(tmp_path, hymenoptera, capsys):
     assert "Unknown backbone arch='resnet9000'" in capsys.readouterr().err
 
 
-def _scalars(log_dir):
-    """`{tag: [(step, value)]}` read back from the event files of `log_dir`."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from tensorboard.util import tensor_util
-
-    events = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
-    events.Reload()
-    return {
-        tag: [(e.step, float(tensor_util.make_ndarray(e.tensor_proto))) for e in events.Tensors(tag)]
-        for tag in events.Tags()["tensors"]
-    }
-
-
 @pytest.mark.slow
 def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path):
     """`train --tensorboard` logs every stage; report.html shows the real matrix."""
@@ -71,8 +60,8 @@ def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path):
         "--unfrozen-cycles", "2", "--tta", "1", "--quiet", "--tensorboard",
     ]
     assert main(argv) == 0
-    train_logs = _scalars(out / "tensorboard" / "train")
-    valid_logs = _scalars(out / "tensorboard" / "validation")
+    train_logs = tensorboard_scalars(out / "tensorboard" / "train")
+    valid_logs = tensorboard_scalars(out / "tensorboard" / "validation")
     # 1 precomputed + 1 augmented + (1 + 2) unfrozen epochs on one axis.
     assert [step for step, _ in train_logs["epoch_loss"]] == [0, 1, 2, 3, 4]
     assert [step for step, _ in valid_logs["epoch_loss"]] == [0, 1, 2, 3, 4]
