@@ -4,8 +4,6 @@ import importlib.util
 import os
 import pathlib
 import shutil
-import subprocess
-import sys
 import time
 
 import keras
@@ -331,18 +329,3 @@ def test_acceptance_lite0_f2_on_photo_mosaics(tmp_path, hymenoptera, dogscats):
     print(f"F2 {score:.4f} at th={th:.2f} (0.5: {fbeta(probs, targets):.4f}, "
           f"all tags: {trivial:.4f}) in {time.time() - start:.0f} s")
     assert score >= 0.85 and score > trivial + 0.05, (score, th, learn.history)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("recipe", ["planet", "dog_breeds"])
-def test_recipe_smoke(recipe):
-    env = dict(os.environ)
-    env.setdefault("KERTRANSFER_DATA", str(ROOT.parent / "shared" / "data"))
-    start = time.time()
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--smoke"],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert ("TTA F2" if recipe == "planet" else "TTA at 96 px: accuracy") in result.stdout
-    print(f"{recipe} --smoke: {time.time() - start:.0f} s")
