@@ -517,7 +517,8 @@ class ConvLearner:
         # Without the optimizer: every fit starts fresh optimizers (fast.ai),
         # and its state would double or triple the file (one momentum per
         # group) for TF Serving / LiteRT export, which never uses it.
-        clean = keras.models.clone_model(self.model)
+        # (`clone_model` would copy the compiled optimizer too.)
+        clean = keras.Model.from_config(self.model.get_config())
         clean.set_weights(self.model.get_weights())
         clean.save(path)
         return path

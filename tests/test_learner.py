@@ -125,6 +125,8 @@ def test_tta_is_seeded_and_really_augments(tiny_data):
 def test_save_and_load_roundtrip(tiny_data, tmp_path):
     learn = _learner(tiny_data)
     learn.fit(1e-2, 1, verbose=0)
+    learn.unfreeze()  # the full model, compiled with its optimizer, is saved
+    learn.fit(1e-3, 1, verbose=0)
     path = learn.save(tmp_path / "m")
     assert path.endswith(".keras")
     other = _learner(tiny_data)
