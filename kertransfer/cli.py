@@ -40,6 +40,12 @@ def _train_args(p):
     )
     p.add_argument("--tta", type=int, default=4, help="TTA augmented copies (default 4)")
     p.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="seed all random generators (keras.utils.set_random_seed) to repeat a run (default: unseeded)",
+    )
+    p.add_argument(
         "--tensorboard",
         nargs="?",
         const=True,
@@ -66,6 +72,7 @@ def _config(args):
         unfrozen_cycles=args.unfrozen_cycles,
         n_aug=args.tta,
         tensorboard=args.tensorboard,
+        seed=args.seed,
     )
 
 

@@ -304,7 +304,9 @@ class ImageBatches(keras.utils.PyDataset):
         drop_last: drop the last, smaller batch (the LR finder needs equal
             batches to recover per-batch losses from Keras's running mean).
         augment: apply the transforms' augmentation layers.
-        seed: seed for crops, shuffling and augmentation.
+        seed: seed for crops, shuffling and augmentation; None draws one
+            from NumPy's global generator (seeded by
+            `keras.utils.set_random_seed`).
         with_labels: yield `(x, y)` (True, when the split has labels) or
             `(x,)`.
         indices: indices into `split` served each epoch, repeats allowed
@@ -340,10 +342,15 @@ class ImageBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.with_labels = with_labels and split.labels is not None
+        if seed is None:
+            # Drawn from NumPy's global generator, so that
+            # `keras.utils.set_random_seed` (which seeds it) makes a whole
+            # run reproducible, as fast.ai's `set_seed` does.
+            seed = int(np.random.randint(0, 2**31 - 1))
         self.rng = np.random.default_rng(seed)
         # Per-batch generators derive from this, so batches are reproducible
-        # in any order (threads, TTA); without a seed, from a random one.
-        self.seed = int(self.rng.integers(2**63)) if seed is None else int(seed)
+        # in any order (threads, TTA).
+        self.seed = int(seed)
         self.epoch = 0
         self.augmenter = tfms.build_augmenter(seed) if augment else None
         self.order = (

@@ -40,6 +40,11 @@ class TrainConfig:
             folder: per-epoch losses, metrics and per-group LRs of every fit,
             through `keras.callbacks.TensorBoard` (needs TensorFlow and
             TensorBoard installed, whatever the Keras backend).
+        seed: None, or an int passed to `keras.utils.set_random_seed`
+            (Python, NumPy and backend generators: head initialisation,
+            shuffling, crops, augmentation) at the start of the run, so that
+            a run can be repeated (fast.ai `set_seed`). Repeats match on the
+            same backend and machine; other hardware may differ slightly.
     """
 
     def __init__(
@@ -56,6 +61,7 @@ class TrainConfig:
         max_lr=1e-2,
         bn_freeze=True,
         tensorboard=None,
+        seed=None,
     ):
         self.arch = arch
         self.image_size = image_size
@@ -69,6 +75,7 @@ class TrainConfig:
         self.max_lr = max_lr
         self.bn_freeze = bn_freeze
         self.tensorboard = tensorboard
+        self.seed = seed
 
 
 def _choose_lr(result, cap, floor=0.0):
@@ -195,6 +202,10 @@ def train(data_dir, out_dir, config=None, verbose=1):
         if verbose:
             print(f"[kertransfer] {msg}", flush=True)
 
+    if config.seed is not None:
+        import keras
+
+        keras.utils.set_random_seed(int(config.seed))
     callbacks = []
     log_dir = None
     if config.tensorboard:
@@ -268,6 +279,7 @@ def train(data_dir, out_dir, config=None, verbose=1):
         "arch": config.arch,
         "image_size": config.image_size,
         "batch_size": config.batch_size,
+        "seed": config.seed,
         "lrs": lrs_used,
         "epochs": len(learn.history),
         "dataset": data.summary(),

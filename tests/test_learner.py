@@ -111,6 +111,23 @@ def test_fit_sgdr_epochs_and_differential_lrs(tiny_data):
     assert learn.sched.plot_lr().get_yscale() == "log"
 
 
+def test_set_random_seed_repeats_a_fit_through_the_body(tiny_data):
+    # `kertransfer train --seed`: keras.utils.set_random_seed fixes the
+    # shuffles, random crops and augmentation of unseeded batches (and the
+    # backend's own generators), so the same seed trains the same weights.
+    def run(seed):
+        learn = _learner(tiny_data, precompute=False)
+        keras.utils.set_random_seed(seed)
+        learn.fit(1e-2, 1, verbose=0)
+        return learn.model.get_weights(), learn.history[-1]["loss"]
+
+    (w1, loss1), (w2, loss2), (_, loss3) = run(7), run(7), run(8)
+    for a, b in zip(w1, w2):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert loss1 == pytest.approx(loss2, rel=1e-5)
+    assert abs(loss3 - loss1) > 1e-4
+
+
 def test_tta_is_seeded_and_really_augments(tiny_data):
     learn = _learner(tiny_data)
     plain, targets = learn.predict()
