@@ -91,6 +91,11 @@ def _choose_lr(result, cap, floor=0.0):
         return None
 
 
+def _valid_loss(probs, targets, eps=1e-7):
+    """Mean cross-entropy of `(n, num_classes)` probabilities (Keras's clip)."""
+    return float(-np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], eps, 1))))
+
+
 def _trainable_group_names(learn):
     """Names of the groups the next fit trains, in sub-optimizer order."""
     return [learn.group_names[i] for i in trainable_groups(learn.layer_groups)]
@@ -164,7 +169,8 @@ def train(data_dir, out_dir, config=None, verbose=1):
     (4) precompute=False, train the head with augmentation, `cycle_len=1`;
     (5) unfreeze; (6) earlier groups at `group_ratio`x lower LRs; (7)
     `lr_find` again; (8) fit with `cycle_len=1, cycle_mult=2`, keeping the
-    best weights by validation loss; then TTA.
+    best weights by validation loss (the weights before unfreezing
+    included: `metrics["kept"]` says which); then TTA.
 
     Writes into `out_dir`: `model.keras`, `history.csv` (one row per epoch,
     `stage` column), `metrics.json`, `predictions.npz` (`probs`,
@@ -248,6 +254,12 @@ def train(data_dir, out_dir, config=None, verbose=1):
     _savefig(finder2.plot(mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
     lrs = [lr2 * r for r in ratios]
     say(f"unfrozen lr_find -> lrs={[float(f'{x:.3g}') for x in lrs]}")
+    # The best weights by validation loss include those the stage starts
+    # from: on a small dataset, fine-tuning the body can only make things
+    # worse, and then the run keeps the trained head.
+    start_probs, targets = timed("evaluate", learn.predict)
+    start_loss = _valid_loss(start_probs, targets)
+    start_weights = learn.model.get_weights()
     timed(
         "unfrozen",
         learn.fit,
@@ -262,12 +274,24 @@ def train(data_dir, out_dir, config=None, verbose=1):
     )
     records.append(learn.sched)
     lrs_used["unfrozen"] = lrs
+    unfrozen = [r for r in learn.history if r["stage"] == "unfrozen"]
+    finite = lambda v: v if np.isfinite(v) else np.inf  # a diverged epoch's NaN loses
+    best = min(unfrozen, key=lambda r: finite(r["val_loss"]))
+    kept = {"stage": "unfrozen", "epoch": best["epoch"], "val_loss": best["val_loss"]}
+    if finite(start_loss) < finite(best["val_loss"]):
+        learn.model.set_weights(start_weights)
+        before = learn.history[: len(learn.history) - len(unfrozen)]
+        kept = {"stage": before[-1]["stage"] if before else "pretrained", "epoch": unfrozen[0]["epoch"] - 1, "val_loss": start_loss}
+        for r in unfrozen:
+            r["best"] = False
+        if before:
+            before[-1]["best"] = True
+    say(f"kept the weights of epoch {kept['epoch']} ({kept['stage']}): valid loss {kept['val_loss']:.4f}")
 
     # Evaluate, TTA.
     probs, targets = timed("evaluate", learn.predict)
     tta_probs, _ = timed("tta", learn.TTA, config.n_aug)
-    eps = 1e-7
-    valid_loss = float(-np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], eps, 1))))
+    valid_loss = _valid_loss(probs, targets)
     metrics = {
         "valid_accuracy": float((probs.argmax(1) == targets).mean()),
         "tta_accuracy": float((tta_probs.argmax(1) == targets).mean()),
@@ -281,6 +305,7 @@ def train(data_dir, out_dir, config=None, verbose=1):
         "batch_size": config.batch_size,
         "seed": config.seed,
         "lrs": lrs_used,
+        "kept": kept,
         "epochs": len(learn.history),
         "dataset": data.summary(),
         "stage_seconds": stage_seconds,

@@ -36,6 +36,35 @@ def test_main_job_on_hymenoptera(hymenoptera, tmp_path):
     lrs = saved["lrs"]["unfrozen"]
     assert lrs[0] < lrs[1] < lrs[2]  # earlier groups at lower LRs
     assert metrics["classes"] == ["ants", "bees"]
+    # The kept weights are the best by validation loss, those before
+    # unfreezing included, and they are the weights the run evaluated.
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    kept = saved["kept"]
+    unfrozen_losses = [float(r["val_loss"]) for r in rows if r["stage"] == "unfrozen"]
+    assert kept["val_loss"] <= min(unfrozen_losses) + 1e-6
+    assert saved["valid_loss"] == pytest.approx(kept["val_loss"], rel=1e-3)
+    assert [r["epoch"] for r in rows if r["best"] == "True"] == [str(kept["epoch"])]
+
+
+def test_main_job_keeps_the_head_when_fine_tuning_diverges(hymenoptera, tmp_path, monkeypatch):
+    # An absurd unfrozen LR wrecks every unfrozen epoch: the run must come
+    # back to the weights it had before unfreezing, not keep the wreck.
+    import kertransfer.train as train_module
+
+    chosen = iter([1e-2, 50.0])
+    monkeypatch.setattr(train_module, "_choose_lr", lambda *a, **k: next(chosen))
+    config = TrainConfig(arch="tiny_cnn", image_size=32, batch_size=16, weights=None, head_epochs=1, aug_epochs=1, unfrozen_cycles=1, n_aug=1, seed=0)
+    metrics = train(hymenoptera, tmp_path / "run", config, verbose=0)
+    with open(tmp_path / "run" / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["stage"] for r in rows] == ["head_precomputed", "head_augmented", "unfrozen"]
+    assert metrics["kept"] == {"stage": "head_augmented", "epoch": 2, "val_loss": pytest.approx(metrics["valid_loss"], rel=1e-6)}
+    unfrozen_loss = float(rows[2]["val_loss"])
+    assert not unfrozen_loss <= metrics["valid_loss"] * 2  # diverged (or NaN)
+    assert [r["best"] for r in rows] == ["False", "True", "False"]
+    # The model evaluated (and saved) is the one of epoch 2, before unfreezing.
+    assert metrics["valid_loss"] == pytest.approx(float(rows[1]["val_loss"]), rel=1e-4)
 
 
 def test_cli_reports_bad_data_clearly(tmp_path, capsys):
