@@ -255,8 +255,8 @@ def train(data_dir, out_dir, config=None, verbose=1):
     lrs = [lr2 * r for r in ratios]
     say(f"unfrozen lr_find -> lrs={[float(f'{x:.3g}') for x in lrs]}")
     # The best weights by validation loss include those the stage starts
-    # from: on a small dataset, fine-tuning the body can only make things
-    # worse, and then the run keeps the trained head.
+    # from: on a small dataset, fine-tuning the body can make things worse
+    # (or diverge), and then the run keeps the trained head.
     start_probs, targets = timed("evaluate", learn.predict)
     start_loss = _valid_loss(start_probs, targets)
     start_weights = learn.model.get_weights()
