@@ -369,6 +369,7 @@ class ConvLearner:
         cycle_mult=1,
         callbacks=(),
         keep_best=False,
+        best_baseline=None,
         stage=None,
         verbose=1,
         class_weight=None,
@@ -389,6 +390,10 @@ class ConvLearner:
             callbacks: extra Keras callbacks.
             keep_best: restore the weights of the epoch with the lowest
                 validation loss at the end.
+            best_baseline: with `keep_best`, the validation loss of the
+                weights the fit starts from: they compete with the epochs
+                and are kept if no epoch beats them (then no row of
+                `history` is marked `best`).
             stage: a name for this fit in `learn.history`.
             verbose: Keras verbosity (1: progress bar).
             class_weight: None, `"balanced"` (scikit-learn's weights
@@ -416,7 +421,7 @@ class ConvLearner:
         sgdr = SGDR([base[i] for i in active], steps, cycle_len, cycle_mult)
         losses = _BatchLosses()
         cbs = [sgdr, losses]
-        best = KeepBestWeights() if keep_best else None
+        best = KeepBestWeights(baseline=best_baseline) if keep_best else None
         if best:
             cbs.append(best)
         start = time.time()

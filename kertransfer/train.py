@@ -259,7 +259,6 @@ def train(data_dir, out_dir, config=None, verbose=1):
     # (or diverge), and then the run keeps the trained head.
     start_probs, targets = timed("evaluate", learn.predict)
     start_loss = _valid_loss(start_probs, targets)
-    start_weights = learn.model.get_weights()
     timed(
         "unfrozen",
         learn.fit,
@@ -268,6 +267,7 @@ def train(data_dir, out_dir, config=None, verbose=1):
         cycle_len=1,
         cycle_mult=2,
         keep_best=True,
+        best_baseline=start_loss,
         stage="unfrozen",
         callbacks=callbacks,
         verbose=verbose,
@@ -275,15 +275,13 @@ def train(data_dir, out_dir, config=None, verbose=1):
     records.append(learn.sched)
     lrs_used["unfrozen"] = lrs
     unfrozen = [r for r in learn.history if r["stage"] == "unfrozen"]
-    finite = lambda v: v if np.isfinite(v) else np.inf  # a diverged epoch's NaN loses
-    best = min(unfrozen, key=lambda r: finite(r["val_loss"]))
-    kept = {"stage": "unfrozen", "epoch": best["epoch"], "val_loss": best["val_loss"]}
-    if finite(start_loss) < finite(best["val_loss"]):
-        learn.model.set_weights(start_weights)
+    # No row marked best: the starting weights won, or (all NaN) the last stayed.
+    best = [r for r in unfrozen if r["best"]] or ([] if np.isfinite(start_loss) else unfrozen[-1:])
+    if best:
+        kept = {"stage": "unfrozen", "epoch": best[0]["epoch"], "val_loss": best[0]["val_loss"]}
+    else:  # the weights from before unfreezing won
         before = learn.history[: len(learn.history) - len(unfrozen)]
         kept = {"stage": before[-1]["stage"] if before else "pretrained", "epoch": unfrozen[0]["epoch"] - 1, "val_loss": start_loss}
-        for r in unfrozen:
-            r["best"] = False
         if before:
             before[-1]["best"] = True
     say(f"kept the weights of epoch {kept['epoch']} ({kept['stage']}): valid loss {kept['val_loss']:.4f}")

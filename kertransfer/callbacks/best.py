@@ -16,24 +16,31 @@ class KeepBestWeights(keras.callbacks.Callback):
     Args:
         monitor: epoch log to watch (default `"val_loss"`).
         mode: `"min"` or `"max"`.
+        baseline: None, or the `monitor` value of the weights training starts
+            from: they then compete with the epochs, and are restored if no
+            epoch beats them (a NaN baseline is ignored; a NaN epoch never
+            wins).
 
     Attributes:
-        best, best_epoch: the best value and its 0-based epoch.
+        best, best_epoch: the best value and its 0-based epoch (None when
+            the starting weights won).
 
     Raises:
         ValueError: if `mode` is not "min"/"max"; `KeyError` at epoch end if
             `monitor` is not in the logs (e.g. no validation data).
     """
 
-    def __init__(self, monitor="val_loss", mode="min"):
+    def __init__(self, monitor="val_loss", mode="min", baseline=None):
         super().__init__()
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max'. Received {mode!r}.")
-        self.monitor, self.mode = monitor, mode
+        self.monitor, self.mode, self.baseline = monitor, mode, baseline
 
     def on_train_begin(self, logs=None):
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_epoch, self.best_weights = None, None
+        if self.baseline is not None and math.isfinite(self.baseline):
+            self.best, self.best_weights = float(self.baseline), self.model.get_weights()
 
     def on_epoch_end(self, epoch, logs=None):
         if self.monitor not in (logs or {}):
