@@ -4,7 +4,6 @@ import os
 import pathlib
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -16,7 +15,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_recipe_smoke(recipe):
     env = dict(os.environ)
     env.setdefault("KERTRANSFER_DATA", str(ROOT.parent / "shared" / "data"))
-    start = time.time()
     result = subprocess.run(
         [sys.executable, str(ROOT / "recipes" / f"{recipe}.py"), "--smoke"],
         capture_output=True, text=True, env=env, timeout=600,
@@ -24,4 +22,3 @@ def test_recipe_smoke(recipe):
     assert result.returncode == 0, result.stderr[-3000:]
     expected = {"planet": "TTA F2", "dog_breeds": "TTA at 96 px: accuracy", "dogscats": "TTA accuracy"}
     assert expected[recipe] in result.stdout
-    print(f"{recipe} --smoke: {time.time() - start:.0f} s")
