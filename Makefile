@@ -10,7 +10,7 @@ export MPLBACKEND := Agg
 export TF_CPP_MIN_LOG_LEVEL := 2
 DEMO_BACKEND ?= tensorflow
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-tensorflow test-jax-torch test-recipes test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,23 @@ install: $(VENV)/.installed
 demo: install
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo
 
-# Unit tests on all three backends, then the end-to-end tests once.
+# Unit tests on all three backends, the end-to-end tests once (TensorFlow).
+# Each pytest keeps about one core busy, so on a 2-core machine two run at
+# once: the TensorFlow pass beside the JAX and torch unit tests, then the
+# recipe smoke runs. `--output-sync` keeps each pass's report in one piece.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 test: install
-	KERAS_BACKEND=jax $(PY) -m pytest -q -m "not slow" tests
-	KERAS_BACKEND=torch $(PY) -m pytest -q -m "not slow" tests
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-tensorflow test-jax-torch test-recipes
+
+test-tensorflow: install
+	KERAS_BACKEND=tensorflow $(PYTEST) --ignore=tests/test_recipes.py tests
+
+test-jax-torch: install
+	KERAS_BACKEND=jax $(PYTEST) -m "not slow and not one_backend" tests
+	KERAS_BACKEND=torch $(PYTEST) -m "not slow and not one_backend" tests
+
+test-recipes: install
+	KERAS_BACKEND=tensorflow $(PYTEST) tests/test_recipes.py
 
 test-fast: install
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m "not slow" tests

@@ -119,3 +119,27 @@ def test_keep_best_weights_restores_best_epoch():
     assert best.best_epoch == i
     for a, b in zip(model.get_weights(), snapshots[i][1]):
         np.testing.assert_allclose(a, b)
+
+
+def test_keep_best_weights_baseline_keeps_the_starting_weights():
+    # A wild LR makes every epoch worse than the start: with the start's
+    # loss as baseline the starting weights come back; without, they don't.
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.integers(0, 3, size=32).astype("int32")
+    model, _ = _tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(50.0), loss="sparse_categorical_crossentropy")
+    start_weights = model.get_weights()
+    start_loss = float(model.evaluate(x, y, verbose=0))
+    best = KeepBestWeights(baseline=start_loss)
+    model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[best])
+    assert best.best_epoch is None and best.best == start_loss
+    for a, b in zip(model.get_weights(), start_weights):
+        np.testing.assert_array_equal(a, b)
+
+    model.set_weights(start_weights)
+    model.compile(optimizer=keras.optimizers.SGD(50.0), loss="sparse_categorical_crossentropy")
+    unanchored = KeepBestWeights(baseline=float("nan"))  # a NaN baseline is ignored
+    model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[unanchored])
+    assert unanchored.best_epoch is not None
+    assert not np.allclose(model.get_weights()[0], start_weights[0])

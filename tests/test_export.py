@@ -5,8 +5,11 @@ out, `ImagePreprocessing` and `AdaptiveConcatPooling2D` inside) is fitted on
 40 real hymenoptera photos under the current Keras backend, saved as a run
 folder, then exported once through the CLI entry point (`export_main`).
 Under JAX or torch the export runs in its TensorFlow subprocess, so every
-test runs on every backend; TensorFlow itself must be installed (it is a
-dependency of the export, not of the backend).
+test can run on every backend; TensorFlow itself must be installed (it is a
+dependency of the export, not of the backend). `make test` runs the checks on
+the exported files (`one_backend`) in the TensorFlow pass only: there,
+`test_model_trained_under_other_backend_exports` trains under JAX and torch
+and checks their exports, end to end.
 """
 
 import base64
@@ -209,6 +212,7 @@ def _saved_model_cli(*args):
     return result.stdout
 
 
+@pytest.mark.one_backend
 def test_saved_model_cli_shows_both_signatures(exported):
     shown = _saved_model_cli("show", "--all", "--dir", exported["saved_model"])
     default = shown.split("signature_def['serving_default']")[1]
@@ -221,6 +225,7 @@ def test_saved_model_cli_shows_both_signatures(exported):
         assert f"outputs['{output}']" in pixels
 
 
+@pytest.mark.one_backend
 def test_saved_model_cli_run_on_a_jpeg_matches_keras(run, exported,
                                                      tmp_path):
     # String tensors cannot go through --input_exprs (one argv string, and
@@ -241,6 +246,7 @@ def test_saved_model_cli_run_on_a_jpeg_matches_keras(run, exported,
     assert top[0, 0].decode() == run["top_class"]
 
 
+@pytest.mark.one_backend
 def test_saved_model_is_lean(run, exported):
     weights = sum(np.prod(w.shape) * 4 for w in run["model"].weights)
     folder = exported["saved_model"]
@@ -256,6 +262,7 @@ def test_saved_model_is_lean(run, exported):
         assert f.read().split() == CLASSES
 
 
+@pytest.mark.one_backend
 def test_rest_body_feeds_serving_default(run, signatures):
     import tensorflow as tf
 
@@ -287,6 +294,7 @@ def test_rest_body_feeds_serving_default(run, signatures):
                                run["reference"][:2], atol=1e-5)
 
 
+@pytest.mark.one_backend
 def test_client_rest_round_trip_with_a_stand_in_server(run, signatures):
     """client.py against a local HTTP stand-in for TF Serving's REST API."""
     import http.server
@@ -338,6 +346,7 @@ def test_client_rest_round_trip_with_a_stand_in_server(run, signatures):
         server.server_close()
 
 
+@pytest.mark.one_backend
 def test_grpc_predict_request_feeds_serving_default(run, signatures):
     pytest.importorskip(
         "tensorflow_serving",
@@ -361,6 +370,7 @@ def test_grpc_predict_request_feeds_serving_default(run, signatures):
     assert outputs["top_classes"].numpy()[0, 0].decode() == run["top_class"]
 
 
+@pytest.mark.one_backend
 def test_malformed_bytes_give_a_clear_error(run, signatures):
     import tensorflow as tf
 
@@ -378,6 +388,7 @@ def test_malformed_bytes_give_a_clear_error(run, signatures):
 # --- LiteRT and the report ---------------------------------------------------
 
 
+@pytest.mark.one_backend
 def test_tflite_quantizations_agree_and_shrink(exported):
     rows = exported["rows"]
     assert rows["tflite:float32"]["top1_agreement"] == 1.0
@@ -395,6 +406,7 @@ def test_tflite_quantizations_agree_and_shrink(exported):
         assert f.read().split() == CLASSES
 
 
+@pytest.mark.one_backend
 def test_int8_is_fully_quantized(exported):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -407,6 +419,7 @@ def test_int8_is_fully_quantized(exported):
     assert len(float_tensors) <= 2 < len(int8_tensors)
 
 
+@pytest.mark.one_backend
 def test_litert_runner_prints_the_keras_top_class(run, exported):
     runner = os.path.join(REPO, "export", "mobile", "litert_runner.py")
     result = subprocess.run(
@@ -420,6 +433,7 @@ def test_litert_runner_prints_the_keras_top_class(run, exported):
     assert line.startswith(f"{run['image']}: {run['top_class']} ")
 
 
+@pytest.mark.one_backend
 def test_export_report_json(run, exported):
     report = exported["report"]
     assert report["passed"], kexport.format_report(report)
@@ -441,6 +455,7 @@ def test_export_report_json(run, exported):
     assert "tflite:int8" in kexport.format_report(report)
 
 
+@pytest.mark.one_backend
 def test_onnx_export_matches_keras(run, tmp_path):
     pytest.importorskip(
         "tf2onnx",

@@ -63,7 +63,12 @@ def _save_legacy_h5(model, path):
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
 
 
-@pytest.mark.parametrize("arch", list(FEATURE_CHANNELS))
+# Saving and reloading is Keras code, not backend code: every arch in the
+# TensorFlow pass, ResNet50 on each backend.
+@pytest.mark.parametrize("arch", [
+    a if a == "resnet50" else pytest.param(a, marks=pytest.mark.one_backend)
+    for a in FEATURE_CHANNELS
+])
 def test_builds_groups_and_reloads_local_weights(arch, tmp_path):
     spec = get_backbone(arch)
     model = build_backbone(arch, weights=None, input_shape=(SIZE, SIZE, 3))

@@ -47,6 +47,9 @@ def test_main_job_on_hymenoptera(hymenoptera, tmp_path):
     assert [r["epoch"] for r in rows if r["best"] == "True"] == [str(kept["epoch"])]
 
 
+# `train()` is backend-independent; the rule itself (KeepBestWeights) is
+# tested on every backend in test_callbacks.py.
+@pytest.mark.one_backend
 def test_main_job_keeps_the_head_when_fine_tuning_diverges(hymenoptera, tmp_path, monkeypatch):
     # An absurd unfrozen LR wrecks every unfrozen epoch: the run must come
     # back to the weights it had before unfreezing, not keep the wreck.
