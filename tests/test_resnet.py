@@ -59,6 +59,8 @@ def _trainable_params(model):
     return sum(int(np.prod(w.shape)) for w in model.trainable_weights)
 
 
+# A count of weights is the same on every backend.
+@pytest.mark.one_backend
 @pytest.mark.parametrize("arch", list(TORCHVISION_PARAMS))
 def test_parameter_counts_equal_torchvision(arch):
     model = getattr(resnet, arch)(weights=None, include_top=True)
