@@ -21,6 +21,16 @@ def _tiny_model():
     return model, groups
 
 
+def _keep_best_setup(seed, lr):
+    """Random 3-class data (32, 6) and `_tiny_model` compiled with SGD(lr)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = rng.integers(0, 3, size=32).astype("int32")
+    model, _ = _tiny_model()
+    model.compile(optimizer=keras.optimizers.SGD(lr), loss="sparse_categorical_crossentropy")
+    return model, x, y
+
+
 def _one_step_deltas(lrs, x, y, initial):
     model, groups = _tiny_model()
     model.set_weights(initial)
@@ -102,11 +112,7 @@ def test_lr_finder_ramps_exponentially_and_stops_on_divergence():
 
 
 def test_keep_best_weights_restores_best_epoch():
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(32, 6)).astype("float32")
-    y = rng.integers(0, 3, size=32).astype("int32")
-    model, _ = _tiny_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+    model, x, y = _keep_best_setup(0, 0.5)
     best = KeepBestWeights()
     snapshots = []
 
@@ -124,11 +130,7 @@ def test_keep_best_weights_restores_best_epoch():
 def test_keep_best_weights_baseline_keeps_the_starting_weights():
     # A wild LR makes every epoch worse than the start: with the start's
     # loss as baseline the starting weights come back; without, they don't.
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(32, 6)).astype("float32")
-    y = rng.integers(0, 3, size=32).astype("int32")
-    model, _ = _tiny_model()
-    model.compile(optimizer=keras.optimizers.SGD(50.0), loss="sparse_categorical_crossentropy")
+    model, x, y = _keep_best_setup(1, 50.0)
     start_weights = model.get_weights()
     start_loss = float(model.evaluate(x, y, verbose=0))
     best = KeepBestWeights(baseline=start_loss)
