@@ -40,6 +40,11 @@ def _train_args(p):
     )
     p.add_argument("--tta", type=int, default=4, help="TTA augmented copies (default 4)")
     p.add_argument(
+        "--bn-freeze",
+        action="store_true",
+        help="keep the body's BatchNorm frozen after unfreezing (fast.ai bn_freeze(True); default: they train)",
+    )
+    p.add_argument(
         "--seed",
         type=int,
         default=None,
@@ -71,6 +76,7 @@ def _config(args):
         aug_epochs=args.aug_epochs,
         unfrozen_cycles=args.unfrozen_cycles,
         n_aug=args.tta,
+        bn_freeze=args.bn_freeze,
         tensorboard=args.tensorboard,
         seed=args.seed,
     )

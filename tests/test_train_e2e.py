@@ -122,3 +122,11 @@ def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "p.csv")))
     assert len(rows) == len(os.listdir(hymenoptera / "val" / "bees"))
     assert {row["status"] for row in rows} == {"ok"}
+
+
+def test_cli_bn_freeze_flag_reaches_train_config(tmp_path):
+    from kertransfer.cli import _config, build_parser
+
+    parser = build_parser()
+    assert _config(parser.parse_args(["train", str(tmp_path)])).bn_freeze is False
+    assert _config(parser.parse_args(["train", str(tmp_path), "--bn-freeze"])).bn_freeze is True
