@@ -44,7 +44,7 @@ test-recipes: install
 	KERAS_BACKEND=tensorflow $(PYTEST) tests/test_recipes.py
 
 test-fast: install
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -q -m "not slow" tests
+	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests
 
 clean:
 	rm -rf $(VENV) .keras-home runs .pytest_cache
