@@ -37,9 +37,8 @@ class TrainConfig:
         bn_freeze: keep the body's BatchNorm frozen after unfreezing
             (fast.ai `bn_freeze(True)`, which fast.ai advises for large
             models). Default False: the BatchNorm layers train with the
-            body. On hymenoptera (seeds 1, 2, 3) that gave 6, 6 and 7 wrong
-            TTA predictions of 153, against 7, 6 and 9 with them frozen
-            (seeds 4, 5, 6, default only: 10, 8 and 9; see the README).
+            body, which gave fewer wrong TTA predictions on hymenoptera
+            (the README lists the runs).
         tensorboard: None (off), True (log to `<out_dir>/tensorboard`) or a
             folder: per-epoch losses, metrics and per-group LRs of every fit,
             through `keras.callbacks.TensorBoard` (needs TensorFlow and
