@@ -3,8 +3,8 @@
 `ImageClassifierData.from_paths` reads fast.ai's layout
 (`path/train/<class>/*`, `path/valid/<class>/*`) and `from_csv` a label CSV
 (Kaggle dog breeds `id,breed`, or Planet's multi-label `image_name,tags`);
-both decode every image once with Pillow (EXIF orientation applied, any mode
-converted to RGB), keep the decoded, resized pixels in memory, and serve
+both decode every image once with `kertransfer.images.decode_image` (the
+one decode path, shared with prediction and export), keep the decoded, resized pixels in memory, and serve
 numpy batches through a `keras.utils.PyDataset`. Files that cannot be
 decoded are skipped and reported once, before training starts, so an epoch
 never dies on a bad file.
@@ -19,64 +19,14 @@ import warnings
 
 import keras
 import numpy as np
-from PIL import Image
-from PIL import ImageOps
-
+from kertransfer.images import DECODE_VERSION
+from kertransfer.images import DEFAULT_CROP_PCT
+from kertransfer.images import decode_image
 from kertransfer.transforms import ImageTransforms
 
-__all__ = ["ImageClassifierData", "ImageBatches", "load_image", "decode_image"]
+__all__ = ["ImageClassifierData", "ImageBatches"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_image(path):
-    """Opens an image file as an RGB Pillow image.
-
-    EXIF orientation is applied; grayscale, palette, CMYK and other modes are
-    converted to RGB; transparent pixels are composited onto white; for
-    animated files (GIF), the first frame is used.
-
-    Args:
-        path: image file.
-
-    Returns:
-        `PIL.Image.Image` in mode `"RGB"`.
-
-    Raises:
-        OSError: if Pillow cannot decode the file (`PIL.UnidentifiedImageError`
-            is a subclass).
-    """
-    with Image.open(path) as im:
-        im.seek(0)
-        im = ImageOps.exif_transpose(im)
-        has_alpha = im.mode in ("RGBA", "LA", "PA") or (
-            im.mode == "P" and "transparency" in im.info
-        )
-        if has_alpha:
-            im = im.convert("RGBA")
-            background = Image.new("RGBA", im.size, (255, 255, 255, 255))
-            im = Image.alpha_composite(background, im)
-        im = im.convert("RGB")
-        im.load()
-    return im
-
-
-def decode_image(path, short_side, min_long_side=None):
-    """Decodes `path` and resizes it so its short side is `short_side` pixels.
-
-    JPEGs are decoded at reduced scale first when much larger (Pillow's
-    `draft`), then resized with a bilinear filter with antialiasing.
-
-    Returns:
-        uint8 numpy array `(height, width, 3)` with `min(height, width) ==
-        short_side`.
-    """
-    im = load_image(path)
-    w, h = im.size
-    scale = short_side / min(w, h)
-    size = (max(short_side, round(w * scale)), max(short_side, round(h * scale)))
-    im = im.resize(size, Image.BILINEAR, reducing_gap=2.0)
-    return np.asarray(im, dtype="uint8")
 
 
 def _list_files(folder):
@@ -143,15 +93,19 @@ def _test_paths(path, test_name):
     return _list_files(test_dir)
 
 
-def _default_tfms(image_size):
+def _default_tfms(image_size, crop_pct=DEFAULT_CROP_PCT):
     """fast.ai's default: side-on augmentation, `max_zoom=1.1`, center crop."""
     from kertransfer.transforms import transforms_side_on
 
     return (
         ImageTransforms(
-            image_size, random_crop=True, aug_tfms=transforms_side_on, max_zoom=1.1
+            image_size,
+            random_crop=True,
+            aug_tfms=transforms_side_on,
+            max_zoom=1.1,
+            crop_pct=crop_pct,
         ),
-        ImageTransforms(image_size),
+        ImageTransforms(image_size, crop_pct=crop_pct),
     )
 
 
@@ -317,6 +271,11 @@ class ImageBatches(keras.utils.PyDataset):
             are drawn from its own generator, seeded by `(seed, epoch,
             batch index)`.
         max_queue_size: batches prepared ahead when `workers > 1`.
+        per_image_seeds: draw each image's crop and augmentation from its
+            own generator, seeded by `(seed, epoch, position in the
+            epoch)`, so an image comes out the same whatever the batch size
+            (TTA, predictions); default: one generator per batch, the
+            augmentation layers vectorised over the batch (training).
     """
 
     def __init__(
@@ -332,6 +291,7 @@ class ImageBatches(keras.utils.PyDataset):
         indices=None,
         workers=1,
         max_queue_size=10,
+        per_image_seeds=False,
     ):
         super().__init__(
             workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size
@@ -341,6 +301,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.per_image_seeds = per_image_seeds
         self.with_labels = with_labels and split.labels is not None
         if seed is None:
             # Drawn from NumPy's global generator, so that
@@ -369,8 +330,15 @@ class ImageBatches(keras.utils.PyDataset):
         return min(len(self) * self.batch_size, len(self.order))
 
     def __getitem__(self, index):
-        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        start = index * self.batch_size
+        idx = self.order[start : start + self.batch_size]
+        if self.per_image_seeds:
+            rng = [
+                np.random.default_rng([self.seed, self.epoch, position])
+                for position in range(start, start + len(idx))
+            ]
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
         x = self.tfms.batch([self.split.images[i] for i in idx], rng, self.augmenter)
         if not self.with_labels:
             return (x,)
@@ -726,9 +694,10 @@ class ImageClassifierData:
         return {c: int((labels == i).sum()) for i, c in enumerate(self.classes)}
 
     def fingerprint(self, split):
-        """Hash of a split's files (path, size, mtime) and image size."""
+        """Hash of a split's files (path, size, mtime), image size and decoder version."""
         return _fingerprint(
             self._splits[split].paths,
+            DECODE_VERSION,
             self.valid_tfms.decode_size,
             self.image_size,
         )
@@ -772,12 +741,14 @@ class ImageClassifierData:
 
         return oversample_indices(self.train_labels, self.num_classes)
 
-    def fixed_batches(self, split, tfms=None, augment=False, seed=None):
+    def fixed_batches(self, split, tfms=None, augment=False, seed=None, batch_size=None):
         """Unshuffled batches of `split` ("train", "valid" or "test").
 
         With the default `tfms` (validation transforms: center crop, no
         augmentation) this is what precompute and prediction use; TTA passes
-        the training transforms and `augment=True`.
+        the training transforms and `augment=True`. Crops and augmentation
+        are seeded per image (`ImageBatches(per_image_seeds=True)`), so the
+        result does not depend on `batch_size`.
         """
         if split not in self._splits:
             raise ValueError(
@@ -786,9 +757,10 @@ class ImageClassifierData:
         return ImageBatches(
             self._splits[split],
             tfms or self.valid_tfms,
-            self.batch_size,
+            batch_size or self.batch_size,
             augment=augment,
             seed=seed,
+            per_image_seeds=True,
         )
 
     def valid_batches(self):

@@ -40,6 +40,12 @@ import warnings
 import keras
 import numpy as np
 
+from kertransfer import images as images_lib
+from kertransfer.images import IMAGE_EXTENSIONS
+from kertransfer.images import Framing
+from kertransfer.images import find_images
+from kertransfer.images import frame_images
+
 __all__ = [
     "ExportWarning",
     "QUANTIZATIONS",
@@ -47,7 +53,6 @@ __all__ = [
     "export_main",
     "format_report",
     "onnx",
-    "read_images",
     "saved_model",
     "tflite",
     "validate",
@@ -61,12 +66,14 @@ class ExportWarning(UserWarning):
 
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp")
 REPORT_NAME = "export_report.json"
 TOP_K = 5
-# Targets checked by `validate`: top-1 agreement with Keras per quantization,
-# SavedModel size / weights, int8 .tflite size / fp32 .tflite.
-AGREEMENT_TARGETS = {None: 1.0, "float16": 1.0, "dynamic": 0.99, "int8": 0.99}
+# Targets checked by `validate` against the learner's own prediction path
+# (`kertransfer.predict`) on the same files: top-1 agreement and the largest
+# absolute probability difference per quantization; SavedModel size /
+# weights; int8 .tflite size / fp32 .tflite.
+AGREEMENT_TARGETS = {None: 0.995, "float16": 0.995, "dynamic": 0.99, "int8": 0.99}
+MAX_PROB_DIFF_TARGETS = {None: 0.02, "float16": 0.02}
 LEAN_SAVED_MODEL_RATIO = 1.1
 INT8_SIZE_RATIO = 0.3
 
@@ -77,63 +84,9 @@ _TF_HINT = (
 
 
 # ---------------------------------------------------------------------------
-# Image reading (Pillow): the validation/calibration preprocessing.
+# Images: `kertransfer.images` is the one decode path (Pillow); the SavedModel
+# graph below reproduces it in TensorFlow.
 # ---------------------------------------------------------------------------
-
-
-def read_images(paths, image_size):
-    """Decodes image files into a batch of raw pixels, like validation.
-
-    Each image is converted to RGB (GIFs: first frame), its short side is
-    resized to `image_size` (bilinear, Pillow), then it is center-cropped to
-    `image_size x image_size`. The SavedModel's `serving_default` signature
-    performs the same steps in TensorFlow (`tf.image.resize`, antialiased),
-    so results match up to resampling differences.
-
-    Args:
-        paths: list of image file paths (JPEG, PNG, GIF, BMP).
-        image_size: int, output height and width in pixels.
-
-    Returns:
-        float32 array `(len(paths), image_size, image_size, 3)`, pixels in
-        `[0, 255]`.
-
-    Raises:
-        FileNotFoundError: if a path does not exist.
-        ValueError: if a file is not an image Pillow can read.
-
-    Example:
-
-    >>> x = read_images(["ants/1.jpg", "bees/2.jpg"], image_size=224)
-    >>> x.shape
-    (2, 224, 224, 3)
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    image_size = _check_image_size(image_size)
-    batch = np.empty((len(paths), image_size, image_size, 3), np.float32)
-    for i, path in enumerate(paths):
-        path = os.fspath(path)
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"Image file not found: {path!r}.")
-        try:
-            with Image.open(path) as image:
-                image = image.convert("RGB")
-        except UnidentifiedImageError as error:
-            raise ValueError(
-                f"Cannot read {path!r} as an image (expected JPEG, PNG, GIF "
-                "or BMP). Remove it from the image list or folder."
-            ) from error
-        width, height = image.size
-        scale = image_size / min(width, height)
-        new_width = max(image_size, round(width * scale))
-        new_height = max(image_size, round(height * scale))
-        image = image.resize((new_width, new_height), Image.BILINEAR)
-        left = (new_width - image_size) // 2
-        top = (new_height - image_size) // 2
-        image = image.crop((left, top, left + image_size, top + image_size))
-        batch[i] = np.asarray(image, np.float32)
-    return batch
 
 
 def _check_image_size(image_size):
@@ -156,14 +109,7 @@ def _list_images(images):
     if isinstance(images, (str, os.PathLike)):
         images = os.fspath(images)
         if os.path.isdir(images):
-            found = []
-            for root, dirs, files in os.walk(images):
-                dirs.sort()
-                found.extend(
-                    os.path.join(root, f)
-                    for f in sorted(files)
-                    if f.lower().endswith(IMAGE_EXTENSIONS)
-                )
+            found = find_images(images)
             if not found:
                 raise ValueError(
                     f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
@@ -232,7 +178,15 @@ def _load_model(model_or_run_dir):
 
 
 def _resolve_meta(model, run_dir, class_names, image_size):
-    """Class names and image size from arguments, metrics.json, the model."""
+    """-> (class_names, framing, metrics) from arguments, the run, the model.
+
+    The framing (`kertransfer.images.Framing`) is the run's own
+    (`preprocessing.json`, else `metrics.json`), so the exports frame
+    photos exactly as validation did; an explicit `image_size` keeps the
+    run's `crop_pct`.
+    """
+    from kertransfer.predict import run_framing
+
     metrics = _read_metrics(run_dir) if run_dir else {}
     num_classes = model.output_shape[-1]
     if class_names is None:
@@ -254,8 +208,12 @@ def _resolve_meta(model, run_dir, class_names, image_size):
             "Pass one name per output unit, in output order."
         )
     model_size = model.input_shape[1]
+    run_has_size = bool(run_dir) and (
+        "image_size" in metrics
+        or os.path.isfile(os.path.join(run_dir, images_lib.PREPROCESSING_FILE)))
+    framing = run_framing(run_dir, metrics) if run_has_size else None
     if image_size is None:
-        image_size = metrics.get("image_size", model_size)
+        image_size = framing.image_size if framing else model_size
     if image_size is None:
         raise ValueError(
             "The model has no fixed input size and no image_size was given. "
@@ -267,7 +225,8 @@ def _resolve_meta(model, run_dir, class_names, image_size):
             f"image_size={image_size} does not match the model input "
             f"{model.input_shape}. Pass image_size={model_size}."
         )
-    return class_names, image_size, metrics
+    crop_pct = framing.crop_pct if framing else images_lib.DEFAULT_CROP_PCT
+    return class_names, Framing(image_size, crop_pct), metrics
 
 
 def _unique_variables(model):
@@ -414,27 +373,155 @@ def _serve_call(request_path, response_path):
 # ---------------------------------------------------------------------------
 
 
-def _resize_and_crop(tf, images, image_size):
-    """TF twin of `read_images`' resizing, for `(h, w, 3)` or a batch."""
-    shape = tf.shape(images)
-    height, width = shape[-3], shape[-2]
-    scale = image_size / tf.cast(tf.minimum(height, width), tf.float32)
-    new_height = tf.maximum(
-        image_size, tf.cast(tf.round(tf.cast(height, tf.float32) * scale),
-                            tf.int32))
-    new_width = tf.maximum(
-        image_size, tf.cast(tf.round(tf.cast(width, tf.float32) * scale),
-                            tf.int32))
-    images = tf.image.resize(
-        images, tf.stack([new_height, new_width]), method="bilinear",
-        antialias=True,
-    )
-    top = (new_height - image_size) // 2
-    left = (new_width - image_size) // 2
-    return images[..., top:top + image_size, left:left + image_size, :]
+def _tf_read_uint(tf, data, offsets, num_bytes, little_endian):
+    """Unsigned `num_bytes`-byte integers at `offsets` of an int64 byte vector."""
+    last = tf.cast(tf.size(data), offsets.dtype) - 1
+    values = [
+        tf.gather(data, tf.clip_by_value(offsets + k, 0, last))
+        for k in range(num_bytes)
+    ]
+    little = tf.add_n([v * 256 ** k for k, v in enumerate(values)])
+    big = tf.add_n([v * 256 ** (num_bytes - 1 - k) for k, v in enumerate(values)])
+    return tf.where(little_endian, little, big)
 
 
-def _decode_image(tf, image_bytes, image_size):
+def _tf_exif_orientation(tf, image_bytes, max_bytes=65536, max_entries=64):
+    """The EXIF Orientation tag (1-8) of JPEG bytes, 1 when absent or odd.
+
+    Finds the first APP1 segment holding `Exif\\0\\0` in the first
+    `max_bytes` bytes, reads its TIFF header (byte order `II` or `MM`) and
+    looks up tag 0x0112 among the first `max_entries` entries of IFD0 (EXIF
+    2.32, section 4.5-4.6), as Pillow's `getexif()` does.
+    """
+    data = tf.cast(tf.io.decode_raw(
+        tf.strings.substr(image_bytes, 0, max_bytes), tf.uint8), tf.int64)
+    data = tf.concat([data, tf.zeros([16], tf.int64)], 0)
+    size = tf.size(data) - 16
+    positions = tf.range(size)
+    pattern = {0: 0xFF, 1: 0xE1, 4: ord("E"), 5: ord("x"), 6: ord("i"),
+               7: ord("f"), 8: 0, 9: 0}
+    hit = tf.ones([size], tf.bool)
+    for offset, value in pattern.items():
+        hit = tf.logical_and(hit, tf.equal(tf.gather(data, positions + offset),
+                                           value))
+    found = tf.cast(tf.where(hit)[:, 0], tf.int32)
+
+    def parse():
+        tiff = found[0] + 10
+        little = tf.equal(tf.gather(data, tiff), ord("I"))
+        ifd = tiff + tf.cast(_tf_read_uint(tf, data, tiff + 4, 4, little),
+                             tf.int32)
+        count = tf.cast(_tf_read_uint(tf, data, ifd, 2, little), tf.int32)
+        entries = ifd + 2 + 12 * tf.range(max_entries)
+        tags = _tf_read_uint(tf, data, entries, 2, little)
+        match = (tf.range(max_entries) < count) & tf.equal(tags, 0x0112) & (
+            entries + 12 <= size)
+        values = _tf_read_uint(tf, data, entries + 8, 2, little)
+        index = tf.where(match)[:, 0]
+        return tf.cond(
+            tf.size(index) > 0,
+            lambda: tf.cast(tf.gather(values, index[0]), tf.int32),
+            lambda: tf.constant(1, tf.int32))
+
+    orientation = tf.cond(tf.size(found) > 0, parse,
+                          lambda: tf.constant(1, tf.int32))
+    in_range = tf.logical_and(orientation >= 1, orientation <= 8)
+    return tf.where(in_range, orientation, 1)
+
+
+def _tf_orient(tf, image, orientation):
+    """`(h, w, c)` pixels turned upright, as Pillow's `exif_transpose`."""
+
+    def transposed():
+        return tf.transpose(image, [1, 0, 2])
+
+    return tf.switch_case(orientation, [
+        lambda: image,                                  # (unused)
+        lambda: image,                                  # 1 upright
+        lambda: tf.reverse(image, [1]),                 # 2 mirrored
+        lambda: tf.reverse(image, [0, 1]),              # 3 rotated 180
+        lambda: tf.reverse(image, [0]),                 # 4 flipped
+        transposed,                                     # 5 transpose
+        lambda: tf.reverse(transposed(), [1]),          # 6 rotated 90 cw
+        lambda: tf.reverse(transposed(), [0, 1]),       # 7 transverse
+        lambda: tf.reverse(transposed(), [0]),          # 8 rotated 90 ccw
+    ])
+
+
+def _tf_decode(tf, image_bytes, framing):
+    """Encoded image -> float32 `(h, w, 3)` RGB, as `images.open_image`.
+
+    JPEG: libjpeg's reduced-size decoding (`ratio`, Pillow's `draft`) by
+    `images.jpeg_draft_scale`, the accurate integer DCT Pillow uses, then
+    the EXIF orientation. PNG, GIF (first frame), BMP: transparent pixels
+    composited onto white; grayscale to RGB; 16-bit PNGs keep their high
+    byte.
+    """
+    is_jpeg = tf.equal(tf.strings.substr(image_bytes, 0, 3), b"\xff\xd8\xff")
+    short_side = framing.decode_size
+
+    def jpeg():
+        shape = tf.image.extract_jpeg_shape(image_bytes)
+        reduction = tf.minimum(shape[0] // short_side, shape[1] // short_side)
+        branch = tf.where(reduction >= 8, 3, tf.where(
+            reduction >= 4, 2, tf.where(reduction >= 2, 1, 0)))
+        image = tf.switch_case(branch, [
+            (lambda ratio=ratio: tf.io.decode_jpeg(
+                image_bytes, channels=3, ratio=ratio,
+                dct_method="INTEGER_ACCURATE"))
+            for ratio in (1, 2, 4, 8)
+        ])
+        image = _tf_orient(tf, image, _tf_exif_orientation(tf, image_bytes))
+        return tf.cast(image, tf.float32)
+
+    def other():
+        image = tf.io.decode_image(image_bytes, channels=0,
+                                   expand_animations=False, dtype=tf.uint8)
+        image = tf.cast(image, tf.float32)
+        channels = tf.shape(image)[-1]
+        gray = image[..., :1]
+        opaque = tf.fill(tf.shape(gray), 255.0)
+        rgb = tf.cond(channels >= 3, lambda: image[..., :3],
+                      lambda: tf.tile(gray, [1, 1, 3]))
+        alpha = tf.switch_case(channels - 1, [
+            lambda: opaque, lambda: image[..., 1:2], lambda: opaque,
+            lambda: image[..., 3:4]])
+        return tf.round((rgb * alpha + 255.0 * (255.0 - alpha)) / 255.0)
+
+    image = tf.cond(is_jpeg, jpeg, other)
+    image.set_shape([None, None, 3])
+    return image
+
+
+def _tf_resize_and_crop(tf, image, framing):
+    """TF twin of `images.decode_image`'s resize plus `center_crop`.
+
+    The short side of `(h, w, 3)` pixels goes to `framing.decode_size`
+    (`tf.image.resize`, bilinear with antialiasing: Pillow's filter),
+    values are rounded to whole pixel values as Pillow's uint8 result is,
+    then the center `image_size` square is cut.
+    """
+    size, short_side = framing.image_size, framing.decode_size
+    shape = tf.shape(image)
+    height, width = shape[0], shape[1]
+    scale = short_side / tf.cast(tf.minimum(height, width), tf.float64)
+    new_height = tf.maximum(short_side, tf.cast(
+        tf.round(tf.cast(height, tf.float64) * scale), tf.int32))
+    new_width = tf.maximum(short_side, tf.cast(
+        tf.round(tf.cast(width, tf.float64) * scale), tf.int32))
+    same = tf.logical_and(tf.equal(new_height, height),
+                          tf.equal(new_width, width))
+    image = tf.cond(same, lambda: image, lambda: tf.image.resize(
+        image, tf.stack([new_height, new_width]), method="bilinear",
+        antialias=True))
+    image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
+    top = (new_height - size) // 2
+    left = (new_width - size) // 2
+    return tf.ensure_shape(image[top:top + size, left:left + size, :],
+                           [size, size, 3])
+
+
+def _tf_frame_bytes(tf, image_bytes, framing):
     """One encoded image -> `(image_size, image_size, 3)` float32 pixels."""
     head = tf.strings.substr(image_bytes, 0, 4)
     known = tf.reduce_any(tf.stack([
@@ -459,19 +546,17 @@ def _decode_image(tf, image_bytes, image_size):
         name="check_image_bytes",
     )
     with tf.control_dependencies([check]):
-        image = tf.io.decode_image(
-            image_bytes, channels=3, expand_animations=False, dtype=tf.uint8
-        )
-    image.set_shape([None, None, 3])
-    image = _resize_and_crop(tf, tf.cast(image, tf.float32), image_size)
-    return tf.ensure_shape(image, [image_size, image_size, 3])
+        image = _tf_decode(tf, image_bytes, framing)
+    return _tf_resize_and_crop(tf, image, framing)
 
 
-def _serving_module(tf, model, class_names, image_size, top_k=TOP_K):
+def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
     """A `tf.Module` with the variables once and two signatures."""
     module = tf.Module()
     module.model_variables = _unique_variables(model)
     top_k = min(top_k, len(class_names))
+    image_size = framing.image_size
+    framed = tf.TensorSpec([image_size, image_size, 3], tf.float32)
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
@@ -489,9 +574,8 @@ def _serving_module(tf, model, class_names, image_size, top_k=TOP_K):
         tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
         images = tf.map_fn(
-            lambda b: _decode_image(tf, b, image_size), image_bytes,
-            fn_output_signature=tf.TensorSpec(
-                [image_size, image_size, 3], tf.float32),
+            lambda b: _tf_frame_bytes(tf, b, framing), image_bytes,
+            fn_output_signature=framed,
         )
         return classify(images)
 
@@ -503,7 +587,9 @@ def _serving_module(tf, model, class_names, image_size, top_k=TOP_K):
                                     tf.equal(shape[2], image_size))
         images = tf.cond(
             right_size, lambda: images,
-            lambda: _resize_and_crop(tf, images, image_size),
+            lambda: tf.map_fn(
+                lambda image: _tf_resize_and_crop(tf, image, framing), images,
+                fn_output_signature=framed),
         )
         return classify(
             tf.ensure_shape(images, [None, image_size, image_size, 3]))
@@ -528,7 +614,8 @@ def saved_model(
     The model's variables are stored once (a `tf.Module` holding them plus
     `tf.saved_model.save` with explicit signatures; `model.export()` stores
     them twice), so the folder is about the size of the weights. Class names
-    are embedded in the graph and copied to `assets/labels.txt`. The version
+    are embedded in the graph and copied to `assets/labels.txt`, the
+    framing to `assets/preprocessing.json`. The version
     folder is written under a temporary name and renamed at the end, so a
     running TF Serving never sees a half-written version.
 
@@ -536,14 +623,19 @@ def saved_model(
     https://www.tensorflow.org/tfx/serving/api_rest):
 
     - `serving_default(image_bytes)`: `tf.string` `(batch,)` of JPEG, PNG,
-      GIF (first frame) or BMP file bytes. Each image is decoded
-      (`tf.io.decode_image`, 3 channels), its short side resized to
-      `image_size` (bilinear, antialiased) and center-cropped to
-      `image_size x image_size`. Over REST send
-      `{"instances": [{"b64": "<base64 file>"}]}`.
+      GIF (first frame) or BMP file bytes. Each image is framed exactly as
+      the run's validation images were (`kertransfer.images`, the run's
+      `preprocessing.json`): decoded (JPEG EXIF orientation applied,
+      transparency onto white), its short side resized to
+      `round(image_size / crop_pct)` (bilinear, antialiased) and
+      center-cropped to `image_size x image_size`. Over REST send
+      `{"instances": [{"b64": "<base64 file>"}]}`: the file's bytes as
+      they are, so the graph sees the EXIF orientation.
     - `predict_images(images)`: float32 `(batch, height, width, 3)` RGB
-      pixels in `[0, 255]`; resized and cropped as above unless already
-      `image_size x image_size`.
+      pixels in `[0, 255]`. Batches of `image_size x image_size` are taken
+      as already-framed crops (`kertransfer.images.frame_image`); any other
+      size as whole, upright photos, which get the resize and center crop
+      above.
 
     Both return `probabilities` float32 `(batch, num_classes)`,
     `top_classes` string `(batch, k)` and `top_scores` float32 `(batch, k)`,
@@ -602,7 +694,7 @@ def saved_model(
         )
     tf = _import_tensorflow()
     model, run_dir, _ = _load_model(model_or_run_dir)
-    class_names, image_size, _ = _resolve_meta(
+    class_names, framing, _ = _resolve_meta(
         model, run_dir, class_names, image_size)
     export_dir = os.path.join(out_dir, name, str(version))
     if os.path.exists(export_dir) and not overwrite:
@@ -615,11 +707,12 @@ def saved_model(
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=os.path.dirname(
         export_dir))
     try:
-        module = _serving_module(tf, model, class_names, image_size)
+        module = _serving_module(tf, model, class_names, framing)
         labels = os.path.join(staging, "labels.txt")
         with open(labels, "w") as f:
             f.write("\n".join(class_names) + "\n")
         module.labels = tf.saved_model.Asset(labels)
+        module.preprocessing = tf.saved_model.Asset(framing.save(staging))
         tf.saved_model.save(
             module, os.path.join(staging, "model"),
             signatures={
@@ -684,10 +777,13 @@ def tflite(
     The model (raw pixels in, probabilities out) is first saved as a plain
     SavedModel with one fixed-size signature, then converted with
     `tf.lite.TFLiteConverter.from_saved_model`. The `.tflite` takes float32
-    `(1, image_size, image_size, 3)` RGB pixels in `[0, 255]` (resize and
-    center-crop on the device) and returns float32 probabilities
-    `(1, num_classes)`; `labels.txt` (one name per line, output order) is
-    written beside it.
+    `(1, image_size, image_size, 3)` RGB pixels in `[0, 255]`, framed on
+    the device as in validation, and returns float32 probabilities
+    `(1, num_classes)`. Beside it go `labels.txt` (one name per line, output
+    order), `preprocessing.json` (the run's `kertransfer.images.Framing`:
+    image size, crop fraction, resize) and `kertransfer_images.py` (a copy
+    of `kertransfer.images`, which `export/mobile/litert_runner.py` uses to
+    frame photos exactly as validation did).
 
     Quantization (https://ai.google.dev/edge/litert/models/
     post_training_quantization):
@@ -697,8 +793,9 @@ def tflite(
     - `"dynamic"`: int8 weights, activations quantized on the fly (about a
       quarter of the size).
     - `"int8"`: full-integer: int8 weights and activations, calibrated on
-      `representative_images` (training images, read like validation
-      images by `read_images`); only the float32 input and output are
+      `representative_images` (training images, framed like validation
+      images by `kertransfer.images.frame_images`; unreadable ones skipped
+      with a warning); only the float32 input and output are
       (de)quantized. Runs on integer-only accelerators (Edge TPU, NPUs).
 
     Args:
@@ -750,8 +847,9 @@ def tflite(
         )
     tf = _import_tensorflow()
     model, run_dir, _ = _load_model(model_or_run_dir)
-    class_names, image_size, metrics = _resolve_meta(
+    class_names, framing, metrics = _resolve_meta(
         model, run_dir, class_names, image_size)
+    image_size = framing.image_size
 
     with tempfile.TemporaryDirectory(prefix="kertransfer-litert-") as tmp:
         module = tf.Module()
@@ -779,8 +877,17 @@ def tflite(
                 paths = [paths[i] for i in sorted(picks)]
 
             def representative_dataset():
+                unreadable = []
                 for image_path in paths:
-                    yield [read_images([image_path], image_size)]
+                    try:
+                        yield [frame_images([image_path], framing)]
+                    except (FileNotFoundError, ValueError) as error:
+                        unreadable.append(f"{image_path} ({error})")
+                if unreadable:
+                    warnings.warn(
+                        f"int8 calibration skipped {len(unreadable)} "
+                        "unreadable image(s): " + "; ".join(unreadable[:5]),
+                        ExportWarning, stacklevel=2)
 
             converter.representative_dataset = representative_dataset
             converter.target_spec.supported_ops = [
@@ -790,9 +897,14 @@ def tflite(
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "wb") as f:
         f.write(flatbuffer)
-    with open(os.path.join(os.path.dirname(os.path.abspath(path)),
-                           "labels.txt"), "w") as f:
+    folder = os.path.dirname(os.path.abspath(path))
+    with open(os.path.join(folder, "labels.txt"), "w") as f:
         f.write("\n".join(class_names) + "\n")
+    framing.save(folder)
+    # The framing code itself, for `export/mobile/litert_runner.py` on a
+    # device without kertransfer: the same file, NumPy and Pillow only.
+    shutil.copyfile(images_lib.__file__,
+                    os.path.join(folder, "kertransfer_images.py"))
     logger.info("Wrote LiteRT model %s (%d bytes)", path, len(flatbuffer))
     return path
 
@@ -845,8 +957,9 @@ def onnx(model_or_run_dir, path, class_names=None, image_size=None):
                          class_names=class_names, image_size=image_size)
     _import_tensorflow()
     model, run_dir, _ = _load_model(model_or_run_dir)
-    class_names, image_size, _ = _resolve_meta(
+    class_names, framing, _ = _resolve_meta(
         model, run_dir, class_names, image_size)
+    image_size = framing.image_size
     model(np.zeros((1, image_size, image_size, 3), np.float32))  # build
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
@@ -965,11 +1078,20 @@ def _median_ms(timings):
 
 
 def _compare(row, probabilities, reference, labels):
+    difference = np.abs(probabilities - reference)
     row["top1_agreement"] = round(float(np.mean(
         probabilities.argmax(-1) == reference.argmax(-1))), 4)
-    row["max_abs_prob_diff"] = float(np.max(np.abs(probabilities - reference)))
+    row["max_abs_prob_diff"] = float(np.max(difference))
+    row["mean_abs_prob_diff"] = float(np.mean(difference))
     row["accuracy"] = None if labels is None else round(float(np.mean(
         probabilities.argmax(-1) == labels)), 4)
+
+
+def _targets(quantize):
+    targets = {"top1_agreement": AGREEMENT_TARGETS[quantize]}
+    if quantize in MAX_PROB_DIFF_TARGETS:
+        targets["max_abs_prob_diff"] = MAX_PROB_DIFF_TARGETS[quantize]
+    return targets
 
 
 def validate(
@@ -983,18 +1105,28 @@ def validate(
     max_timed_images=50,
     print_fn=print,
 ):
-    """Checks exported files against the Keras model and writes a report.
+    """Checks exported files against what users of the learner get.
 
-    Every image is read with `read_images` and fed to the Keras model and to
-    each artifact: a SavedModel through `predict_images` (and, as a
-    separate row, `serving_default` on the file bytes, which resizes in
-    TensorFlow), a `.tflite` through the LiteRT interpreter
-    (`ai_edge_litert.interpreter.Interpreter`, `num_threads=1`). Per
-    artifact it records top-1 agreement with Keras, the max absolute
-    probability difference, accuracy (if labels are known), size on disk
-    and the median latency of single-image calls, then checks the targets:
+    The reference is the learner's own prediction path on the image files:
+    `kertransfer.predict.predict_probs` for a run folder (decode, resize
+    and center-crop by `kertransfer.images`, then the Keras model), or the
+    same framing (`kertransfer.images.frame_images`) and the Keras model
+    for a bare model. Each artifact then sees the images the way it would
+    in deployment:
 
-    - fp32 SavedModel, fp32 and float16 `.tflite`: 100% agreement.
+    - SavedModel `serving_default`: the raw file bytes (the graph decodes,
+      turns by EXIF, resizes and crops: what TF Serving users send);
+    - SavedModel `predict_images`, `.tflite` (LiteRT interpreter,
+      `num_threads=1`, as `export/mobile/litert_runner.py`) and `.onnx`:
+      the crops of `kertransfer.images.frame_images`.
+
+    Per artifact it records top-1 agreement with the reference, the max and
+    mean absolute probability difference, accuracy (if labels are known),
+    size on disk and the median latency of single-image calls, then checks
+    the targets:
+
+    - fp32 SavedModel (both signatures), fp32 and float16 `.tflite`, ONNX:
+      >= 99.5% agreement and max |difference| <= 0.02.
     - dynamic and int8 `.tflite`: >= 99% agreement.
     - SavedModel folder <= 1.1x the weights; int8 `.tflite` <= 0.3x the
       fp32 `.tflite` (or the weights when no fp32 file is validated).
@@ -1020,13 +1152,13 @@ def validate(
 
     Returns:
         The report dict (also written to `report_path`): `classes`,
-        `image_size`, `num_images`, `weights_bytes`, `keras` (accuracy and
-        latency of the reference), `artifacts` (one row per artifact) and
-        `passed`.
+        `framing`, `reference`, `num_images`, `weights_bytes`,
+        `valid_accuracy` (from `metrics.json`), `keras` (accuracy and latency
+        of the reference), `artifacts` (one row per artifact) and `passed`.
 
     Raises:
         ValueError: if no validation images can be found or an artifact is
-            neither a SavedModel nor a `.tflite` file.
+            neither a SavedModel nor a `.tflite`/`.onnx` file.
 
     Example:
 
@@ -1065,16 +1197,57 @@ def validate(
     return report
 
 
+def _reference(model, run_dir, model_path, metrics, paths, labels, framing):
+    """-> (paths, labels, probabilities, description) of the learner's path.
+
+    Files the learner cannot read are left out (with a warning), as
+    `kertransfer predict` reports them instead of predicting.
+    """
+    from kertransfer.predict import predict_probs
+
+    is_run = (run_dir and model_path == os.path.join(run_dir, "model.keras")
+              and {"classes", "arch"} <= set(metrics))
+    if is_run:
+        found, predicted, probabilities = predict_probs(run_dir, paths)
+        description = "kertransfer.predict.predict_probs (the run's prediction path)"
+    else:
+        found, predicted = [], []
+        for path in paths:
+            try:
+                frame_images([path], framing)
+                predicted.append(path)
+                found.append((path, None))
+            except (FileNotFoundError, ValueError) as error:
+                found.append((path, str(error)))
+        probabilities = (model.predict(frame_images(predicted, framing),
+                                       batch_size=32, verbose=0)
+                         if predicted else None)
+        description = "kertransfer.images.frame_images + the Keras model"
+    skipped = [f"{path} ({error})" for path, error in found if error]
+    if skipped:
+        warnings.warn(
+            f"{len(skipped)} validation image(s) cannot be read and are left "
+            "out: " + "; ".join(skipped[:5]), ExportWarning, stacklevel=4)
+    if not predicted:
+        raise ValueError(
+            f"None of the {len(paths)} validation images could be read, e.g. "
+            f"{skipped[:1]}. Pass readable images (`--images DIR`).")
+    if labels is not None:
+        index = {path: i for i, path in enumerate(paths)}
+        labels = np.asarray([labels[index[p]] for p in predicted])
+    return predicted, labels, np.asarray(probabilities, np.float32), description
+
+
 def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
                  image_size, report_path, max_timed_images):
     tf = _import_tensorflow()
     model, run_dir, model_path = _load_model(model_or_run_dir)
-    class_names, image_size, metrics = _resolve_meta(
+    class_names, framing, metrics = _resolve_meta(
         model, run_dir, class_names, image_size)
     paths, labels = _validation_set(run_dir, images, labels, class_names)
-    pixels = read_images(paths, image_size)
-    reference = np.asarray(
-        model.predict(pixels, batch_size=32, verbose=0), np.float32)
+    paths, labels, reference, description = _reference(
+        model, run_dir, model_path, metrics, paths, labels, framing)
+    pixels = frame_images(paths, framing)
     timed = pixels[:max_timed_images]
     timings = []
     for image in timed:
@@ -1086,10 +1259,13 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
         "model": model_path,
         "arch": metrics.get("arch"),
         "classes": class_names,
-        "image_size": image_size,
+        "image_size": framing.image_size,
+        "framing": framing.to_dict(),
+        "reference": description,
         "num_images": len(paths),
         "images": paths,
         "labels_known": labels is not None,
+        "valid_accuracy": metrics.get("valid_accuracy"),
         "weights_bytes": weights_bytes,
         "keras": {
             "accuracy": None if labels is None else round(float(np.mean(
@@ -1106,29 +1282,6 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
         kind = _artifact_kind(artifact)
         if kind == "saved_model":
             loaded = tf.saved_model.load(artifact)
-            predict = loaded.signatures["predict_images"]
-            probabilities = np.concatenate([
-                predict(images=tf.constant(pixels[i:i + 32]))[
-                    "probabilities"].numpy()
-                for i in range(0, len(pixels), 32)
-            ])
-            timings = []
-            for image in timed:
-                start = time.perf_counter()
-                predict(images=tf.constant(image[None]))
-                timings.append(time.perf_counter() - start)
-            row = {"name": "saved_model:predict_images", "format":
-                   "saved_model", "quantize": None, "path": artifact,
-                   "runtime": "tf.saved_model",
-                   "size_bytes": _dir_size(artifact)}
-            row["size_ratio"] = round(row["size_bytes"] / weights_bytes, 4)
-            row["size_ratio_of"] = "weights"
-            _compare(row, probabilities, reference, labels)
-            row["median_latency_ms"] = _median_ms(timings[1:])
-            row["targets"] = {"top1_agreement": AGREEMENT_TARGETS[None],
-                              "size_ratio": LEAN_SAVED_MODEL_RATIO}
-            rows.append(row)
-
             serve = loaded.signatures["serving_default"]
             encoded = []
             for p in paths:
@@ -1144,15 +1297,38 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
                 start = time.perf_counter()
                 serve(image_bytes=tf.constant([data]))
                 timings.append(time.perf_counter() - start)
-            bytes_row = dict(row, name="saved_model:serving_default",
-                             runtime="tf.saved_model (decode+resize in TF)",
-                             targets={})
+            bytes_row = {"name": "saved_model:serving_default",
+                         "format": "saved_model", "quantize": None,
+                         "path": artifact,
+                         "runtime": "tf.saved_model (file bytes; decode, "
+                                    "EXIF, resize, crop in the graph)",
+                         "size_bytes": _dir_size(artifact)}
+            bytes_row["size_ratio"] = round(
+                bytes_row["size_bytes"] / weights_bytes, 4)
+            bytes_row["size_ratio_of"] = "weights"
             _compare(bytes_row, probabilities, reference, labels)
             bytes_row["median_latency_ms"] = _median_ms(timings[1:])
-            bytes_row["note"] = (
-                "decodes and resizes in TensorFlow; differences come from "
-                "resampling, not from the export")
+            bytes_row["targets"] = dict(_targets(None),
+                                        size_ratio=LEAN_SAVED_MODEL_RATIO)
             rows.append(bytes_row)
+
+            predict = loaded.signatures["predict_images"]
+            probabilities = np.concatenate([
+                predict(images=tf.constant(pixels[i:i + 32]))[
+                    "probabilities"].numpy()
+                for i in range(0, len(pixels), 32)
+            ])
+            timings = []
+            for image in timed:
+                start = time.perf_counter()
+                predict(images=tf.constant(image[None]))
+                timings.append(time.perf_counter() - start)
+            row = dict(bytes_row, name="saved_model:predict_images",
+                       runtime="tf.saved_model (framed pixels)",
+                       targets=_targets(None))
+            _compare(row, probabilities, reference, labels)
+            row["median_latency_ms"] = _median_ms(timings[1:])
+            rows.append(row)
         elif kind == "onnx":
             try:
                 import onnxruntime
@@ -1188,7 +1364,7 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
                      reference, labels)
             row["median_latency_ms"] = _median_ms(
                 timings[1:max_timed_images + 1])
-            row["targets"] = {"top1_agreement": AGREEMENT_TARGETS[None]}
+            row["targets"] = _targets(None)
             rows.append(row)
         else:
             quantize = _tflite_quantization(artifact)
@@ -1209,7 +1385,7 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
             _compare(row, probabilities, reference, labels)
             row["median_latency_ms"] = _median_ms(
                 timings[1:max_timed_images + 1])
-            row["targets"] = {"top1_agreement": AGREEMENT_TARGETS[quantize]}
+            row["targets"] = _targets(quantize)
             if quantize == "int8":
                 row["targets"]["size_ratio"] = INT8_SIZE_RATIO
             rows.append(row)
@@ -1224,7 +1400,11 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
         if row["top1_agreement"] < targets.get("top1_agreement", 0.0):
             failures.append(
                 f"top-1 agreement {row['top1_agreement']:.2%} < "
-                f"{targets['top1_agreement']:.0%}")
+                f"{targets['top1_agreement']:.1%}")
+        if row["max_abs_prob_diff"] > targets.get("max_abs_prob_diff", np.inf):
+            failures.append(
+                f"max |prob difference| {row['max_abs_prob_diff']:.3f} > "
+                f"{targets['max_abs_prob_diff']}")
         if row["size_ratio"] > targets.get("size_ratio", np.inf):
             failures.append(
                 f"size {row['size_ratio']:.2f}x {row['size_ratio_of']} > "
@@ -1264,16 +1444,16 @@ def format_report(report):
         A multi-line string, one row per artifact plus the Keras reference.
     """
     header = ("artifact", "size", "ratio", "top-1 agree", "max |dp|",
-              "accuracy", "ms/img", "ok")
+              "mean |dp|", "accuracy", "ms/img", "ok")
 
     def pct(value):
         return "-" if value is None else f"{value:.1%}"
 
     keras_row = report["keras"]
     lines = [(
-        "keras (reference)",
+        "reference (kertransfer predict)",
         _human_size(keras_row["size_bytes"]) if keras_row["size_bytes"]
-        else "-", "-", "-", "-", pct(keras_row["accuracy"]),
+        else "-", "-", "-", "-", "-", pct(keras_row["accuracy"]),
         str(keras_row["median_latency_ms"]), "",
     )]
     for row in report["artifacts"]:
@@ -1281,14 +1461,20 @@ def format_report(report):
             row["name"], _human_size(row["size_bytes"]),
             f"{row['size_ratio']:.2f}x {row['size_ratio_of']}",
             pct(row["top1_agreement"]), f"{row['max_abs_prob_diff']:.2e}",
+            f"{row.get('mean_abs_prob_diff', float('nan')):.2e}",
             pct(row["accuracy"]), str(row["median_latency_ms"]),
             "yes" if row["passed"] else "NO: " + "; ".join(row["failures"]),
         ))
     widths = [max(len(line[i]) for line in [header] + lines)
               for i in range(len(header))]
+    framing = report.get("framing") or {}
+    valid = report.get("valid_accuracy")
     text = [
         f"{report['num_images']} validation images, {report['image_size']} "
-        f"px, weights {_human_size(report['weights_bytes'])}"
+        f"px (short side {framing.get('decode_size', '?')}, center crop), "
+        f"weights {_human_size(report['weights_bytes'])}"
+        + ("" if valid is None else f", metrics.json valid_accuracy "
+           f"{valid:.1%}")
     ]
     for line in [header] + lines:
         text.append("  ".join(c.ljust(w) for c, w in zip(line, widths)))

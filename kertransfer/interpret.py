@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from kertransfer.images import load_thumbnail
 from kertransfer.metrics import check_multi_hot
 from kertransfer.metrics import fbeta_from_counts
 
@@ -125,16 +126,6 @@ def _divide(numerator, denominator):
         out=np.zeros(np.broadcast(numerator, denominator).shape),
         where=denominator != 0,
     )
-
-
-def _load_thumbnail(path, size):
-    """RGB uint8 array of the image at `path`, at most `size` px a side."""
-    from PIL import Image, ImageOps
-
-    with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image).convert("RGB")
-    image.thumbnail((size, size))
-    return np.asarray(image)
 
 
 def _placeholder_figure(message):
@@ -549,7 +540,7 @@ class ClassificationInterpretation:
         for ax, i in zip(axes.flat, idxs):
             path = self.image_paths[i]
             try:
-                ax.imshow(_load_thumbnail(path, size))
+                ax.imshow(load_thumbnail(path, size))
             except (OSError, ValueError) as error:
                 warnings.warn(
                     f"Could not open image {path!r}: {error}", stacklevel=2

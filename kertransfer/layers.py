@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-__all__ = ["ImagePreprocessing", "AdaptiveConcatPooling2D"]
+__all__ = ["ImagePreprocessing", "AdaptiveConcatPooling2D", "RandomRot90"]
 
 
 @keras.saving.register_keras_serializable(package="kertransfer")
@@ -101,3 +101,83 @@ class AdaptiveConcatPooling2D(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 2 * input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="kertransfer")
+class RandomRot90(keras.layers.Layer):
+    """Rotates each image by its own random multiple of 90 degrees.
+
+    With a random horizontal and vertical flip before it, this gives each
+    image one of the 8 dihedral symmetries of a square: fast.ai's
+    `transforms_top_down` (satellite and microscope images, where "up" means
+    nothing). Like Keras's augmentation layers it is inert unless called
+    with `training=True`, and it exposes `get_random_transformation` /
+    `transform_images`, so `kertransfer.transforms.BatchAugmenter` can seed
+    it per image.
+
+    Args:
+        seed: int seed of the layer's own generator, or None.
+
+    Input shape:
+        `(batch, size, size, channels)`: square images (a quarter turn of a
+        non-square image would change its shape).
+
+    Output shape:
+        Same as the input; image `i` is `np.rot90(images[i], k[i])`
+        (counter-clockwise quarter turns), `k[i]` drawn uniformly from
+        `{0, 1, 2, 3}`.
+
+    Raises:
+        ValueError: on images that are not square.
+
+    Example:
+
+    >>> layer = RandomRot90(seed=0)
+    >>> layer(np.zeros((8, 32, 32, 3)), training=True).shape
+    (8, 32, 32, 3)
+    """
+
+    def __init__(self, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.seed = seed
+        self.generator = keras.random.SeedGenerator(seed)
+
+    def get_random_transformation(self, data, training=True, seed=None):
+        """`{"quarter_turns": int32 (batch,)}`, zeros unless training."""
+        batch = ops.shape(data)[0]
+        if not training:
+            return {"quarter_turns": ops.zeros((batch,), dtype="int32")}
+        turns = keras.random.randint(
+            (batch,), 0, 4, dtype="int32",
+            seed=self.generator if seed is None else seed,
+        )
+        return {"quarter_turns": turns}
+
+    def transform_images(self, images, transformation, training=True):
+        """Applies each image's quarter turns (see the class docstring)."""
+        height, width = images.shape[1], images.shape[2]
+        if height is not None and width is not None and height != width:
+            raise ValueError(
+                "RandomRot90 rotates square images only (a quarter turn changes "
+                f"the shape of a {height}x{width} image). Crop to a square first."
+            )
+        turns = ops.reshape(transformation["quarter_turns"], (-1, 1, 1, 1))
+        out = images
+        rotated = images
+        for k in (1, 2, 3):
+            # One counter-clockwise quarter turn: transpose, then flip rows.
+            rotated = ops.flip(ops.transpose(rotated, (0, 2, 1, 3)), axis=1)
+            out = ops.where(ops.equal(turns, k), rotated, out)
+        return out
+
+    def call(self, images, training=True):
+        transformation = self.get_random_transformation(images, training=training)
+        return self.transform_images(images, transformation, training=training)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(seed=self.seed)
+        return config

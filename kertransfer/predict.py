@@ -16,13 +16,12 @@ import os
 import numpy as np
 import pandas as pd
 
-__all__ = ["IMAGE_EXTENSIONS", "find_images", "load_run", "predict_images"]
+from kertransfer import images
+from kertransfer.images import IMAGE_EXTENSIONS
+
+__all__ = ["find_images", "load_run", "predict_images", "predict_probs", "run_framing"]
 
 logger = logging.getLogger(__name__)
-
-# Searched for in folders; files named explicitly are tried whatever their
-# extension. Same list as `keras.utils.image_dataset_from_directory`.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 
 DEFAULT_TOP_K = 3
 
@@ -30,10 +29,10 @@ DEFAULT_TOP_K = 3
 def find_images(inputs):
     """Expands files and folders into the image files to predict.
 
-    Folders are searched recursively (hidden files and folders skipped) for
-    files with an extension in `IMAGE_EXTENSIONS`, in sorted order. Files
-    named explicitly are kept whatever their extension (a non-image is
-    reported when decoding fails).
+    Folders are searched recursively by `kertransfer.images.find_images`
+    (hidden files and folders skipped, extensions in `IMAGE_EXTENSIONS`,
+    sorted). Files named explicitly are kept whatever their extension (a
+    non-image is reported when decoding fails).
 
     Args:
         inputs: a path, or a sequence of file and folder paths.
@@ -56,17 +55,9 @@ def find_images(inputs):
         if os.path.isfile(item):
             found.append((item, None))
         elif os.path.isdir(item):
-            files = []
-            for root, dirs, names in os.walk(item):
-                dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-                files += [
-                    os.path.join(root, name)
-                    for name in names
-                    if not name.startswith(".")
-                    and name.lower().endswith(IMAGE_EXTENSIONS)
-                ]
+            files = images.find_images(item)
             if files:
-                found += [(path, None) for path in sorted(files)]
+                found += [(path, None) for path in files]
             else:
                 found.append(
                     (item, f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder")
@@ -74,6 +65,29 @@ def find_images(inputs):
         else:
             found.append((item, "file not found"))
     return found
+
+
+def run_framing(run_dir, metrics):
+    """The `Framing` a run was validated with.
+
+    Read from the run folder's `preprocessing.json` (written by `kertransfer
+    train`); runs written before it existed fall back to `metrics.json`'s
+    `image_size` (and `crop_pct` if present, else the default 0.875).
+
+    Raises:
+        ValueError: if neither file gives an image size.
+    """
+    path = os.path.join(os.fspath(run_dir), images.PREPROCESSING_FILE)
+    if os.path.isfile(path):
+        return images.Framing.load(path)
+    if "image_size" not in metrics:
+        raise ValueError(
+            f"The run folder {run_dir!r} has no {images.PREPROCESSING_FILE} and its "
+            "metrics.json has no 'image_size'; pass a folder written by `kertransfer train`."
+        )
+    return images.Framing(
+        int(metrics["image_size"]), float(metrics.get("crop_pct", images.DEFAULT_CROP_PCT))
+    )
 
 
 def _read_metrics(run_dir):
@@ -191,19 +205,94 @@ def _result_frame(found, predicted, probs, classes, top_k):
     return pd.DataFrame(rows, columns=columns)
 
 
+def _check_count(name, value, minimum):
+    if isinstance(value, bool) or int(value) != value or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}. Received {name}={value!r}.")
+    return int(value)
+
+
+def predict_probs(run_dir, paths, tta=False, n_aug=4, seed=0, batch_size=32):
+    """Class probabilities of image files under a trained run's model.
+
+    The prediction path of `predict_images`, without the table: each file is
+    decoded and framed like the run's validation images
+    (`kertransfer.images`, the run's `Framing`), and with `tta=True`
+    averaged over augmented copies as `ConvLearner.TTA` does. Crops and
+    augmentation are seeded per image, so the result does not depend on
+    `batch_size`.
+
+    Args:
+        run_dir: folder written by `kertransfer train`.
+        paths: an image file, a folder (searched recursively), or a sequence
+            of them.
+        tta: average over `n_aug` augmented copies too.
+        n_aug: augmented copies per image with `tta=True`.
+        seed: seed of the TTA augmentation.
+        batch_size: images per model call.
+
+    Returns:
+        `(found, predicted, probs)`: `found` is `[(path, error)]` for every
+        input in order (`error` None when predicted), `predicted` the list
+        of predicted paths and `probs` float32 `(len(predicted),
+        num_classes)` (None when nothing could be predicted).
+
+    Raises:
+        FileNotFoundError, ValueError: as `predict_images`.
+    """
+    from kertransfer.data import ImageClassifierData
+    from kertransfer.data import _decode_split
+    from kertransfer.data import _default_tfms
+
+    run_dir, _ = _check_run_dir(run_dir)
+    metrics = _read_metrics(run_dir)
+    classes = [str(c) for c in metrics["classes"]]
+    n_aug = _check_count("n_aug", n_aug, 0)
+    batch_size = _check_count("batch_size", batch_size, 1)
+    framing = run_framing(run_dir, metrics)
+    # The main job's transforms (`tfms_from_model` defaults): center crop,
+    # and for TTA side-on augmentation with max_zoom=1.1. The backbone
+    # itself lives in model.keras, so its name need not be registered here.
+    tfms = _default_tfms(framing.image_size, framing.crop_pct)
+    found = find_images(paths)
+    to_decode = [path for path, error in found if error is None]
+    split, skipped = _decode_split(to_decode, None, framing.decode_size, os.cpu_count() or 1)
+    errors = dict(skipped)
+    found = [(path, error or errors.get(path)) for path, error in found]
+    for path, error in found:
+        if error is not None:
+            logger.info("Cannot predict %s: %s", path, error)
+    if not len(split):
+        return found, [], None
+    model, metrics = load_run(run_dir)
+    data = ImageClassifierData(
+        path=run_dir,
+        classes=classes,
+        splits={"test": split},
+        tfms=tfms,
+        batch_size=batch_size,
+        skipped=skipped,
+    )
+    from kertransfer.tta import tta_probs
+
+    probs = tta_probs(model, data, n_aug if tta else 0, split="test", seed=seed)
+    return found, split.paths, probs
+
+
 def predict_images(
     run_dir, paths, tta=False, top_k=None, n_aug=4, seed=0, batch_size=32
 ):
     """Top-k classes of images (files or folders) under a trained run's model.
 
-    Each image is decoded with EXIF orientation applied, its short side
-    resized to `round(image_size / crop_pct)` pixels and center-cropped to
-    `image_size` (the validation transforms of `tfms_from_model`, as in
-    training). With `tta=True` the probabilities are the mean over the
-    center crop and `n_aug` augmented copies, as in `ConvLearner.TTA`
-    (fast.ai v0.7 `learn.TTA`). Unreadable files (missing, corrupt, not an
-    image) get a row with `status="error"` and the reason; the others are
-    still predicted.
+    Each image is decoded by `kertransfer.images` (EXIF orientation applied,
+    alpha onto white), its short side resized to `round(image_size /
+    crop_pct)` pixels and center-cropped to `image_size`: the run's
+    validation framing (`preprocessing.json`), as in training. With
+    `tta=True` the probabilities are the mean over the center crop and
+    `n_aug` augmented copies, as in `ConvLearner.TTA` (fast.ai v0.7
+    `learn.TTA`); copies are seeded per image, so any `batch_size` gives the
+    same result. Unreadable files (missing, corrupt, not an image) get a
+    row with `status="error"` and the reason; the others are still
+    predicted.
 
     Args:
         run_dir: folder written by `kertransfer train` (`model.keras`,
@@ -237,52 +326,10 @@ def predict_images(
     frame[["file", "class_1", "prob_1"]]
     ```
     """
-    from kertransfer.data import ImageClassifierData
-    from kertransfer.data import _decode_split
-    from kertransfer.transforms import tfms_from_model
-
     run_dir, _ = _check_run_dir(run_dir)
-    metrics = _read_metrics(run_dir)
-    classes = [str(c) for c in metrics["classes"]]
+    classes = [str(c) for c in _read_metrics(run_dir)["classes"]]
     top_k = _check_top_k(top_k, classes)
-    if isinstance(n_aug, bool) or int(n_aug) != n_aug or n_aug < 0:
-        raise ValueError(f"n_aug must be an integer >= 0. Received n_aug={n_aug!r}.")
-    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-        raise ValueError(
-            f"batch_size must be a positive integer. Received batch_size={batch_size!r}."
-        )
-    try:
-        tfms = tfms_from_model(metrics["arch"], int(metrics["image_size"]))
-    except ValueError as e:
-        raise ValueError(
-            f"{os.path.join(run_dir, 'metrics.json')} names arch="
-            f"{metrics['arch']!r}, which is not a registered backbone in this "
-            "Python process (a custom backbone: call "
-            "kertransfer.backbones.register_backbone(...) first, then "
-            f"predict_images). {e}"
-        ) from e
-    found = find_images(paths)
-    to_decode = [path for path, error in found if error is None]
-    split, skipped = _decode_split(
-        to_decode, None, tfms[1].decode_size, os.cpu_count() or 1
+    found, predicted, probs = predict_probs(
+        run_dir, paths, tta=tta, n_aug=n_aug, seed=seed, batch_size=batch_size
     )
-    errors = dict(skipped)
-    found = [(path, error or errors.get(path)) for path, error in found]
-    for path, error in found:
-        if error is not None:
-            logger.info("Cannot predict %s: %s", path, error)
-    probs = None
-    if len(split):
-        model, metrics = load_run(run_dir)
-        data = ImageClassifierData(
-            path=run_dir,
-            classes=classes,
-            splits={"test": split},
-            tfms=tfms,
-            batch_size=batch_size,
-            skipped=skipped,
-        )
-        from kertransfer.tta import tta_probs
-
-        probs = tta_probs(model, data, n_aug if tta else 0, split="test", seed=seed)
-    return _result_frame(found, split.paths, probs, classes, top_k)
+    return _result_frame(found, predicted, probs, classes, top_k)

@@ -175,7 +175,8 @@ def train(data_dir, out_dir, config=None, verbose=1):
     best weights by validation loss (the weights before unfreezing
     included: `metrics["kept"]` says which); then TTA.
 
-    Writes into `out_dir`: `model.keras`, `history.csv` (one row per epoch,
+    Writes into `out_dir`: `model.keras`, `preprocessing.json` (the
+    validation framing, `kertransfer.images.Framing`), `history.csv` (one row per epoch,
     `stage` column), `metrics.json`, `predictions.npz` (`probs`,
     `tta_probs`, `targets`, `paths`), `lr_find.png`,
     `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`, `augmented.png`; with
@@ -303,6 +304,7 @@ def train(data_dir, out_dir, config=None, verbose=1):
         "train_dir": os.path.abspath(os.path.join(data_dir, "train")),
         "arch": config.arch,
         "image_size": config.image_size,
+        "crop_pct": data.valid_tfms.crop_pct,
         "batch_size": config.batch_size,
         "seed": config.seed,
         "lrs": lrs_used,
@@ -318,6 +320,8 @@ def train(data_dir, out_dir, config=None, verbose=1):
 
     # Write the run folder.
     learn.save(os.path.join(out_dir, "model.keras"))
+    # How a photo becomes a model input: read by predict, export, serving.
+    data.valid_tfms.framing.save(out_dir)
     np.savez(
         os.path.join(out_dir, "predictions.npz"),
         probs=probs,

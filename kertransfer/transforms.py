@@ -10,6 +10,10 @@ backbone, so models always take raw pixels.
 
 import numpy as np
 
+from kertransfer.images import DEFAULT_CROP_PCT
+from kertransfer.images import Framing
+from kertransfer.images import center_crop
+
 __all__ = [
     "ImageTransforms",
     "BatchAugmenter",
@@ -18,8 +22,6 @@ __all__ = [
     "transforms_top_down",
     "tfms_from_model",
 ]
-
-DEFAULT_CROP_PCT = 0.875
 
 
 def transforms_basic(seed=None, max_rotate=10.0, lighting=0.05):
@@ -63,48 +65,21 @@ def transforms_side_on(seed=None, max_rotate=10.0, lighting=0.05):
 def transforms_top_down(seed=None, max_rotate=10.0, lighting=0.05):
     """fast.ai's `transforms_top_down`: satellite and microscope images.
 
-    Any of the 8 dihedral symmetries (horizontal and vertical flips, and a
-    random multiple of 90°), plus the basic rotation and lighting.
+    Any of the 8 dihedral symmetries, drawn per image (horizontal and
+    vertical flips, and a random multiple of 90°: `RandomRot90`), plus the
+    basic rotation and lighting.
 
     Returns:
         list of Keras preprocessing layers.
     """
     from keras import layers
 
+    from kertransfer.layers import RandomRot90
+
     return [
         layers.RandomFlip("horizontal_and_vertical", seed=seed),
-        _random_rot90_layer(seed),
+        RandomRot90(seed=seed),
     ] + transforms_basic(seed, max_rotate, lighting)
-
-
-def _random_rot90_layer(seed):
-    import keras
-    from keras import ops
-
-    class RandomRot90(keras.layers.Layer):
-        """Rotates each batch by a random multiple of 90° (square images)."""
-
-        def __init__(self, seed=None, **kwargs):
-            super().__init__(**kwargs)
-            self.generator = keras.random.SeedGenerator(seed)
-
-        def get_random_transformation(self, data, training=True, seed=None):
-            """Number of quarter turns, 0-3 (Keras augmentation-layer API)."""
-            if not training:
-                return 0
-            k = keras.random.randint((), 0, 4, seed=self.generator if seed is None else seed)
-            return int(ops.convert_to_numpy(k))
-
-        def transform_images(self, images, transformation, training=True):
-            for _ in range(int(transformation)):
-                images = ops.flip(ops.transpose(images, (0, 2, 1, 3)), axis=2)
-            return images
-
-        def call(self, images, training=True):
-            k = self.get_random_transformation(images, training=training)
-            return self.transform_images(images, k, training=training)
-
-    return RandomRot90(seed=seed)
 
 
 class ImageTransforms:
@@ -138,29 +113,21 @@ class ImageTransforms:
         max_zoom=1.0,
         crop_pct=DEFAULT_CROP_PCT,
     ):
-        if int(image_size) != image_size or image_size < 8:
-            raise ValueError(
-                f"image_size must be an integer >= 8 pixels. Received "
-                f"image_size={image_size}."
-            )
+        self.framing = Framing(image_size, crop_pct)
         if max_zoom < 1:
             raise ValueError(
                 f"max_zoom must be >= 1 (1 = no zoom). Received {max_zoom}."
             )
-        if not 0 < crop_pct <= 1:
-            raise ValueError(
-                f"crop_pct must be in (0, 1]. Received crop_pct={crop_pct}."
-            )
-        self.image_size = int(image_size)
+        self.image_size = self.framing.image_size
         self.random_crop = random_crop
         self.aug_tfms = aug_tfms
         self.max_zoom = float(max_zoom)
-        self.crop_pct = float(crop_pct)
+        self.crop_pct = self.framing.crop_pct
 
     @property
     def decode_size(self):
         """Short side, in pixels, images are decoded to before cropping."""
-        return int(round(self.image_size / self.crop_pct))
+        return self.framing.decode_size
 
     @property
     def augments(self):
@@ -188,14 +155,17 @@ class ImageTransforms:
         )
 
     def crop(self, image, rng):
-        """Crops one `(h, w, 3)` uint8 image to `(image_size, image_size, 3)`."""
+        """Crops one `(h, w, 3)` uint8 image to `(image_size, image_size, 3)`.
+
+        A random square (offsets from `rng`) when `random_crop`, else the
+        center square of `kertransfer.images.center_crop`.
+        """
         s = self.image_size
+        if not self.random_crop:
+            return center_crop(image, s)
         h, w = image.shape[:2]
-        if self.random_crop:
-            top = int(rng.integers(0, h - s + 1))
-            left = int(rng.integers(0, w - s + 1))
-        else:
-            top, left = (h - s) // 2, (w - s) // 2
+        top = int(rng.integers(0, h - s + 1))
+        left = int(rng.integers(0, w - s + 1))
         return image[top : top + s, left : left + s]
 
     def augment_layers(self, seed=None):
@@ -235,30 +205,41 @@ class ImageTransforms:
 
         Args:
             images: list of uint8 `(h, w, 3)` decoded images.
-            rng: `numpy.random.Generator` of this batch (crop offsets and
-                augmentation parameters come from it alone).
+            rng: the randomness: one `numpy.random.Generator` for the whole
+                batch (crop offsets and augmentation parameters drawn from
+                it in turn: training), or a list with one generator per
+                image (each image's crop and augmentation come from its own
+                generator alone, so an image comes out the same in any
+                batch: TTA and `kertransfer predict --tta`).
             augmenter: a `BatchAugmenter`, or None for crops only.
 
         Returns:
             float32 `(len(images), image_size, image_size, 3)` in [0, 255].
         """
-        if augmenter is None:
-            return np.stack([self.crop(im, rng) for im in images]).astype("float32")
-        return augmenter(images, rng)
+        if augmenter is not None:
+            return augmenter(images, rng)
+        rngs = rng if isinstance(rng, (list, tuple)) else [rng] * len(images)
+        return np.stack([self.crop(im, r) for im, r in zip(images, rngs)]).astype("float32")
 
 
 class BatchAugmenter:
-    """Crops and augments a batch of decoded images, seeded per batch.
+    """Crops and augments decoded images, seeded per batch or per image.
 
-    Each image gets its random crop from the batch's numpy generator, then
-    the Keras augmentation layers run on the whole batch with
-    `training=True` (Keras random layers are inert otherwise). Layers with
-    Keras's `get_random_transformation` / `transform_images` (all Keras 3
-    image augmentation layers, and kertransfer's `RandomRot90`) get an
-    explicit seed drawn from the batch's generator, so a batch is the same
-    whichever thread makes it and in whatever order (TTA, workers > 1).
-    Other user layers are called as they are (their own seed generator:
-    deterministic only when batches are made in order).
+    Each image gets its random crop from a numpy generator, then the Keras
+    augmentation layers run with `training=True` (Keras random layers are
+    inert otherwise). Layers with Keras's `get_random_transformation` /
+    `transform_images` (all Keras 3 image augmentation layers, and
+    kertransfer's `RandomRot90`) get an explicit seed drawn from the same
+    generator, so a batch is the same whichever thread makes it and in
+    whatever order (workers > 1). Other user layers are called as they are
+    (their own seed generator: deterministic only when batches are made in
+    order).
+
+    With one generator for the batch (training), the layers run once on the
+    whole batch. With one generator per image (TTA, predictions), each image
+    runs through the layers on its own, so its augmented copy does not
+    depend on the batch size or on its neighbours (slower: a few ms per
+    image and layer).
 
     Args:
         tfms: the `ImageTransforms` (crop size, random or center crop).
@@ -270,7 +251,21 @@ class BatchAugmenter:
         self.layers = list(layers)
 
     def __call__(self, images, rng):
-        """Augments a list of decoded uint8 images into a float32 batch."""
+        """Augments a list of decoded uint8 images into a float32 batch.
+
+        Args:
+            images: list of uint8 `(h, w, 3)` arrays.
+            rng: a `numpy.random.Generator` for the batch, or a list of one
+                generator per image (see `ImageTransforms.batch`).
+
+        Returns:
+            float32 `(len(images), image_size, image_size, 3)` in [0, 255].
+        """
+        if isinstance(rng, (list, tuple)):
+            return np.concatenate([self._augment([im], r) for im, r in zip(images, rng)])
+        return self._augment(images, rng)
+
+    def _augment(self, images, rng):
         import keras
 
         x = np.stack([self.tfms.crop(im, rng) for im in images]).astype("float32")

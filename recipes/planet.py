@@ -31,7 +31,8 @@ from kertransfer import opt_th
 from kertransfer import tfms_from_model
 from kertransfer import transforms_top_down
 from kertransfer import untar_data
-from kertransfer.data import load_image
+from kertransfer.images import Framing
+from kertransfer.images import frame_image
 
 ARCH = "efficientnet_lite0"
 
@@ -45,11 +46,8 @@ def _class_photos(folder):
 
 
 def _square(path, side):
-    """A photo center-cropped to a square and resized to `side` pixels."""
-    im = load_image(path)
-    s = min(im.size)
-    left, top = (im.size[0] - s) // 2, (im.size[1] - s) // 2
-    return im.crop((left, top, left + s, top + s)).resize((side, side), Image.BILINEAR)
+    """A photo's short side resized to `side` pixels, center-cropped square."""
+    return Image.fromarray(frame_image(path, Framing(side, crop_pct=1.0)))
 
 
 def build_mosaics(photos, out_dir, n, cell=64, seed=0, prefix="mosaic"):

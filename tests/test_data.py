@@ -4,10 +4,8 @@ import warnings
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from kertransfer.data import ImageClassifierData
-from kertransfer.data import load_image
 from kertransfer.transforms import ImageTransforms
 from kertransfer.transforms import tfms_from_model
 
@@ -80,26 +78,6 @@ def test_val_pct_split_is_seeded_and_disjoint(tmp_path):
     assert len(d1.valid_paths) == 5 and len(d1.train_paths) == 15
     assert d1.valid_paths == d2.valid_paths
     assert not set(d1.valid_paths) & set(d1.train_paths)
-
-
-def test_load_image_modes_and_exif(tmp_path):
-    rgb = np.zeros((20, 40, 3), dtype="uint8")
-    rgb[:, :20] = 255  # left half white
-    img = Image.fromarray(rgb)
-    exif = img.getexif()
-    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
-    img.save(tmp_path / "rot.jpg", exif=exif)
-    out = load_image(tmp_path / "rot.jpg")
-    assert out.mode == "RGB" and out.size == (20, 40)  # transposed
-    arr = np.asarray(out)
-    assert arr[:15].mean() > 200 and arr[-15:].mean() < 50  # white now on top
-    for mode in ["L", "P", "CMYK", "RGBA", "LA", "I;16"]:
-        Image.new(mode, (8, 6)).save(tmp_path / f"m.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}")
-        path = tmp_path / f"m.{'tiff' if mode in ('CMYK', 'I;16') else 'png'}"
-        assert load_image(path).mode == "RGB", mode
-    rgba = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
-    rgba.save(tmp_path / "clear.png")
-    assert np.asarray(load_image(tmp_path / "clear.png")).min() == 255  # onto white
 
 
 def test_augmentation_really_changes_pixels_and_is_seeded(tiny_data):

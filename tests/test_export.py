@@ -24,6 +24,9 @@ import numpy as np
 import pytest
 
 from kertransfer import export as kexport
+from kertransfer import images
+from kertransfer.images import Framing
+from kertransfer.images import frame_images
 from kertransfer.layers import AdaptiveConcatPooling2D, ImagePreprocessing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +70,7 @@ def make_run(run_dir, image_size=IMAGE_SIZE, per_class=20, epochs=6):
     """Fits the tiny model on real photos and writes a trainer run folder."""
     keras.utils.set_random_seed(0)
     train, val = _photos("train", per_class), _photos("val", per_class)
-    x = kexport.read_images([p for p, _ in train], image_size)
+    x = frame_images([p for p, _ in train], Framing(image_size))
     y = np.array([t for _, t in train])
     model = build_tiny_model(image_size)
     model.compile(keras.optimizers.Adam(1e-3),
@@ -78,6 +81,7 @@ def make_run(run_dir, image_size=IMAGE_SIZE, per_class=20, epochs=6):
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
         json.dump({"classes": CLASSES, "image_size": image_size,
                    "arch": "tiny-test"}, f)
+    Framing(image_size).save(run_dir)
     np.savez(os.path.join(run_dir, "predictions.npz"),
              paths=np.array([p for p, _ in val]),
              targets=np.array([t for _, t in val]))
@@ -104,7 +108,7 @@ def _load_kit_module(relative_path):
 def run(tmp_path_factory):
     run_dir = str(tmp_path_factory.mktemp("run"))
     model, val_paths = make_run(run_dir)
-    pixels = kexport.read_images(val_paths, IMAGE_SIZE)
+    pixels = frame_images(val_paths, Framing(IMAGE_SIZE))
     reference = np.asarray(model.predict(pixels, verbose=0))
     margin = np.abs(reference[:, 0] - reference[:, 1])
     confident = int(np.argmax(margin))
@@ -113,8 +117,8 @@ def run(tmp_path_factory):
         "model": model,
         "val_paths": val_paths,
         "reference": reference,
-        # The clearest call: resampling differences (TF vs Pillow) cannot
-        # flip it, so every path must agree on its top class.
+        # The clearest call: decoder rounding (TF vs Pillow, at most one
+        # pixel level) cannot flip it, so every path agrees on its class.
         "image": val_paths[confident],
         "top_class": CLASSES[int(reference[confident].argmax())],
     }
@@ -151,10 +155,10 @@ def signatures(exported):
 # --- fast checks, no TensorFlow needed -------------------------------------
 
 
-def test_read_images_handles_gif_and_spaces():
+def test_frame_images_handles_gif_and_spaces():
     paths = [os.path.join(DATA, "train", "ants", "imageNotFound.gif"),
              os.path.join(DATA, "train", "ants", "ant photos.jpg")]
-    pixels = kexport.read_images(paths, 48)
+    pixels = frame_images(paths, Framing(48))
     assert pixels.shape == (2, 48, 48, 3) and pixels.dtype == np.float32
     assert 0.0 <= pixels.min() and pixels.max() <= 255.0
 
@@ -172,7 +176,7 @@ def test_invalid_arguments_explain_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match="No model.keras"):
         kexport.export(str(tmp_path))
     with pytest.raises(FileNotFoundError, match="Image file not found"):
-        kexport.read_images([str(tmp_path / "missing.jpg")], 32)
+        frame_images([str(tmp_path / "missing.jpg")], Framing(32))
     assert kexport.export_main([str(tmp_path / "missing-run")]) == 2
 
 
@@ -196,6 +200,112 @@ def test_tf_serving_config_parses():
     (model,) = config.model_config_list.config
     assert model.name == "kertransfer"
     assert model.base_path == "/models/kertransfer"
+
+
+# --- the serving graph frames photos as validation does ---------------------
+
+
+def _exif_bytes(orientation, big_endian):
+    """A minimal EXIF block (APP1 payload) holding only the Orientation tag."""
+    order, pack = (b"MM", ">") if big_endian else (b"II", "<")
+    import struct
+
+    ifd = struct.pack(pack + "H", 1) + struct.pack(
+        pack + "HHIH2s", 0x0112, 3, 1, orientation, b"\0\0") + b"\0" * 4
+    return b"Exif\0\0" + order + struct.pack(pack + "HI", 42, 8) + ifd
+
+
+def _special_images(folder):
+    """Files that exercise every branch of the decode path."""
+    from PIL import Image
+
+    photo = Image.open(os.path.join(DATA, "val", "ants", sorted(
+        os.listdir(os.path.join(DATA, "val", "ants")))[0])).convert("RGB")
+    pixels = np.asarray(photo)
+    rng = np.random.default_rng(0)
+    alpha = rng.integers(0, 256, pixels.shape[:2]).astype(np.uint8)
+    made = {
+        "rgba.png": Image.fromarray(np.dstack([pixels, alpha]), "RGBA"),
+        "gray_alpha.png": Image.fromarray(np.dstack([pixels[..., 0], alpha]),
+                                          "LA"),
+        "gray16.png": Image.fromarray(
+            (np.asarray(photo.convert("L")).astype(np.uint16) * 257
+             + rng.integers(0, 200, pixels.shape[:2])).astype(np.uint16)),
+        "bitmap.bmp": photo,
+        "gray.jpg": photo.convert("L"),
+        "small.jpg": photo.resize((120, 90)),  # upscaled to the short side
+        "big_x2.jpg": photo.resize((photo.width * 5, photo.height * 5)),
+        "big_x8.jpg": photo.resize((photo.width * 9, photo.height * 9)),
+    }
+    paths = []
+    for name, image in made.items():
+        paths.append(os.path.join(folder, name))
+        image.save(paths[-1], quality=90)
+    palette = photo.convert("P", palette=Image.ADAPTIVE)
+    paths.append(os.path.join(folder, "palette_transparent.png"))
+    palette.save(paths[-1], transparency=3)
+    for orientation in range(1, 9):
+        for big_endian in (False, True):
+            paths.append(os.path.join(
+                folder, f"exif{orientation}{'mm' if big_endian else 'ii'}.jpg"))
+            photo.save(paths[-1], quality=90,
+                       exif=_exif_bytes(orientation, big_endian))
+    return paths
+
+
+@pytest.mark.one_backend
+def test_serving_graph_frames_like_validation(tmp_path):
+    """The SavedModel's decode/crop equals kertransfer.images' to +-2 levels.
+
+    Real photos (a GIF and a name with a space among them) and made files:
+    alpha, 16-bit, grayscale, palette, BMP, upscaled, libjpeg-reduced large
+    JPEGs and all 8 EXIF orientations in both byte orders.
+    """
+    import tensorflow as tf
+    from PIL import Image
+
+    framing = Framing(224)
+    frame = tf.function(
+        lambda data: kexport._tf_frame_bytes(tf, data, framing))
+    real = [p for p, _ in _photos("val", 6)] + [
+        os.path.join(DATA, "train", "ants", "imageNotFound.gif"),
+        os.path.join(DATA, "train", "ants", "ant photos.jpg")]
+    special = _special_images(str(tmp_path))
+    for path in real + special:
+        with open(path, "rb") as f:
+            served = frame(tf.constant(f.read())).numpy()
+        validated = images.frame_image(path, framing).astype(np.float32)
+        assert np.abs(served - validated).max() <= 2, path
+    # The orientation reader itself, against Pillow's EXIF parser.
+    for path in special:
+        if "exif" in path:
+            with open(path, "rb") as f:
+                got = kexport._tf_exif_orientation(tf, tf.constant(f.read()))
+            assert int(got) == Image.open(path).getexif()[0x0112], path
+
+
+@pytest.mark.one_backend
+def test_exif_rotated_photo_same_class_in_predict_and_serving(run, signatures,
+                                                              tmp_path):
+    import tensorflow as tf
+    from PIL import Image
+
+    from kertransfer.predict import predict_probs
+
+    upright = np.asarray(Image.open(run["image"]).convert("RGB"))
+    # Stored turned a quarter counter-clockwise; Orientation 6 says "turn
+    # 90 degrees clockwise to display", as phone cameras write it.
+    stored = np.ascontiguousarray(np.rot90(upright, 1))
+    path = str(tmp_path / "phone.jpg")
+    Image.fromarray(stored).save(path, quality=95,
+                                 exif=_exif_bytes(6, big_endian=False))
+    _, predicted, probabilities = predict_probs(run["dir"], [path])
+    with open(path, "rb") as f:
+        served = signatures["serving_default"](
+            image_bytes=tf.constant([f.read()]))["probabilities"].numpy()
+    assert CLASSES[int(probabilities[0].argmax())] == run["top_class"]
+    assert CLASSES[int(served[0].argmax())] == run["top_class"]
+    assert np.abs(served - probabilities).max() <= 0.02
 
 
 # --- SavedModel --------------------------------------------------------------
@@ -260,6 +370,7 @@ def test_saved_model_is_lean(run, exported):
     assert exported["rows"]["saved_model:predict_images"]["passed"]
     with open(os.path.join(folder, "assets", "labels.txt")) as f:
         assert f.read().split() == CLASSES
+    assert Framing.load(os.path.join(folder, "assets")) == Framing(IMAGE_SIZE)
 
 
 @pytest.mark.one_backend
@@ -285,7 +396,7 @@ def test_rest_body_feeds_serving_default(run, signatures):
         "http://h:8501/v1/models/tiny/versions/3:predict")
 
     # predict_images over REST: rows of nested pixel lists.
-    pixels = kexport.read_images(run["val_paths"][:2], IMAGE_SIZE)
+    pixels = frame_images(run["val_paths"][:2], Framing(IMAGE_SIZE))
     received = json.loads(json.dumps(
         {"signature_name": "predict_images", "instances": pixels.tolist()}))
     outputs = signatures["predict_images"](
@@ -434,6 +545,26 @@ def test_litert_runner_prints_the_keras_top_class(run, exported):
 
 
 @pytest.mark.one_backend
+def test_litert_runner_frames_like_predict(run, exported):
+    runner = _load_kit_module(os.path.join("export", "mobile",
+                                           "litert_runner.py"))
+    model = os.path.join(exported["litert"], "model.tflite")
+    module, framing = runner.load_framing(model)
+    # The export's own copy of kertransfer.images, not the installed one.
+    assert module.__file__ == os.path.join(exported["litert"],
+                                           "kertransfer_images.py")
+    assert framing.to_dict() == Framing(IMAGE_SIZE).to_dict()
+    interpreter = runner.make_interpreter(model)
+    paths = run["val_paths"][:10]
+    for path, expected in zip(paths, run["reference"]):
+        pixels = runner.preprocess(path, module, framing)
+        np.testing.assert_array_equal(
+            pixels, frame_images([path], Framing(IMAGE_SIZE)))
+        np.testing.assert_allclose(runner.classify(interpreter, pixels),
+                                   expected, atol=1e-4)
+
+
+@pytest.mark.one_backend
 def test_export_report_json(run, exported):
     report = exported["report"]
     assert report["passed"], kexport.format_report(report)
@@ -441,6 +572,11 @@ def test_export_report_json(run, exported):
     assert report["image_size"] == IMAGE_SIZE
     assert report["num_images"] == len(run["val_paths"]) == 40
     assert report["labels_known"] and report["arch"] == "tiny-test"
+    assert "predict_probs" in report["reference"]  # the learner's own path
+    assert report["framing"]["decode_size"] == 73  # round(64 / 0.875)
+    served = exported["rows"]["saved_model:serving_default"]
+    assert served["top1_agreement"] >= 0.995
+    assert served["max_abs_prob_diff"] <= 0.02
     assert set(exported["rows"]) == {
         "saved_model:predict_images", "saved_model:serving_default",
         "tflite:float32", "tflite:float16", "tflite:dynamic", "tflite:int8"}

@@ -2,11 +2,15 @@
 
 A standalone LiteRT runner for edge devices (a Raspberry Pi, a laptop, CI):
 it needs only `ai-edge-litert`, `numpy` and `Pillow`, not TensorFlow or
-kertransfer. The preprocessing matches the export's validation: RGB (GIFs:
-first frame), short side resized to the model's input size (bilinear),
-center crop; the `.tflite` takes raw pixels in `[0, 255]` (normalization is
-inside the model). Quantized (int8/uint8) inputs and outputs are handled
-from the tensors' scale and zero point.
+kertransfer. Photos are framed exactly as the run's validation images were:
+by `kertransfer_images.py` (a copy of `kertransfer.images` that
+`kertransfer export` writes beside the model, with `preprocessing.json`),
+or by the installed `kertransfer.images`. That is: EXIF orientation,
+transparency onto white, short side resized to `round(image_size /
+crop_pct)` (antialiased bilinear), center crop. The `.tflite` takes raw
+pixels in `[0, 255]` (normalization is inside the model). Quantized
+(int8/uint8) inputs and outputs are handled from the tensors' scale and
+zero point.
 
 LiteRT Python API: https://ai.google.dev/edge/litert/inference
 
@@ -20,12 +24,12 @@ python litert_runner.py model.tflite ant.jpg --labels labels.txt --top 3
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 import time
 
 import numpy as np
-from PIL import Image
 
 
 def load_labels(path):
@@ -54,19 +58,34 @@ def make_interpreter(model_path, num_threads=1):
     return interpreter
 
 
-def preprocess(path, image_size):
+def load_framing(model_path):
+    """`(images_module, Framing)` for a `.tflite` written by kertransfer export.
+
+    The framing code is `kertransfer_images.py` beside the model (written by
+    the export), else the installed `kertransfer.images`; the framing data
+    is `preprocessing.json` beside the model.
+    """
+    folder = os.path.dirname(os.path.abspath(model_path))
+    copy = os.path.join(folder, "kertransfer_images.py")
+    if os.path.isfile(copy):
+        spec = importlib.util.spec_from_file_location("kertransfer_images", copy)
+        images = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(images)
+    else:
+        try:
+            from kertransfer import images
+        except ImportError as error:
+            raise ImportError(
+                f"No kertransfer_images.py beside {model_path} and kertransfer "
+                "is not installed. Copy the whole export folder (model, "
+                "labels.txt, preprocessing.json, kertransfer_images.py)."
+            ) from error
+    return images, images.Framing.load(folder)
+
+
+def preprocess(path, images, framing):
     """Image file -> float32 `(1, image_size, image_size, 3)` in [0, 255]."""
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-    width, height = image.size
-    scale = image_size / min(width, height)
-    new_width = max(image_size, round(width * scale))
-    new_height = max(image_size, round(height * scale))
-    image = image.resize((new_width, new_height), Image.BILINEAR)
-    left = (new_width - image_size) // 2
-    top = (new_height - image_size) // 2
-    image = image.crop((left, top, left + image_size, top + image_size))
-    return np.asarray(image, np.float32)[None]
+    return images.frame_image(path, framing).astype(np.float32)[None]
 
 
 def classify(interpreter, pixels):
@@ -110,9 +129,14 @@ def main(argv=None):
         os.path.dirname(os.path.abspath(args.model)), "labels.txt")
     labels = load_labels(labels_path)
     interpreter = make_interpreter(args.model, args.threads)
+    images, framing = load_framing(args.model)
     image_size = int(interpreter.get_input_details()[0]["shape"][1])
+    if image_size != framing.image_size:
+        raise ValueError(
+            f"{args.model} takes {image_size} px but preprocessing.json says "
+            f"{framing.image_size}: the files come from different exports.")
     for path in args.images:
-        pixels = preprocess(path, image_size)
+        pixels = preprocess(path, images, framing)
         start = time.perf_counter()
         probabilities = classify(interpreter, pixels)
         elapsed_ms = (time.perf_counter() - start) * 1000

@@ -1,7 +1,11 @@
 """Classify image files with a kertransfer model served by TF Serving.
 
 Sends the files' bytes to the `serving_default` signature written by
-`kertransfer.export.saved_model` and prints the top classes. Two transports:
+`kertransfer.export.saved_model` and prints the top classes. The bytes go
+unchanged: the graph decodes them, applies the JPEG's EXIF orientation,
+resizes and center-crops exactly as the run's validation did
+(`preprocessing.json` in the SavedModel's assets), so do not decode, rotate
+or resize photos before sending them. Two transports:
 
 - REST (port 8501, standard library only): `POST
   /v1/models/NAME[/versions/N]:predict` with the JSON body
