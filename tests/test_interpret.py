@@ -21,7 +21,7 @@ from PIL import Image  # noqa: E402
 
 from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
 from kertransfer.interpret import MultiLabelInterpretation  # noqa: E402
-from kertransfer.interpret import _load_thumbnail  # noqa: E402
+from kertransfer.images import load_thumbnail  # noqa: E402
 
 DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 VALID = DATA / "dogscats" / "valid"
@@ -362,9 +362,9 @@ def test_thumbnail_applies_exif_orientation(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     Image.new("L", (80, 40), 128).save(path, exif=exif.tobytes())
-    array = _load_thumbnail(str(path), size=224)
+    array = load_thumbnail(str(path), size=224)
     assert array.shape == (80, 40, 3)  # portrait after transpose, RGB
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        real = _load_thumbnail(_valid_paths(1)[0], size=64)
+        real = load_thumbnail(_valid_paths(1)[0], size=64)
     assert max(real.shape[:2]) == 64 and real.dtype == np.uint8
