@@ -48,6 +48,7 @@ __all__ = [
     "jpeg_draft_scale",
     "load_thumbnail",
     "open_image",
+    "probe_image",
 ]
 
 # Searched for in folders (same list as `keras.utils.image_dataset_from_directory`);
@@ -335,6 +336,21 @@ def frame_images(paths, framing):
                 "from the image list or folder."
             ) from e
     return batch
+
+
+def probe_image(path):
+    """`(width, height)` of an image file, from its header alone.
+
+    Cheap (no pixel decoding): used to scan large folders. A file whose
+    header reads may still fail to decode later (a truncated JPEG).
+
+    Raises:
+        OSError: if Pillow cannot identify the file as an image;
+            `PIL.Image.DecompressionBombError` for images over Pillow's
+            pixel limit.
+    """
+    with Image.open(path) as image:
+        return image.size
 
 
 def load_thumbnail(path, size):

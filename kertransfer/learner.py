@@ -24,6 +24,7 @@ from kertransfer.balance import resolve_class_weight
 from kertransfer.callbacks import LRFinder
 from kertransfer.callbacks import SGDR
 from kertransfer.callbacks import KeepBestWeights
+from kertransfer.data import FeatureBatches
 from kertransfer.fbeta_score import SamplesFBetaScore
 from kertransfer.groups import group_optimizer
 from kertransfer.groups import trainable_groups
@@ -33,6 +34,9 @@ from kertransfer.recorder import LRFindResult
 from kertransfer.tta import tta_probs
 
 __all__ = ["ConvLearner", "sgd_momentum"]
+
+# Bumped when the precompute cache's layout or meaning changes.
+_PRECOMPUTE_FORMAT = 2
 
 logger = logging.getLogger(__name__)
 
@@ -251,28 +255,60 @@ class ConvLearner:
     def _activations(self, split):
         """Body activations `(n, 2 * channels)` of `split`, cached on disk.
 
-        The cache key covers the arch, the body's current weights, the image
-        size and every file's path, size and mtime, so a changed data folder
-        or a fine-tuned body never reuses stale activations.
+        Computed batch by batch into a memory-mapped `.npy` (written under a
+        temporary name, then renamed) and read back memory-mapped, so no
+        step holds all activations in RAM. The cache key covers a format
+        version, the arch, the body's current weights, the image size, the
+        decoder version and every file's path, size and mtime, taken before
+        decoding; if a file changes while activations are computed, the
+        result is used once but not cached.
         """
-        key = hashlib.sha1(
-            f"{self._body_fingerprint()}|{self.data.fingerprint(split)}".encode()
-        ).hexdigest()[:20]
+        key = self._activations_key(split)
         if key in self._features:
             return self._features[key]
         folder = os.path.join(cache_dir(), "precompute")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{self.arch}_{self.data.image_size}_{split}_{key}.npy")
+        feats = None
         if os.path.isfile(path):
-            feats = np.load(path)
-        else:
+            try:
+                feats = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as e:  # truncated or foreign: rebuild
+                logger.warning("Rebuilding the damaged precompute cache %s (%s)", path, e)
+        if feats is None:
             logger.info("Precomputing %s activations -> %s", split, path)
-            feats = self.body_model.predict(self.data.fixed_batches(split), verbose=0)
-            tmp = path + f".{os.getpid()}.tmp.npy"
-            np.save(tmp, feats)
-            os.replace(tmp, path)
+            feats = self._compute_activations(split, path)
+            if self._activations_key(split) != key:
+                logger.warning(
+                    "Files of the %s split changed while their activations were "
+                    "computed; not caching them.", split)
+                os.remove(path)
+                feats = np.asarray(feats)
         self._features[key] = feats
         return feats
+
+    def _activations_key(self, split):
+        return hashlib.sha1(
+            f"{_PRECOMPUTE_FORMAT}|{self._body_fingerprint()}|"
+            f"{self.data.fingerprint(split)}".encode()
+        ).hexdigest()[:20]
+
+    def _compute_activations(self, split, path, chunk=8):
+        """Writes the body's activations of `split` to `path`, a few batches at a time."""
+        batches = self.data.fixed_batches(split)
+        n = len(self.data._splits[split])
+        dim = self.body_model.output_shape[-1]
+        tmp = f"{path}.{os.getpid()}.tmp.npy"
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype="float32", shape=(n, dim))
+        row = 0
+        for start in range(0, len(batches), chunk):
+            x = np.concatenate([batches[i][0] for i in range(start, min(start + chunk, len(batches)))])
+            out[row : row + len(x)] = self.body_model.predict(x, batch_size=batches.batch_size, verbose=0)
+            row += len(x)
+        out.flush()
+        del out
+        os.replace(tmp, path)
+        return np.load(path, mmap_mode="r")
 
     # ---------------------------------------------------------- training
     def _train_inputs(self, batch_size=None, drop_last=False, seed=None):
@@ -280,14 +316,14 @@ class ConvLearner:
         bs = batch_size or self.data.batch_size
         if self.precompute:
             index = self.data.train_index  # repeats rare classes if oversample
-            x, y = self._activations("train")[index], self.data.train_labels[index]
-            if drop_last:
-                order = np.random.default_rng(seed).permutation(len(x))
-                order = order[: (len(x) // bs) * bs]
-                x, y = x[order], y[order]
-            valid = (self._activations("valid"), self.data.valid_labels)
-            steps = math.ceil(len(x) / bs)
-            return self.head_model, (x, y), valid, steps, {"batch_size": bs, "shuffle": True}
+            if seed is None:
+                seed = int(np.random.randint(0, 2**31 - 1))
+            train = FeatureBatches(
+                self._activations("train"), self.data.train_labels, bs,
+                indices=index, shuffle=True, seed=seed, drop_last=drop_last,
+            )
+            valid = FeatureBatches(self._activations("valid"), self.data.valid_labels, bs)
+            return self.head_model, train, valid, len(train), {}
         train = self.data.train_batches(
             augment=True, drop_last=drop_last, seed=seed, batch_size=bs
         )
@@ -337,14 +373,17 @@ class ConvLearner:
                 f"lr_find needs at least 2 batches of {bs} images; the "
                 f"training set has {n_train}."
             )
-        if isinstance(train, tuple) and steps < min_steps:
+        if isinstance(train, FeatureBatches) and steps < min_steps:
             # Precomputed activations cost next to nothing to revisit: pass
             # over them several times, each in a new order, so that a small
             # dataset still gives a ramp of `min_steps` full batches.
-            x, y = train
             rng = np.random.default_rng(1)
-            order = np.concatenate([rng.permutation(len(x)) for _ in range(math.ceil(min_steps / steps))])
-            train, steps = (x[order], y[order]), len(order) // bs
+            index = self.data.train_index
+            order = np.concatenate(
+                [rng.permutation(index) for _ in range(math.ceil(min_steps / steps))]
+            )
+            train = FeatureBatches(train.features, train.labels, bs, indices=order, drop_last=True)
+            steps = len(train)
         ratios = None
         if group_ratios is not None:
             ratios = schedules.expand_lrs(group_ratios, len(self.layer_groups))
@@ -352,10 +391,7 @@ class ConvLearner:
         self._compile(model, [start_lr] * len(self.layer_groups))
         finder = LRFinder(start_lr, end_lr, num_steps=steps, group_scales=ratios)
         try:
-            if isinstance(train, tuple):
-                model.fit(*train, epochs=1, callbacks=[finder], verbose=verbose, **kwargs)
-            else:
-                model.fit(train, epochs=1, callbacks=[finder], verbose=verbose)
+            model.fit(train, epochs=1, callbacks=[finder], verbose=verbose)
         finally:
             self.model.set_weights(saved)
         self.sched = LRFindResult(finder.lrs[: len(finder.losses)], finder.losses, finder.smoothed_losses, bs)
@@ -425,10 +461,7 @@ class ConvLearner:
         if best:
             cbs.append(best)
         start = time.time()
-        if isinstance(train, tuple):
-            hist = model.fit(*train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose, class_weight=weights, **kwargs)
-        else:
-            hist = model.fit(train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose, class_weight=weights)
+        hist = model.fit(train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose, class_weight=weights)
         seconds = time.time() - start
         self.sched = FitRecord(sgdr.lr_history, [self.group_names[i] for i in active], losses.losses, steps, stage)
         first = len(self.history)

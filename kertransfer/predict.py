@@ -240,8 +240,7 @@ def predict_probs(run_dir, paths, tta=False, n_aug=4, seed=0, batch_size=32):
         FileNotFoundError, ValueError: as `predict_images`.
     """
     from kertransfer.data import ImageClassifierData
-    from kertransfer.data import _decode_split
-    from kertransfer.data import _default_tfms
+    from kertransfer.transforms import tfms_from_model
 
     run_dir, _ = _check_run_dir(run_dir)
     metrics = _read_metrics(run_dir)
@@ -252,30 +251,22 @@ def predict_probs(run_dir, paths, tta=False, n_aug=4, seed=0, batch_size=32):
     # The main job's transforms (`tfms_from_model` defaults): center crop,
     # and for TTA side-on augmentation with max_zoom=1.1. The backbone
     # itself lives in model.keras, so its name need not be registered here.
-    tfms = _default_tfms(framing.image_size, framing.crop_pct)
+    tfms = tfms_from_model(None, framing.image_size, crop_pct=framing.crop_pct)
     found = find_images(paths)
     to_decode = [path for path, error in found if error is None]
-    split, skipped = _decode_split(to_decode, None, framing.decode_size, os.cpu_count() or 1)
-    errors = dict(skipped)
+    data = ImageClassifierData.from_files(to_decode, classes, tfms, batch_size=batch_size)
+    errors = dict(data.skipped)
     found = [(path, error or errors.get(path)) for path, error in found]
     for path, error in found:
         if error is not None:
             logger.info("Cannot predict %s: %s", path, error)
-    if not len(split):
+    if not data.test_paths:
         return found, [], None
     model, metrics = load_run(run_dir)
-    data = ImageClassifierData(
-        path=run_dir,
-        classes=classes,
-        splits={"test": split},
-        tfms=tfms,
-        batch_size=batch_size,
-        skipped=skipped,
-    )
     from kertransfer.tta import tta_probs
 
     probs = tta_probs(model, data, n_aug if tta else 0, split="test", seed=seed)
-    return found, split.paths, probs
+    return found, data.test_paths, probs
 
 
 def predict_images(

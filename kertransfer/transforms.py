@@ -292,7 +292,8 @@ def tfms_from_model(
 
     Args:
         arch: registered backbone name (checked to exist; its preprocessing
-            is part of the model, not of the transforms).
+            is part of the model, not of the transforms), or None (the
+            model is already built, e.g. loaded from a run folder).
         image_size: model input side, pixels.
         aug_tfms: augmentation preset (`transforms_side_on`,
             `transforms_top_down`, `transforms_basic`), a list of Keras
@@ -311,7 +312,8 @@ def tfms_from_model(
     """
     from kertransfer.backbones import get_backbone
 
-    get_backbone(arch)
+    if arch is not None:
+        get_backbone(arch)
     train = ImageTransforms(
         image_size,
         random_crop=True,

@@ -1,205 +1,38 @@
-"""Image folders -> batches, for any Keras backend.
+"""`ImageClassifierData`: the front of the data package.
 
-`ImageClassifierData.from_paths` reads fast.ai's layout
-(`path/train/<class>/*`, `path/valid/<class>/*`) and `from_csv` a label CSV
-(Kaggle dog breeds `id,breed`, or Planet's multi-label `image_name,tags`);
-both decode every image once with `kertransfer.images.decode_image` (the
-one decode path, shared with prediction and export), keep the decoded, resized pixels in memory, and serve
-numpy batches through a `keras.utils.PyDataset`. Files that cannot be
-decoded are skipped and reported once, before training starts, so an epoch
-never dies on a bad file.
+`ImageClassifierData.from_paths` reads fast.ai's layout (`path/train/<class>/*`,
+`path/valid/<class>/*`) or Keras's (`path/<class>/*`, a seeded `val_pct`
+held out), and `from_csv` a label CSV (Kaggle dog breeds `id,breed`, or
+Planet's multi-label `image_name,tags`). Pixels come from
+`kertransfer.images.decode_image` (the one decode path, shared with
+prediction and export) through a store (`kertransfer.data.cache`): kept in
+memory when the data is small, streamed from disk (or from a disk cache of
+decoded arrays) when it is not, and served as numpy batches through Keras
+`PyDataset`s (`kertransfer.data.batches`). Files that cannot be read are
+skipped and reported before training starts; one that breaks later is
+replaced by another image of its class, so an epoch never dies on a bad
+file.
 """
 
-import concurrent.futures
 import hashlib
 import logging
-import math
 import os
 import warnings
 
-import keras
 import numpy as np
-from kertransfer.images import DECODE_VERSION
-from kertransfer.images import DEFAULT_CROP_PCT
-from kertransfer.images import decode_image
-from kertransfer.transforms import ImageTransforms
 
-__all__ = ["ImageClassifierData", "ImageBatches"]
+from kertransfer.data import sources
+from kertransfer.data.batches import ImageBatches
+from kertransfer.data.batches import Split
+from kertransfer.data.batches import load_split
+from kertransfer.data.cache import MemoryStore
+from kertransfer.data.cache import make_store
+from kertransfer.images import DECODE_VERSION
+from kertransfer.transforms import tfms_from_model
+
+__all__ = ["ImageClassifierData"]
 
 logger = logging.getLogger(__name__)
-
-
-def _list_files(folder):
-    return sorted(
-        os.path.join(folder, f)
-        for f in os.listdir(folder)
-        if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))
-    )
-
-
-def _class_folders(split_dir):
-    return sorted(
-        d
-        for d in os.listdir(split_dir)
-        if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d))
-    )
-
-
-def _read_split(split_dir, classes=None):
-    """Returns `(paths, labels, classes)` of a `split/<class>/*` folder."""
-    found = _class_folders(split_dir)
-    if not found:
-        raise ValueError(
-            f"No class folders in {split_dir}. Expected one sub-folder per "
-            f"class, e.g. {os.path.join(split_dir, 'cats')}/*.jpg."
-        )
-    if classes is None:
-        classes = found
-    else:
-        unknown = [c for c in found if c not in classes]
-        if unknown:
-            raise ValueError(
-                f"{split_dir} has class folder(s) {unknown} that the training "
-                f"folder does not have (training classes: {classes}). Rename "
-                "or remove them, or add training images for them."
-            )
-    paths, labels = [], []
-    for c in found:
-        files = _list_files(os.path.join(split_dir, c))
-        if not files:
-            raise ValueError(
-                f"Class folder {os.path.join(split_dir, c)} is empty. Add "
-                "images to it or remove it."
-            )
-        paths += files
-        labels += [classes.index(c)] * len(files)
-    return paths, np.asarray(labels, dtype="int32"), classes
-
-
-def _random_split(n, val_pct, seed):
-    """`(train_idx, valid_idx)`: sorted indices, a seeded `val_pct` held out."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(val_pct * n)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def _test_paths(path, test_name):
-    """Files of the unlabeled `path/<test_name>/` folder, or None."""
-    if test_name is None:
-        return None
-    test_dir = os.path.join(path, test_name)
-    if not os.path.isdir(test_dir):
-        raise FileNotFoundError(f"Test folder not found: {test_dir}")
-    return _list_files(test_dir)
-
-
-def _default_tfms(image_size, crop_pct=DEFAULT_CROP_PCT):
-    """fast.ai's default: side-on augmentation, `max_zoom=1.1`, center crop."""
-    from kertransfer.transforms import transforms_side_on
-
-    return (
-        ImageTransforms(
-            image_size,
-            random_crop=True,
-            aug_tfms=transforms_side_on,
-            max_zoom=1.1,
-            crop_pct=crop_pct,
-        ),
-        ImageTransforms(image_size, crop_pct=crop_pct),
-    )
-
-
-def _csv_row_names(rows, ids, limit=10):
-    """`"row 3 (id 'x'), ..."` for error messages, at most `limit` rows."""
-    names = [f"row {r} (id {ids[r]!r})" for r in rows[:limit]]
-    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
-    return ", ".join(names) + more
-
-
-def _read_label_csv(csv_path, skip_header, cat_separator):
-    """Reads `file_id,tags` rows; returns `(ids, tags)`, tags as lists.
-
-    Tags are split on `cat_separator` (None: the whole cell is one label),
-    blanks dropped, duplicates within a row removed.
-    """
-    import pandas as pd
-
-    try:
-        frame = pd.read_csv(
-            csv_path,
-            header=0 if skip_header else None,
-            dtype=str,
-            keep_default_na=False,
-            skipinitialspace=True,
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise ValueError(
-            f"Could not read {csv_path} as CSV ({type(e).__name__}: {e}). "
-            "Expected rows `file_id,tags`, e.g. `train_0,haze primary`."
-        ) from e
-    if frame.shape[1] < 2:
-        raise ValueError(
-            f"{csv_path} needs two columns, file id then label(s) (e.g. "
-            f"`id,breed` or `image_name,tags`). Received columns "
-            f"{list(frame.columns)}. If the file has no header row, pass "
-            "skip_header=False."
-        )
-    ids = [s.strip() for s in frame.iloc[:, 0]]
-    cells = [s.strip() for s in frame.iloc[:, 1]]
-    if cat_separator is None:
-        tags = [[c] if c else [] for c in cells]
-    else:
-        tags = [
-            list(dict.fromkeys(t.strip() for t in c.split(cat_separator) if t.strip()))
-            for c in cells
-        ]
-    no_id = [r for r, i in enumerate(ids) if not i]
-    if no_id:
-        raise ValueError(
-            f"{csv_path}: empty file id in {_csv_row_names(no_id, ids)} "
-            "(rows counted from 0 after the header). Fill in or delete them."
-        )
-    empty = [r for r, row in enumerate(tags) if not row]
-    if empty:
-        raise ValueError(
-            f"{csv_path}: no label in {_csv_row_names(empty, ids)} (rows "
-            "counted from 0 after the header). Every image needs at least one "
-            "label; fill them in or delete those rows."
-        )
-    seen, dupes = set(), []
-    for i in ids:
-        if i in seen:
-            dupes.append(i)
-        seen.add(i)
-    if dupes:
-        warnings.warn(
-            f"{csv_path} lists {len(dupes)} file id(s) more than once, e.g. "
-            f"{dupes[:5]}; each row is used as a separate item.",
-            stacklevel=3,
-        )
-    return ids, tags
-
-
-def _check_val_idxs(val_idxs, n, csv_path):
-    """`(train_idx, valid_idx)` from user row indices, validated."""
-    val = np.asarray(val_idxs).reshape(-1)
-    if val.size and not np.issubdtype(val.dtype, np.integer):
-        raise ValueError(
-            f"val_idxs must be integer row indices of {csv_path} (0 = first "
-            f"row after the header). Received dtype {val.dtype}."
-        )
-    val = np.unique(val.astype(np.int64))
-    if val.size == 0 or val.size >= n:
-        raise ValueError(
-            f"val_idxs must hold between 1 and {n - 1} of the {n} rows of "
-            f"{csv_path}, so both splits have images. Received {val.size}."
-        )
-    if val[0] < 0 or val[-1] >= n:
-        raise ValueError(
-            f"val_idxs must be row indices in [0, {n - 1}] for {csv_path}. "
-            f"Received values from {val[0]} to {val[-1]}."
-        )
-    return np.setdiff1d(np.arange(n), val), val
 
 
 def _fingerprint(paths, *extra):
@@ -210,154 +43,15 @@ def _fingerprint(paths, *extra):
     return digest.hexdigest()
 
 
-class _Split:
-    """Decoded images of one split, with their labels and source paths."""
-
-    def __init__(self, paths, labels, images):
-        self.paths = list(paths)
-        self.labels = labels
-        self.images = images
-
-    def __len__(self):
-        return len(self.paths)
-
-
-def _decode_split(paths, labels, short_side, num_workers):
-    """Decodes all `paths`; returns the kept `_Split` and skipped items."""
-
-    def work(p):
-        try:
-            return decode_image(p, short_side), None
-        except Exception as e:  # Pillow raises many types on bad files.
-            return None, f"{type(e).__name__}: {e}"
-
-    with concurrent.futures.ThreadPoolExecutor(num_workers) as pool:
-        results = list(pool.map(work, paths))
-    keep = [i for i, (img, _) in enumerate(results) if img is not None]
-    skipped = [(paths[i], err) for i, (img, err) in enumerate(results) if img is None]
-    kept_labels = None if labels is None else labels[keep]
-    return (
-        _Split([paths[i] for i in keep], kept_labels, [results[i][0] for i in keep]),
-        skipped,
-    )
-
-
-class ImageBatches(keras.utils.PyDataset):
-    """Batches of `(images, labels)` from decoded images, for `model.fit`.
-
-    Each item is `x` float32 `(batch, image_size, image_size, 3)` pixels in
-    `[0, 255]`, and (when labels exist) `y`: int32 class indices
-    `(batch,)`, or multi-hot float32 `(batch, num_classes)` for multi-label
-    data.
-
-    Args:
-        split: the decoded images (internal `_Split`).
-        tfms: `ImageTransforms` (crop, then augmentation if any).
-        batch_size: images per batch.
-        shuffle: reshuffle the order every epoch.
-        drop_last: drop the last, smaller batch (the LR finder needs equal
-            batches to recover per-batch losses from Keras's running mean).
-        augment: apply the transforms' augmentation layers.
-        seed: seed for crops, shuffling and augmentation; None draws one
-            from NumPy's global generator (seeded by
-            `keras.utils.set_random_seed`).
-        with_labels: yield `(x, y)` (True, when the split has labels) or
-            `(x,)`.
-        indices: indices into `split` served each epoch, repeats allowed
-            (oversampling); default every image once.
-        workers: threads preparing batches ahead of the model (Keras
-            `PyDataset` workers).
-            Results do not depend on it: each batch's crops and augmentation
-            are drawn from its own generator, seeded by `(seed, epoch,
-            batch index)`.
-        max_queue_size: batches prepared ahead when `workers > 1`.
-        per_image_seeds: draw each image's crop and augmentation from its
-            own generator, seeded by `(seed, epoch, position in the
-            epoch)`, so an image comes out the same whatever the batch size
-            (TTA, predictions); default: one generator per batch, the
-            augmentation layers vectorised over the batch (training).
-    """
-
-    def __init__(
-        self,
-        split,
-        tfms,
-        batch_size,
-        shuffle=False,
-        drop_last=False,
-        augment=False,
-        seed=None,
-        with_labels=True,
-        indices=None,
-        workers=1,
-        max_queue_size=10,
-        per_image_seeds=False,
-    ):
-        super().__init__(
-            workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size
-        )
-        self.split = split
-        self.tfms = tfms
-        self.batch_size = int(batch_size)
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.per_image_seeds = per_image_seeds
-        self.with_labels = with_labels and split.labels is not None
-        if seed is None:
-            # Drawn from NumPy's global generator, so that
-            # `keras.utils.set_random_seed` (which seeds it) makes a whole
-            # run reproducible, as fast.ai's `set_seed` does.
-            seed = int(np.random.randint(0, 2**31 - 1))
-        self.rng = np.random.default_rng(seed)
-        # Per-batch generators derive from this, so batches are reproducible
-        # in any order (threads, TTA).
-        self.seed = int(seed)
-        self.epoch = 0
-        self.augmenter = tfms.build_augmenter(seed) if augment else None
-        self.order = (
-            np.arange(len(split)) if indices is None else np.array(indices)
-        )
-        if shuffle:
-            self.rng.shuffle(self.order)
-
-    def __len__(self):
-        n = len(self.order) / self.batch_size
-        return int(math.floor(n) if self.drop_last else math.ceil(n))
-
-    @property
-    def num_samples(self):
-        """Images served per epoch."""
-        return min(len(self) * self.batch_size, len(self.order))
-
-    def __getitem__(self, index):
-        start = index * self.batch_size
-        idx = self.order[start : start + self.batch_size]
-        if self.per_image_seeds:
-            rng = [
-                np.random.default_rng([self.seed, self.epoch, position])
-                for position in range(start, start + len(idx))
-            ]
-        else:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-        x = self.tfms.batch([self.split.images[i] for i in idx], rng, self.augmenter)
-        if not self.with_labels:
-            return (x,)
-        return x, self.split.labels[idx]
-
-    def on_epoch_end(self):
-        self.epoch += 1
-        if self.shuffle:
-            self.rng.shuffle(self.order)
-
-
 class ImageClassifierData:
     """Training/validation(/test) images of a classification task.
 
     Build it with `ImageClassifierData.from_paths` (class folders) or
     `ImageClassifierData.from_csv` (a label CSV, single- or multi-label:
-    see `is_multi`). Images are decoded once
-    and held in memory as uint8 arrays (short side `round(image_size /
-    crop_pct)` pixels): about 200 KB per image at 224 px.
+    see `is_multi`). Images are decoded with their short side at
+    `round(image_size / crop_pct)` pixels (about 0.26 MB each at 224 px)
+    and, by `cache`, kept in memory, cached on disk, or decoded again for
+    every batch (see `kertransfer.data.cache`).
 
     Attributes:
         path: the data folder.
@@ -366,7 +60,11 @@ class ImageClassifierData:
             label order; `from_csv`: in CSV row order).
         train_labels, valid_labels: int32 class indices `(n,)`, or
             multi-hot float32 `(n, num_classes)` when `is_multi`.
-        skipped: `[(path, reason)]` of files that could not be decoded.
+        skipped: `[(path, reason)]` of files that could not be read: at
+            the scan, and any that failed to decode later (replaced in
+            batches by another image of their class).
+        store: where decoded pixels live (`store.kind`: "memory", "disk"
+            or None for streaming).
         image_size, batch_size: model input side (pixels), batch size.
         train_tfms, valid_tfms: `ImageTransforms`.
     """
@@ -380,17 +78,23 @@ class ImageClassifierData:
         batch_size,
         skipped,
         num_workers=None,
-        sources=None,
+        store=None,
     ):
         self.path = path
         self.classes = list(classes)
         self._splits = splits
         self.train_tfms, self.valid_tfms = tfms
         self.batch_size = int(batch_size)
-        self.skipped = list(skipped)
+        self._skipped = list(skipped)
         self.num_workers = num_workers
-        self._sources = sources
+        self.store = store or next(iter(splits.values())).store
         self.oversample = False
+
+    @property
+    def skipped(self):
+        """`[(path, reason)]`: files skipped at the scan, then any that failed later."""
+        later = [item for split in self._splits.values() for item in split.skipped]
+        return self._skipped + later
 
     @classmethod
     def from_paths(
@@ -406,13 +110,18 @@ class ImageClassifierData:
         seed=42,
         num_workers=None,
         oversample=False,
+        cache="auto",
+        memory_budget=None,
     ):
-        """Reads a fast.ai-layout folder of images (fast.ai `from_paths`).
+        """Reads a folder of class folders (fast.ai `from_paths`).
 
-        Layout: `path/<trn_name>/<class>/*` for training, and
-        `path/valid/<class>/*` or `path/val/<class>/*` for validation. With
-        neither, a seeded random `val_pct` of the training images is held out.
-        An optional unlabeled `path/<test_name>/*` becomes the test set.
+        Layouts: fast.ai's `path/<trn_name>/<class>/*` for training, and
+        `path/valid/<class>/*` or `path/val/<class>/*` for validation (with
+        neither, a seeded random `val_pct` of the training images is held
+        out); or Keras's `path/<class>/*` (what
+        `keras.utils.image_dataset_from_directory` reads), with a seeded
+        `val_pct` held out. An optional unlabeled `path/<test_name>/*`
+        becomes the test set.
 
         Args:
             path: data folder.
@@ -426,6 +135,13 @@ class ImageClassifierData:
             val_pct: fraction held out when there is no validation folder.
             seed: seed of that split.
             num_workers: decoding threads (default: CPU count).
+            cache: where decoded pixels live: `"memory"` (decoded once, at
+                load time), `"disk"` (decoded arrays written once under the
+                Keras cache, memory-mapped), None (decoded for every batch,
+                flat memory), or `"auto"`: memory when the estimated decoded
+                size fits `memory_budget`, else None. Without memory, files
+                are only checked by their header at load time.
+            memory_budget: bytes `"auto"` may keep in memory (default 2 GB).
             oversample: repeat the training images of rarer classes so each
                 class appears as often as the largest one per epoch (fast.ai's
                 advice for unbalanced data: copy the rare cases). Only the
@@ -437,7 +153,8 @@ class ImageClassifierData:
 
         Raises:
             FileNotFoundError: if `path`, the training folder, or a named
-                validation/test folder does not exist.
+                validation/test folder does not exist, or `path` is in neither
+                layout.
             ValueError: on an empty class folder, a validation class that is
                 not a training class, no decodable images in a split, or
                 `val_pct` outside (0, 1).
@@ -452,14 +169,26 @@ class ImageClassifierData:
         if not os.path.isdir(path):
             raise FileNotFoundError(f"Data folder not found: {path}")
         trn_dir = os.path.join(path, trn_name)
-        if not os.path.isdir(trn_dir):
+        keras_layout = not os.path.isdir(trn_dir) and val_name is None and sources.is_keras_layout(path)
+        if keras_layout:
+            trn_dir = path
+        elif not os.path.isdir(trn_dir):
             raise FileNotFoundError(
-                f"No training folder {trn_dir}. Expected fast.ai's layout "
-                f"{path}/{trn_name}/<class>/*.jpg (pass trn_name= for another "
-                "folder name)."
+                f"No training folder {trn_dir} and no class folders of images in "
+                f"{path}. Expected fast.ai's layout {path}/{trn_name}/<class>/*.jpg "
+                f"(with {path}/valid/<class>/*.jpg; pass trn_name= for another "
+                f"folder name) or Keras's layout {path}/<class>/*.jpg (val_pct of "
+                "the images held out)."
             )
-        trn_paths, trn_labels, classes = _read_split(trn_dir)
-        if val_name is None:
+        trn_paths, trn_labels, classes = sources.read_split(trn_dir)
+        if keras_layout:
+            val_name = None
+            if test_name is not None and test_name in classes:
+                raise ValueError(
+                    f"{os.path.join(path, test_name)} would be both a class folder "
+                    "and the test folder; move the test images elsewhere."
+                )
+        elif val_name is None:
             val_name = next(
                 (n for n in ("valid", "val") if os.path.isdir(os.path.join(path, n))),
                 None,
@@ -469,7 +198,7 @@ class ImageClassifierData:
                 f"Validation folder not found: {os.path.join(path, val_name)}"
             )
         if val_name is not None:
-            val_paths, val_labels, _ = _read_split(
+            val_paths, val_labels, _ = sources.read_split(
                 os.path.join(path, val_name), classes
             )
         else:
@@ -479,20 +208,27 @@ class ImageClassifierData:
                     f"training images are held out; val_pct must be in (0, 1). "
                     f"Received val_pct={val_pct}."
                 )
-            trn_idx, val_idx = _random_split(len(trn_paths), val_pct, seed)
+            if len(trn_paths) < 2:
+                raise ValueError(
+                    f"{trn_dir} has {len(trn_paths)} image(s); holding out val_pct for "
+                    "validation needs at least 2."
+                )
+            trn_idx, val_idx = sources.random_split(len(trn_paths), val_pct, seed)
             val_paths = [trn_paths[i] for i in val_idx]
             val_labels = trn_labels[val_idx]
             trn_paths = [trn_paths[i] for i in trn_idx]
             trn_labels = trn_labels[trn_idx]
-        test_paths = _test_paths(path, test_name)
+        test_paths = sources.test_paths(path, test_name)
         if tfms is None:
-            tfms = _default_tfms(image_size)
-        sources = {
+            tfms = tfms_from_model(None, image_size)
+        split_sources = {
             "train": (trn_paths, trn_labels),
             "valid": (val_paths, val_labels),
             "test": (test_paths, None) if test_paths is not None else None,
         }
-        data = cls._decode(path, classes, sources, tfms, batch_size, num_workers)
+        data = cls._load(
+            path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget
+        )
         data.oversample = bool(oversample)
         return data
 
@@ -513,6 +249,8 @@ class ImageClassifierData:
         seed=42,
         cat_separator=" ",
         num_workers=None,
+        cache="auto",
+        memory_budget=None,
     ):
         """Reads images named in a CSV of labels (fast.ai v0.7 `from_csv`).
 
@@ -545,6 +283,8 @@ class ImageClassifierData:
             cat_separator: separator of several labels in one cell; None
                 takes each cell as one label (single-label names with spaces).
             num_workers: decoding threads (default: CPU count).
+            cache, memory_budget: where decoded pixels live, as in
+                `from_paths`.
 
         Returns:
             `ImageClassifierData`; classes are the sorted distinct labels.
@@ -583,7 +323,7 @@ class ImageClassifierData:
                 f"Image folder not found: {img_dir} (folder={folder!r} is "
                 f"relative to path={path!r})."
             )
-        ids, tags = _read_label_csv(csv_path, skip_header, cat_separator)
+        ids, tags = sources.read_label_csv(csv_path, skip_header, cat_separator)
         paths = [os.path.join(img_dir, f"{i}{suffix}") for i in ids]
         missing = [r for r, p in enumerate(paths) if not os.path.isfile(p)]
         if missing:
@@ -604,7 +344,7 @@ class ImageClassifierData:
         else:
             labels = np.asarray([index[row[0]] for row in tags], dtype="int32")
         if val_idxs is not None:
-            trn_idx, val_idx = _check_val_idxs(val_idxs, len(paths), csv_path)
+            trn_idx, val_idx = sources.check_val_idxs(val_idxs, len(paths), csv_path)
         elif not 0 < val_pct < 1 or len(paths) < 2:
             raise ValueError(
                 f"Without val_idxs, val_pct of the {len(paths)} rows of "
@@ -612,41 +352,79 @@ class ImageClassifierData:
                 f"(0, 1) and there must be 2+ rows. Received val_pct={val_pct}."
             )
         else:
-            trn_idx, val_idx = _random_split(len(paths), val_pct, seed)
-        test_paths = _test_paths(path, test_name)
-        sources = {
+            trn_idx, val_idx = sources.random_split(len(paths), val_pct, seed)
+        test_paths = sources.test_paths(path, test_name)
+        split_sources = {
             "train": ([paths[i] for i in trn_idx], labels[trn_idx]),
             "valid": ([paths[i] for i in val_idx], labels[val_idx]),
             "test": (test_paths, None) if test_paths is not None else None,
         }
-        tfms = tfms if tfms is not None else _default_tfms(image_size)
-        return cls._decode(path, classes, sources, tfms, batch_size, num_workers)
+        tfms = tfms if tfms is not None else tfms_from_model(None, image_size)
+        return cls._load(
+            path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget
+        )
 
     @classmethod
-    def _decode(cls, path, classes, sources, tfms, batch_size, num_workers):
+    def _load(cls, path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget, store=None, allow_empty=False, warn=True):
         workers = num_workers or os.cpu_count() or 1
+        total = sum(len(source[0]) for source in split_sources.values() if source is not None)
+        if store is None:
+            store = make_store(cache, tfms[1].decode_size, total, memory_budget)
+        logger.info(
+            "%d images, cache=%s (%s)", total, store.kind,
+            "decoding all now" if store.kind == "memory" else "checking headers",
+        )
         splits, skipped = {}, []
-        for name, source in sources.items():
+        for name, source in split_sources.items():
             if source is None:
                 continue
-            split, bad = _decode_split(
-                source[0], source[1], tfms[1].decode_size, workers
-            )
-            if len(split) == 0:
+            split, bad = load_split(source[0], source[1], store, workers)
+            if len(split) == 0 and not allow_empty:
                 raise ValueError(
                     f"None of the {len(source[0])} {name} files under {path} "
-                    f"could be decoded as images, e.g. {bad[:1]}."
+                    f"could be read as images, e.g. {bad[:1]}."
                 )
             splits[name] = split
             skipped += bad
-        if skipped:
+        if skipped and warn:
             listing = "\n".join(f"  {p}  ({why})" for p, why in skipped)
             warnings.warn(
                 f"Skipped {len(skipped)} file(s) that are not readable "
                 f"images:\n{listing}",
                 stacklevel=3,
             )
-        return cls(path, classes, splits, tfms, batch_size, skipped, num_workers, sources)
+        return cls(path, classes, splits, tfms, batch_size, skipped, num_workers, store)
+
+    @classmethod
+    def from_files(
+        cls,
+        paths,
+        classes,
+        tfms,
+        batch_size=64,
+        num_workers=None,
+        cache="memory",
+    ):
+        """Unlabeled image files as the `test` split, e.g. to predict them.
+
+        Args:
+            paths: image files, in the order predictions are wanted.
+            classes: the class names of the model that will score them.
+            tfms: `(train_tfms, valid_tfms)` (TTA uses the first).
+            batch_size: images per batch.
+            num_workers: decoding threads (default: CPU count).
+            cache: as in `from_paths`; default `"memory"` (each file is
+                decoded at once, so unreadable ones are known up front).
+
+        Returns:
+            `ImageClassifierData` with only a `test` split (possibly empty:
+            `skipped` lists the files that could not be read; no warning).
+        """
+        split_sources = {"test": ([os.fspath(p) for p in paths], None)}
+        return cls._load(
+            os.getcwd(), classes, split_sources, tfms, batch_size, num_workers,
+            cache, None, allow_empty=True, warn=False,
+        )
 
     # ------------------------------------------------------------------ views
     @property
@@ -719,7 +497,16 @@ class ImageClassifierData:
             augment=augment,
             seed=seed,
             indices=self.train_index,
+            workers=self._batch_workers,
         )
+
+    @property
+    def _batch_workers(self):
+        # Decoding from disk runs in Keras PyDataset worker threads (Pillow
+        # releases the GIL); decoded images in memory only need cropping.
+        if self.store.kind == "memory":
+            return 1
+        return self.num_workers or os.cpu_count() or 1
 
     @property
     def train_index(self):
@@ -761,6 +548,7 @@ class ImageClassifierData:
             augment=augment,
             seed=seed,
             per_image_seeds=True,
+            workers=self._batch_workers,
         )
 
     def valid_batches(self):
@@ -805,9 +593,9 @@ class ImageClassifierData:
             )
         center, augmented = [], []
         for k, i in enumerate(indices):
-            image = source.images[int(i)]
+            image = source.image(int(i))
             center.append(self.valid_tfms.crop(image, None).astype("float32"))
-            copies = _Split([source.paths[int(i)]] * int(n), None, [image] * int(n))
+            copies = Split([source.paths[int(i)]] * int(n), None, source.store)
             batches = ImageBatches(
                 copies, self.train_tfms, int(n), augment=True, seed=seed + k
             )
@@ -871,25 +659,24 @@ class ImageClassifierData:
     def resize(self, image_size):
         """The same data at another `image_size` (progressive resizing).
 
-        Re-decodes the kept images at the new size; splits and classes are
-        unchanged.
+        The kept images are decoded again at the new size into a store of
+        the same kind; a memory store of this data is emptied first (it
+        refills if this data is used again), so two full copies are never
+        held at once. Splits and classes are unchanged.
         """
         tfms = (
             self.train_tfms.resized(image_size),
             self.valid_tfms.resized(image_size),
         )
-        sources = {}
-        for name, split in self._splits.items():
-            sources[name] = (split.paths, split.labels)
-        new = self._decode(
-            self.path,
-            self.classes,
-            sources,
-            tfms,
-            self.batch_size,
-            self.num_workers,
+        split_sources = {name: (split.paths, split.labels) for name, split in self._splits.items()}
+        total = sum(len(split) for split in self._splits.values())
+        self.store.clear()
+        store = make_store(self.store.kind, tfms[1].decode_size, total)
+        new = self._load(
+            self.path, self.classes, split_sources, tfms, self.batch_size,
+            self.num_workers, None, None, store=store,
         )
-        new.skipped = self.skipped + new.skipped
+        new._skipped = self.skipped + new._skipped
         new.oversample = self.oversample
         return new
 

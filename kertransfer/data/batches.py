@@ -1,0 +1,275 @@
+"""Batches for `model.fit`: images decoded on the fly, or cached activations.
+
+`Split` holds one split's files and labels and serves decoded images from a
+store (`kertransfer.data.cache`); a file that fails to decode in the middle
+of an epoch is replaced by another image of the same class, reported once
+(`Split.failed`), and the epoch keeps its size. `ImageBatches` crops and
+augments those images into float32 batches in Keras `PyDataset` worker
+threads (Pillow releases the GIL while decoding). `FeatureBatches` serves
+precomputed activations (a memory-mapped `.npy`) by index, so shuffling and
+oversampling never copy the whole array.
+"""
+
+import logging
+import math
+import threading
+import warnings
+
+import keras
+import numpy as np
+
+from kertransfer.data.cache import check_files
+
+__all__ = ["FeatureBatches", "ImageBatches", "Split", "load_split"]
+
+logger = logging.getLogger(__name__)
+
+
+class Split:
+    """One split's files and labels; pixels come from a store on demand.
+
+    Args:
+        paths: image files.
+        labels: int32 `(n,)`, multi-hot float32 `(n, num_classes)`, or None.
+        store: an `ImageStore` (`kertransfer.data.cache`).
+
+    Attributes:
+        failed: `{index: reason}` of files that failed to decode after the
+            scan (each reported once, then replaced in every batch).
+    """
+
+    def __init__(self, paths, labels, store):
+        self.paths = list(paths)
+        self.labels = labels
+        self.store = store
+        self.failed = {}
+        self._lock = threading.Lock()
+
+    def __len__(self):
+        return len(self.paths)
+
+    def image(self, index):
+        """The decoded uint8 `(h, w, 3)` image `index`, or its stand-in.
+
+        A file that cannot be decoded any more (changed, truncated or
+        removed after the scan) is reported once and replaced by the next
+        readable image of the same class (the same tags, multi-label; any
+        image, unlabeled), so an epoch never dies and keeps its size.
+
+        Raises:
+            ValueError: when no readable image is left to stand in.
+        """
+        tried = set()
+        while True:
+            if index not in self.failed:
+                try:
+                    return self.store.get(self.paths[index])
+                except Exception as e:  # Pillow raises many types on bad files.
+                    self._fail(index, f"{type(e).__name__}: {e}")
+            tried.add(index)
+            index = self._stand_in(index, tried)
+
+    def _fail(self, index, reason):
+        with self._lock:
+            if index in self.failed:
+                return
+            self.failed[index] = reason
+        message = (
+            f"Cannot decode {self.paths[index]} any more ({reason}); it was "
+            "readable when the data was scanned. Using another image of the same "
+            "class in its place from now on (listed in data.skipped)."
+        )
+        logger.warning(message)
+        warnings.warn(message, stacklevel=4)
+
+    def _stand_in(self, index, tried):
+        n = len(self.paths)
+        for step in range(1, n):
+            other = (index + step) % n
+            if other in tried or other in self.failed:
+                continue
+            if self.labels is None or np.array_equal(self.labels[other], self.labels[index]):
+                return other
+        raise ValueError(
+            f"No readable image is left to stand in for {self.paths[index]} (its class's "
+            f"files all failed to decode: {[self.paths[i] for i in sorted(tried)][:5]}). "
+            "Check the data folder and restart."
+        )
+
+    @property
+    def skipped(self):
+        """`[(path, reason)]` of the files that failed after the scan."""
+        return [(self.paths[i], why) for i, why in sorted(self.failed.items())]
+
+
+def load_split(paths, labels, store, num_workers):
+    """A `Split` of the files that `store` can serve, and the rest.
+
+    See `kertransfer.data.cache.check_files`: a memory store decodes every
+    file now; the others read headers only.
+
+    Returns:
+        `(split, skipped)` with `skipped` as `[(path, reason)]`.
+    """
+    kept, skipped = check_files(paths, store, num_workers)
+    kept_labels = None if labels is None else labels[kept]
+    return Split([paths[i] for i in kept], kept_labels, store), skipped
+
+
+class ImageBatches(keras.utils.PyDataset):
+    """Batches of `(images, labels)` from decoded images, for `model.fit`.
+
+    Each item is `x` float32 `(batch, image_size, image_size, 3)` pixels in
+    `[0, 255]`, and (when labels exist) `y`: int32 class indices
+    `(batch,)`, or multi-hot float32 `(batch, num_classes)` for multi-label
+    data.
+
+    Args:
+        split: a `Split` (files, labels, and the store decoding them).
+        tfms: `ImageTransforms` (crop, then augmentation if any).
+        batch_size: images per batch.
+        shuffle: reshuffle the order every epoch.
+        drop_last: drop the last, smaller batch (the LR finder needs equal
+            batches to recover per-batch losses from Keras's running mean).
+        augment: apply the transforms' augmentation layers.
+        seed: seed for crops, shuffling and augmentation; None draws one
+            from NumPy's global generator (seeded by
+            `keras.utils.set_random_seed`).
+        with_labels: yield `(x, y)` (True, when the split has labels) or
+            `(x,)`.
+        indices: indices into `split` served each epoch, repeats allowed
+            (oversampling); default every image once.
+        workers: threads preparing batches ahead of the model (Keras
+            `PyDataset` workers).
+            Results do not depend on it: each batch's crops and augmentation
+            are drawn from its own generator, seeded by `(seed, epoch,
+            batch index)`.
+        max_queue_size: batches prepared ahead when `workers > 1`.
+        per_image_seeds: draw each image's crop and augmentation from its
+            own generator, seeded by `(seed, epoch, position in the
+            epoch)`, so an image comes out the same whatever the batch size
+            (TTA, predictions); default: one generator per batch, the
+            augmentation layers vectorised over the batch (training).
+    """
+
+    def __init__(
+        self,
+        split,
+        tfms,
+        batch_size,
+        shuffle=False,
+        drop_last=False,
+        augment=False,
+        seed=None,
+        with_labels=True,
+        indices=None,
+        workers=1,
+        max_queue_size=10,
+        per_image_seeds=False,
+    ):
+        super().__init__(
+            workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size
+        )
+        self.split = split
+        self.tfms = tfms
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.per_image_seeds = per_image_seeds
+        self.with_labels = with_labels and split.labels is not None
+        if seed is None:
+            # Drawn from NumPy's global generator, so that
+            # `keras.utils.set_random_seed` (which seeds it) makes a whole
+            # run reproducible, as fast.ai's `set_seed` does.
+            seed = int(np.random.randint(0, 2**31 - 1))
+        self.rng = np.random.default_rng(seed)
+        # Per-batch generators derive from this, so batches are reproducible
+        # in any order (threads, TTA).
+        self.seed = int(seed)
+        self.epoch = 0
+        self.augmenter = tfms.build_augmenter(seed) if augment else None
+        self.order = (
+            np.arange(len(split)) if indices is None else np.array(indices)
+        )
+        if shuffle:
+            self.rng.shuffle(self.order)
+
+    def __len__(self):
+        n = len(self.order) / self.batch_size
+        return int(math.floor(n) if self.drop_last else math.ceil(n))
+
+    @property
+    def num_samples(self):
+        """Images served per epoch."""
+        return min(len(self) * self.batch_size, len(self.order))
+
+    def __getitem__(self, index):
+        start = index * self.batch_size
+        idx = self.order[start : start + self.batch_size]
+        if self.per_image_seeds:
+            rng = [
+                np.random.default_rng([self.seed, self.epoch, position])
+                for position in range(start, start + len(idx))
+            ]
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+        x = self.tfms.batch([self.split.image(i) for i in idx], rng, self.augmenter)
+        if not self.with_labels:
+            return (x,)
+        return x, self.split.labels[idx]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        if self.shuffle:
+            self.rng.shuffle(self.order)
+
+
+
+
+class FeatureBatches(keras.utils.PyDataset):
+    """Batches of precomputed activations `(features, labels)` by index.
+
+    Reads rows of `features` (a memory-mapped `.npy` works: only the rows of
+    one batch are copied) in the order of `indices`, reshuffled every epoch
+    when `shuffle`. fast.ai v0.7 kept activations on disk (bcolz) for the
+    same reason.
+
+    Args:
+        features: array `(n, dim)`, e.g. `np.load(path, mmap_mode="r")`.
+        labels: array `(n,)` or `(n, num_classes)`, or None (predict).
+        batch_size: rows per batch.
+        indices: row indices served each epoch, repeats allowed; default
+            every row once.
+        shuffle: reshuffle `indices` every epoch.
+        seed: seed of the shuffles.
+        drop_last: drop the last, smaller batch.
+    """
+
+    def __init__(self, features, labels, batch_size, indices=None, shuffle=False, seed=0, drop_last=False):
+        super().__init__()
+        self.features = features
+        self.labels = labels
+        self.batch_size = int(batch_size)
+        self.order = np.arange(len(features)) if indices is None else np.asarray(indices)
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.rng = np.random.default_rng(seed)
+        if shuffle:
+            self.rng.shuffle(self.order)
+
+    def __len__(self):
+        n = len(self.order) / self.batch_size
+        return int(math.floor(n) if self.drop_last else math.ceil(n))
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        # Sorted reads from a memory map, then back to the batch's order.
+        unique, inverse = np.unique(rows, return_inverse=True)
+        x = np.asarray(self.features[unique], dtype="float32")[inverse]
+        if self.labels is None:
+            return (x,)
+        return x, self.labels[rows]
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            self.rng.shuffle(self.order)

@@ -1,0 +1,190 @@
+"""Where images and labels come from: class folders and label CSVs.
+
+Every reader returns plain lists of file paths and numpy label arrays; no
+pixels are read here. Layouts:
+
+- fast.ai's (`from_paths`): `path/train/<class>/*` and `path/valid|val/<class>/*`;
+- Keras's (`keras.utils.image_dataset_from_directory`): `path/<class>/*`,
+  with a seeded `val_pct` held out for validation (`read_class_folders`);
+- a label CSV (`from_csv`): `file_id,tags` rows, single- or multi-label.
+"""
+
+import os
+import warnings
+
+import numpy as np
+
+from kertransfer.images import is_image_name
+
+
+def list_files(folder):
+    return sorted(
+        os.path.join(folder, f)
+        for f in os.listdir(folder)
+        if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))
+    )
+
+
+def class_folders(split_dir):
+    return sorted(
+        d
+        for d in os.listdir(split_dir)
+        if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d))
+    )
+
+
+def read_split(split_dir, classes=None):
+    """Returns `(paths, labels, classes)` of a `split/<class>/*` folder."""
+    found = class_folders(split_dir)
+    if not found:
+        raise ValueError(
+            f"No class folders in {split_dir}. Expected one sub-folder per "
+            f"class, e.g. {os.path.join(split_dir, 'cats')}/*.jpg."
+        )
+    if classes is None:
+        classes = found
+    else:
+        unknown = [c for c in found if c not in classes]
+        if unknown:
+            raise ValueError(
+                f"{split_dir} has class folder(s) {unknown} that the training "
+                f"folder does not have (training classes: {classes}). Rename "
+                "or remove them, or add training images for them."
+            )
+    paths, labels = [], []
+    for c in found:
+        files = list_files(os.path.join(split_dir, c))
+        if not files:
+            raise ValueError(
+                f"Class folder {os.path.join(split_dir, c)} is empty. Add "
+                "images to it or remove it."
+            )
+        paths += files
+        labels += [classes.index(c)] * len(files)
+    return paths, np.asarray(labels, dtype="int32"), classes
+
+
+def random_split(n, val_pct, seed):
+    """`(train_idx, valid_idx)`: sorted indices, a seeded `val_pct` held out."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(val_pct * n)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def test_paths(path, test_name):
+    """Files of the unlabeled `path/<test_name>/` folder, or None."""
+    if test_name is None:
+        return None
+    test_dir = os.path.join(path, test_name)
+    if not os.path.isdir(test_dir):
+        raise FileNotFoundError(f"Test folder not found: {test_dir}")
+    return list_files(test_dir)
+
+
+def csv_row_names(rows, ids, limit=10):
+    """`"row 3 (id 'x'), ..."` for error messages, at most `limit` rows."""
+    names = [f"row {r} (id {ids[r]!r})" for r in rows[:limit]]
+    more = f" and {len(rows) - limit} more" if len(rows) > limit else ""
+    return ", ".join(names) + more
+
+
+def read_label_csv(csv_path, skip_header, cat_separator):
+    """Reads `file_id,tags` rows; returns `(ids, tags)`, tags as lists.
+
+    Tags are split on `cat_separator` (None: the whole cell is one label),
+    blanks dropped, duplicates within a row removed.
+    """
+    import pandas as pd
+
+    try:
+        frame = pd.read_csv(
+            csv_path,
+            header=0 if skip_header else None,
+            dtype=str,
+            keep_default_na=False,
+            skipinitialspace=True,
+        )
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise ValueError(
+            f"Could not read {csv_path} as CSV ({type(e).__name__}: {e}). "
+            "Expected rows `file_id,tags`, e.g. `train_0,haze primary`."
+        ) from e
+    if frame.shape[1] < 2:
+        raise ValueError(
+            f"{csv_path} needs two columns, file id then label(s) (e.g. "
+            f"`id,breed` or `image_name,tags`). Received columns "
+            f"{list(frame.columns)}. If the file has no header row, pass "
+            "skip_header=False."
+        )
+    ids = [s.strip() for s in frame.iloc[:, 0]]
+    cells = [s.strip() for s in frame.iloc[:, 1]]
+    if cat_separator is None:
+        tags = [[c] if c else [] for c in cells]
+    else:
+        tags = [
+            list(dict.fromkeys(t.strip() for t in c.split(cat_separator) if t.strip()))
+            for c in cells
+        ]
+    no_id = [r for r, i in enumerate(ids) if not i]
+    if no_id:
+        raise ValueError(
+            f"{csv_path}: empty file id in {csv_row_names(no_id, ids)} "
+            "(rows counted from 0 after the header). Fill in or delete them."
+        )
+    empty = [r for r, row in enumerate(tags) if not row]
+    if empty:
+        raise ValueError(
+            f"{csv_path}: no label in {csv_row_names(empty, ids)} (rows "
+            "counted from 0 after the header). Every image needs at least one "
+            "label; fill them in or delete those rows."
+        )
+    seen, dupes = set(), []
+    for i in ids:
+        if i in seen:
+            dupes.append(i)
+        seen.add(i)
+    if dupes:
+        warnings.warn(
+            f"{csv_path} lists {len(dupes)} file id(s) more than once, e.g. "
+            f"{dupes[:5]}; each row is used as a separate item.",
+            stacklevel=3,
+        )
+    return ids, tags
+
+
+def check_val_idxs(val_idxs, n, csv_path):
+    """`(train_idx, valid_idx)` from user row indices, validated."""
+    val = np.asarray(val_idxs).reshape(-1)
+    if val.size and not np.issubdtype(val.dtype, np.integer):
+        raise ValueError(
+            f"val_idxs must be integer row indices of {csv_path} (0 = first "
+            f"row after the header). Received dtype {val.dtype}."
+        )
+    val = np.unique(val.astype(np.int64))
+    if val.size == 0 or val.size >= n:
+        raise ValueError(
+            f"val_idxs must hold between 1 and {n - 1} of the {n} rows of "
+            f"{csv_path}, so both splits have images. Received {val.size}."
+        )
+    if val[0] < 0 or val[-1] >= n:
+        raise ValueError(
+            f"val_idxs must be row indices in [0, {n - 1}] for {csv_path}. "
+            f"Received values from {val[0]} to {val[-1]}."
+        )
+    return np.setdiff1d(np.arange(n), val), val
+
+
+
+
+def is_keras_layout(path):
+    """True when `path` holds class folders of images directly (Keras's layout).
+
+    Keras's `image_dataset_from_directory` layout is `path/<class>/*` with no
+    `train/` folder; a folder counts when at least one of its sub-folders
+    holds an image file (`IMAGE_EXTENSIONS`).
+    """
+    for name in class_folders(path):
+        folder = os.path.join(path, name)
+        if any(is_image_name(f) for f in os.listdir(folder)):
+            return True
+    return False
