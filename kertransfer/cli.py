@@ -21,6 +21,13 @@ def _non_negative_int(text):
     return value
 
 
+def _fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
+    return value
+
+
 def _train_args(p):
     p.add_argument("--arch", default="efficientnet_lite0", help="backbone (default: efficientnet_lite0)")
     p.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels (default 224)")
@@ -60,6 +67,20 @@ def _train_args(p):
         "(default DIR: <run folder>/tensorboard; give it after data_dir; needs tensorflow "
         "and tensorboard)",
     )
+    p.add_argument(
+        "--val-pct",
+        type=_fraction,
+        default=0.2,
+        help="fraction held out for validation (seeded) when DATA_DIR has no valid/ or val/ "
+        "folder, e.g. Keras's DATA_DIR/<class>/* layout (default 0.2)",
+    )
+    p.add_argument(
+        "--cache",
+        choices=["auto", "memory", "disk", "none"],
+        default="auto",
+        help="where decoded images live: memory, a disk cache, or none (decoded for every "
+        "batch); auto = memory up to 2 GB of decoded images, else none (default auto)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -79,6 +100,8 @@ def _config(args):
         bn_freeze=args.bn_freeze,
         tensorboard=args.tensorboard,
         seed=args.seed,
+        val_pct=args.val_pct,
+        cache=None if args.cache == "none" else args.cache,
     )
 
 
@@ -89,7 +112,11 @@ def build_parser():
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="run the fast.ai recipe on an image folder")
-    p.add_argument("data_dir", help="folder with train/<class>/* and valid/<class>/* (or val/)")
+    p.add_argument(
+        "data_dir",
+        help="folder with train/<class>/* and valid/<class>/* (or val/), or Keras's <class>/* "
+        "(--val-pct held out)",
+    )
     p.add_argument("--out", default=None, help="run folder (default runs/<data folder name>)")
     _train_args(p)
     p = sub.add_parser("demo", help="train on the sample hymenoptera data")

@@ -48,6 +48,12 @@ class TrainConfig:
             shuffling, crops, augmentation) at the start of the run, so that
             a run can be repeated (fast.ai `set_seed`). Repeats match on the
             same backend and machine; other hardware may differ slightly.
+        val_pct: fraction of the images held out (seeded) for validation
+            when the data folder has no `valid/`/`val/` folder (Keras's
+            `DATA_DIR/<class>/*` layout, or `train/` alone).
+        cache: where decoded images live: `"auto"` (memory up to 2 GB,
+            else streamed), `"memory"`, `"disk"` or None (streamed); see
+            `ImageClassifierData.from_paths`.
     """
 
     def __init__(
@@ -65,6 +71,8 @@ class TrainConfig:
         bn_freeze=False,
         tensorboard=None,
         seed=None,
+        val_pct=0.2,
+        cache="auto",
     ):
         self.arch = arch
         self.image_size = image_size
@@ -79,6 +87,8 @@ class TrainConfig:
         self.bn_freeze = bn_freeze
         self.tensorboard = tensorboard
         self.seed = seed
+        self.val_pct = val_pct
+        self.cache = cache
 
 
 def _choose_lr(result, cap, floor=0.0):
@@ -222,7 +232,15 @@ def train(data_dir, out_dir, config=None, verbose=1):
         log_dir = os.path.join(out_dir, "tensorboard") if config.tensorboard is True else os.fspath(config.tensorboard)
         callbacks.append(TensorBoardLogger(log_dir, group_names=lambda: _trainable_group_names(learn)))
     tfms = tfms_from_model(config.arch, config.image_size)
-    data = timed("load_data", ImageClassifierData.from_paths, data_dir, batch_size=config.batch_size, tfms=tfms)
+    data = timed(
+        "load_data",
+        ImageClassifierData.from_paths,
+        data_dir,
+        batch_size=config.batch_size,
+        tfms=tfms,
+        val_pct=config.val_pct,
+        cache=config.cache,
+    )
     say(f"{len(data.train_paths)} train / {len(data.valid_paths)} valid images, classes {data.classes}, skipped {len(data.skipped)}")
     # What the model sees in the augmented stages (fast.ai `plots` of aug_tfms).
     data.plot_augmented(n=6, path=os.path.join(out_dir, "augmented.png"), images=[0, len(data.train_paths) - 1])
@@ -301,7 +319,9 @@ def train(data_dir, out_dir, config=None, verbose=1):
         "classes": data.classes,
         "data_dir": os.path.abspath(data_dir),
         # Training images, e.g. for int8 calibration by `kertransfer export`.
-        "train_dir": os.path.abspath(os.path.join(data_dir, "train")),
+        "train_dir": os.path.abspath(
+            os.path.join(data_dir, "train") if os.path.isdir(os.path.join(data_dir, "train")) else data_dir
+        ),
         "arch": config.arch,
         "image_size": config.image_size,
         "crop_pct": data.valid_tfms.crop_pct,

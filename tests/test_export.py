@@ -271,11 +271,16 @@ def test_serving_graph_frames_like_validation(tmp_path):
         os.path.join(DATA, "train", "ants", "imageNotFound.gif"),
         os.path.join(DATA, "train", "ants", "ant photos.jpg")]
     special = _special_images(str(tmp_path))
+    differing = []
     for path in real + special:
         with open(path, "rb") as f:
             served = frame(tf.constant(f.read())).numpy()
         validated = images.frame_image(path, framing).astype(np.float32)
         assert np.abs(served - validated).max() <= 2, path
+        differing.append(np.mean(served != validated))
+    # Pillow's order of passes (rows, round, columns) is followed: only a
+    # few pixels differ at all (16% did with a single-pass resize).
+    assert np.mean(differing) < 0.01, differing
     # The orientation reader itself, against Pillow's EXIF parser.
     for path in special:
         if "exif" in path:
