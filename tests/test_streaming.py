@@ -5,6 +5,7 @@ stores are compared with each other and with `kertransfer.images`, the one
 decode path.
 """
 
+import json
 import os
 import warnings
 
@@ -173,3 +174,23 @@ def test_resize_empties_the_old_memory_store(tmp_path):
     bigger = data.resize(48)
     assert data.store.nbytes == 0 and bigger.store.nbytes > 0
     assert bigger.valid_batches()[0][0].shape[1:] == (48, 48, 3)
+
+
+def test_cli_trains_on_a_keras_layout_folder_streamed(tmp_path, monkeypatch):
+    from kertransfer.cli import main
+    from kertransfer.images import Framing
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    root = _make_folder(str(tmp_path / "flat"), per_class=20, layout="keras")
+    out = tmp_path / "run"
+    argv = [
+        "train", root, "--out", str(out), "--arch", "tiny_cnn", "--image-size", "32",
+        "--batch-size", "8", "--weights", "none", "--head-epochs", "1", "--aug-epochs", "0",
+        "--unfrozen-cycles", "1", "--tta", "0", "--val-pct", "0.25", "--cache", "none", "--quiet",
+    ]
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert sum(metrics["dataset"]["valid_counts"].values()) == 10  # 25 % of 40
+    assert metrics["train_dir"] == os.path.abspath(root)
+    assert Framing.load(out) == Framing(32)
+    assert 0.0 <= metrics["valid_accuracy"] <= 1.0
