@@ -1,6 +1,5 @@
 import os
 import shutil
-import warnings
 
 import numpy as np
 import pytest

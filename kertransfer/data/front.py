@@ -25,7 +25,6 @@ from kertransfer.data import sources
 from kertransfer.data.batches import ImageBatches
 from kertransfer.data.batches import Split
 from kertransfer.data.batches import load_split
-from kertransfer.data.cache import MemoryStore
 from kertransfer.data.cache import make_store
 from kertransfer.images import DECODE_VERSION
 from kertransfer.transforms import tfms_from_model
