@@ -10,7 +10,7 @@ export MPLBACKEND := Agg
 export TF_CPP_MIN_LOG_LEVEL := 2
 DEMO_BACKEND ?= tensorflow
 
-.PHONY: install demo test test-tensorflow test-tensorflow-slow test-tensorflow-unit test-jax test-torch test-jax-torch test-recipes test-fast clean
+.PHONY: install demo test test-tensorflow test-tensorflow-slow test-tensorflow-unit test-jax test-torch test-jax-torch test-recipes $(RECIPES:%=test-recipe-%) test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,11 @@ demo: install
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo
 
 # Unit tests on all three backends, the end-to-end tests once (TensorFlow).
-# `make test` runs five passes two at a time (-j2, one per core), longest
+# `make test` runs its passes two at a time (-j2, one per core), longest
 # first so that both lanes end together: the TensorFlow end-to-end tests
-# (`slow`) beside the JAX unit tests, then the TensorFlow unit tests (with the
-# `one_backend` checks), the recipe smoke runs and the torch unit tests.
+# (`slow`, ~8.5 min) beside the TensorFlow unit tests (with the `one_backend`
+# checks) and the JAX unit tests (~4.5 min each), then each recipe's smoke
+# run (0.7-1.6 min) and the torch unit tests (~1 min).
 # `-k` runs every pass even after a failure; `--output-sync` keeps each
 # pass's report in one piece. PYTEST_ARGS adds options to every pass
 # (.ci/run: --durations=15).
@@ -40,7 +41,9 @@ demo: install
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 UNIT := -m "not slow and not one_backend"
 ONE_THREAD := OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
-TEST_PASSES := test-tensorflow-slow test-jax test-tensorflow-unit test-recipes test-torch
+RECIPES := planet dogscats dog_breeds
+TEST_PASSES := test-tensorflow-slow test-tensorflow-unit test-jax \
+	test-recipe-planet test-recipe-dogscats test-torch test-recipe-dog_breeds
 
 test: install
 	$(MAKE) --no-print-directory -j2 -k --output-sync=target $(TEST_PASSES)
@@ -63,8 +66,10 @@ test-torch: install
 
 test-jax-torch: test-jax test-torch
 
-test-recipes: install
-	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) tests/test_recipes.py
+test-recipes: $(RECIPES:%=test-recipe-%)
+
+test-recipe-%: install
+	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) "tests/test_recipes.py::test_recipe_smoke[$*]"
 
 test-fast: install
 	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests
