@@ -10,7 +10,7 @@ export MPLBACKEND := Agg
 export TF_CPP_MIN_LOG_LEVEL := 2
 DEMO_BACKEND ?= tensorflow
 
-.PHONY: install demo test test-tensorflow test-jax-torch test-recipes test-fast clean
+.PHONY: install demo test test-tensorflow test-tensorflow-slow test-tensorflow-unit test-jax test-torch test-jax-torch test-recipes $(RECIPES:%=test-recipe-%) test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,22 +26,50 @@ demo: install
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo
 
 # Unit tests on all three backends, the end-to-end tests once (TensorFlow).
-# Each pytest keeps about one core busy, so on a 2-core machine two run at
-# once: the TensorFlow pass beside the JAX and torch unit tests, then the
-# recipe smoke runs. `--output-sync` keeps each pass's report in one piece.
-PYTEST := $(PY) -m pytest -q -p no:cacheprovider
+# `make test` runs its passes two at a time (-j2, one per core), longest
+# first so that both lanes end together: the TensorFlow end-to-end tests
+# (`slow`, ~8.5 min) beside the TensorFlow unit tests (with the `one_backend`
+# checks) and the JAX unit tests (~4.5 min each), then each recipe's smoke
+# run (0.7-1.6 min) and the torch unit tests (~1 min).
+# `-k` runs every pass even after a failure; `--output-sync` keeps each
+# pass's report in one piece. PYTEST_ARGS adds options to every pass
+# (.ci/run: --durations=15).
+#
+# Each process (and what it starts) uses one thread per library: with both
+# cores busy, torch's OpenMP threads wait on each other (test_tta ran 7x
+# slower with two), and TensorFlow and XLA lose a little too.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+UNIT := -m "not slow and not one_backend"
+ONE_THREAD := OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
+RECIPES := planet dogscats dog_breeds
+TEST_PASSES := test-tensorflow-slow test-tensorflow-unit test-jax \
+	test-recipe-planet test-recipe-dogscats test-torch test-recipe-dog_breeds
+
 test: install
-	$(MAKE) --no-print-directory -j2 --output-sync=target test-tensorflow test-jax-torch test-recipes
+	$(MAKE) --no-print-directory -j2 -k --output-sync=target $(TEST_PASSES)
 
-test-tensorflow: install
-	KERAS_BACKEND=tensorflow $(PYTEST) --ignore=tests/test_recipes.py tests
+# The TensorFlow pass: every test but the recipes, in two processes.
+test-tensorflow: test-tensorflow-slow test-tensorflow-unit
 
-test-jax-torch: install
-	KERAS_BACKEND=jax $(PYTEST) -m "not slow and not one_backend" tests
-	KERAS_BACKEND=torch $(PYTEST) -m "not slow and not one_backend" tests
+test-tensorflow-slow: install
+	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) -m slow --ignore=tests/test_recipes.py tests
 
-test-recipes: install
-	KERAS_BACKEND=tensorflow $(PYTEST) tests/test_recipes.py
+test-tensorflow-unit: install
+	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" --ignore=tests/test_recipes.py tests
+
+test-jax: install
+	$(ONE_THREAD) XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
+		KERAS_BACKEND=jax $(PYTEST) $(UNIT) tests
+
+test-torch: install
+	$(ONE_THREAD) KERAS_BACKEND=torch $(PYTEST) $(UNIT) tests
+
+test-jax-torch: test-jax test-torch
+
+test-recipes: $(RECIPES:%=test-recipe-%)
+
+test-recipe-%: install
+	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) "tests/test_recipes.py::test_recipe_smoke[$*]"
 
 test-fast: install
 	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests

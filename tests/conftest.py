@@ -1,9 +1,11 @@
 import os
 import pathlib
+import zlib
 
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from kertransfer.backbones import BackboneSpec
 from kertransfer.backbones import register_backbone
@@ -65,13 +67,75 @@ register_backbone(
 )
 
 
+# Base colour of each synthetic class (others get one from their name).
+CLASS_COLOURS = {
+    "ants": (190, 80, 60),
+    "bees": (70, 100, 190),
+    "cats": (90, 170, 80),
+    "dogs": (180, 170, 60),
+}
+
+
+def synthetic_image(cls, index, size=48, seed=0):
+    """A deterministic textured RGB image (uint8 array) of class `cls`.
+
+    The class sets the mean colour (so a tiny model can tell the classes
+    apart); smooth blobs, pixel noise and an off-centre rectangle give the
+    texture and asymmetry that crops, flips, rotations and lighting change.
+    Width and height vary around `size`.
+    """
+    rng = np.random.default_rng([seed, zlib.crc32(cls.encode()), index])
+    colour = CLASS_COLOURS.get(cls)
+    if colour is None:
+        colour = np.random.default_rng(zlib.crc32(cls.encode())).integers(40, 216, 3)
+    w, h = (int(size + d) for d in rng.integers(-size // 6, size // 6 + 1, 2))
+    coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    pixels = np.asarray(colour, "float64") + rng.normal(0, 15, 3)
+    pixels = pixels + (np.asarray(coarse, "float64") - 127.5) * 0.4 + rng.normal(0, 10, (h, w, 3))
+    x0, y0 = rng.integers(0, w // 2), rng.integers(0, h // 2)
+    x1, y1 = x0 + rng.integers(w // 5, w // 2), y0 + rng.integers(h // 5, h // 2)
+    pixels[y0:y1, x0:x1] = rng.integers(0, 256, 3)
+    return np.clip(pixels, 0, 255).astype("uint8")
+
+
+def write_synthetic_images(root, layout, size=48, seed=0, formats=("jpg", "png")):
+    """Writes `{"train/ants": n, ...}` synthetic images under `root`.
+
+    Files are `<folder>/<i>.<ext>`, the extension cycling through
+    `formats` (JPEG quality 90 or PNG). Returns `root`.
+    """
+    root = pathlib.Path(root)
+    for folder, n in layout.items():
+        cls = pathlib.PurePath(folder).name
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            image = Image.fromarray(synthetic_image(cls, i + 1000 * ("val" in folder), size, seed))
+            ext = formats[i % len(formats)]
+            image.save(root / folder / f"{i:03d}.{ext}", **({"quality": 90} if ext == "jpg" else {}))
+    return root
+
+
 @pytest.fixture(scope="session")
-def tiny_data(hymenoptera):
+def synthetic_folder(tmp_path_factory):
+    """fast.ai layout of small synthetic images: 48 train and 8 valid per class."""
+    return write_synthetic_images(
+        tmp_path_factory.mktemp("synthetic"),
+        {"train/ants": 48, "train/bees": 48, "valid/ants": 8, "valid/bees": 8},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_data(synthetic_folder):
+    """Data for unit tests with `tiny_cnn` at 32 px, on `synthetic_folder`.
+
+    Its classes are named "ants" and "bees" like hymenoptera's, so tests may
+    mix it with real photos of those classes (`learn.set_data`).
+    """
     from kertransfer.data import ImageClassifierData
     from kertransfer.transforms import tfms_from_model
 
     tfms = tfms_from_model("tiny_cnn", 32)
-    return ImageClassifierData.from_paths(hymenoptera, batch_size=16, tfms=tfms)
+    return ImageClassifierData.from_paths(synthetic_folder, batch_size=16, tfms=tfms)
 
 
 def tensorboard_scalars(log_dir):

@@ -64,6 +64,8 @@ def test_port_matches_pytorch_reference(size):
     assert trainable == 4_652_008  # the checkpoint's parameters, BN stats excluded
 
 
+# Layer names and groups, and argument checks: backend-independent.
+@pytest.mark.one_backend
 def test_layer_groups_cover_the_body():
     model = efficientnet_lite0(weights=None, input_shape=(32, 32, 3))
     early, late = assign_layer_groups(model, get_backbone("efficientnet_lite0").layer_groups)
@@ -71,6 +73,7 @@ def test_layer_groups_cover_the_body():
     assert late[0].name == "block8_expand_conv" and late[-1].name == "head_bn"
 
 
+@pytest.mark.one_backend
 def test_weights_file_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="weights file not found"):
         efficientnet_lite0(weights=str(tmp_path / "nope.pth"))

@@ -1,12 +1,12 @@
-"""Tests for kertransfer.interpret on real dogscats photos.
+"""Tests for kertransfer.interpret, with small synthetic cat and dog images.
 
 Probabilities are written by hand so every expected answer below (confusion
 matrix, orderings, precision/recall, F2) is worked out independently of the
-code under test.
+code under test. kertransfer.interpret is numpy, pandas and matplotlib:
+these tests run in the TensorFlow pass only.
 """
 
 import math
-import pathlib
 import types
 import warnings
 
@@ -22,9 +22,10 @@ from PIL import Image  # noqa: E402
 from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
 from kertransfer.interpret import MultiLabelInterpretation  # noqa: E402
 from kertransfer.images import load_thumbnail  # noqa: E402
+from conftest import write_synthetic_images  # noqa: E402
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-VALID = DATA / "dogscats" / "valid"
+pytestmark = pytest.mark.one_backend
+
 CLASSES = ["cats", "dogs"]
 
 # Items 0-19 are cats, 20-39 dogs. Misclassified: cats 3, 7, 11 and dogs
@@ -34,11 +35,19 @@ P_CAT_OVERRIDES = {3: 0.20, 5: 0.51, 7: 0.05, 11: 0.45}
 P_DOG_OVERRIDES = {25: 0.30, 28: 0.53, 33: 0.0}
 
 
-def _valid_paths(per_class=20, offset=0):
+@pytest.fixture(scope="module")
+def valid_dir(tmp_path_factory):
+    """20 JPEGs (80-112 px a side) per class, dogscats' valid/ layout."""
+    return write_synthetic_images(
+        tmp_path_factory.mktemp("valid"), {name: 20 for name in CLASSES},
+        size=96, formats=("jpg",))
+
+
+def _valid_paths(valid_dir, per_class=20):
     paths = []
     for name in CLASSES:
-        files = sorted((VALID / name).glob("*.jpg"))[offset:offset + per_class]
-        assert len(files) == per_class, f"expected photos in {VALID / name}"
+        files = sorted((valid_dir / name).glob("*.jpg"))[:per_class]
+        assert len(files) == per_class, f"expected images in {valid_dir / name}"
         paths += [str(p) for p in files]
     return paths
 
@@ -53,10 +62,10 @@ def _dogscats_probs():
 
 
 @pytest.fixture
-def interp():
+def interp(valid_dir):
     targets = np.array([0] * 20 + [1] * 20)
     return ClassificationInterpretation(
-        _dogscats_probs(), targets, CLASSES, image_paths=_valid_paths()
+        _dogscats_probs(), targets, CLASSES, image_paths=_valid_paths(valid_dir)
     )
 
 
@@ -207,8 +216,8 @@ def test_invalid_k_raises():
         interp.top_losses(0)
 
 
-def test_from_learner_uses_tta_on_request():
-    paths = _valid_paths(per_class=1)
+def test_from_learner_uses_tta_on_request(valid_dir):
+    paths = _valid_paths(valid_dir, per_class=1)
     plain = (np.array([[0.9, 0.1], [0.6, 0.4]]), np.array([0, 1]))
     tta = (np.array([[0.9, 0.1], [0.3, 0.7]]), np.array([0, 1]))
     learn = types.SimpleNamespace(
@@ -328,10 +337,10 @@ def test_plot_images_titles_show_actual_predicted_prob_loss(interp):
     plt.close(fig)
 
 
-def test_empty_selection_gives_placeholder(tmp_path):
+def test_empty_selection_gives_placeholder(tmp_path, valid_dir):
     probs = np.array([[0.9, 0.1], [0.2, 0.8]])
     interp = ClassificationInterpretation(probs, [0, 1], CLASSES,
-                                          image_paths=_valid_paths(1))
+                                          image_paths=_valid_paths(valid_dir, 1))
     assert interp.most_incorrect("cats").size == 0
     fig = interp.plot_most_incorrect("cats")
     assert isinstance(fig, matplotlib.figure.Figure)
@@ -357,7 +366,7 @@ def test_plot_images_needs_paths():
         interp.plot_images([0])
 
 
-def test_thumbnail_applies_exif_orientation(tmp_path):
+def test_thumbnail_applies_exif_orientation(tmp_path, valid_dir):
     path = tmp_path / "rotated.jpg"
     exif = Image.Exif()
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
@@ -366,5 +375,5 @@ def test_thumbnail_applies_exif_orientation(tmp_path):
     assert array.shape == (80, 40, 3)  # portrait after transpose, RGB
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        real = load_thumbnail(_valid_paths(1)[0], size=64)
-    assert max(real.shape[:2]) == 64 and real.dtype == np.uint8
+        plain = load_thumbnail(_valid_paths(valid_dir, 1)[0], size=64)
+    assert max(plain.shape[:2]) == 64 and plain.dtype == np.uint8

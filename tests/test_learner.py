@@ -1,15 +1,17 @@
-"""ConvLearner verbs on real photos with a tiny registered backbone (fast)."""
+"""ConvLearner verbs with a tiny registered backbone on small synthetic images (fast)."""
 
 import io
 import os
-import shutil
 import zipfile
 
 import h5py
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
+from conftest import synthetic_image
+from conftest import write_synthetic_images
 from kertransfer.data import ImageClassifierData
 from kertransfer.learner import ConvLearner
 from kertransfer.transforms import tfms_from_model
@@ -68,19 +70,15 @@ def test_precompute_trains_only_the_head_and_caches(tiny_data):
     )
 
 
-def test_changed_data_folder_never_reuses_stale_cache(tmp_path, hymenoptera):
-    for split in ("train", "val"):
-        for cls in ("ants", "bees"):
-            src = hymenoptera / split / cls
-            dst = tmp_path / split / cls
-            dst.mkdir(parents=True)
-            for f in sorted(os.listdir(src))[:6]:
-                shutil.copy(src / f, dst / f)
+def test_changed_data_folder_never_reuses_stale_cache(tmp_path):
+    write_synthetic_images(tmp_path, {f"{split}/{cls}": 6 for split in ("train", "val") for cls in ("ants", "bees")})
     tfms = tfms_from_model("tiny_cnn", 32)
     learn = _learner(ImageClassifierData.from_paths(tmp_path, batch_size=4, tfms=tfms))
     first = learn._activations("train")
-    victim = sorted((tmp_path / "train" / "ants").iterdir())[0]
-    shutil.copy(hymenoptera / "train" / "bees" / sorted(os.listdir(hymenoptera / "train" / "bees"))[10], victim)
+    # One ant replaced by a bee image (new size and mtime): the cached
+    # activations of the old folder must not be reused.
+    victim = tmp_path / "train" / "ants" / "000.jpg"
+    Image.fromarray(synthetic_image("bees", 10)).save(victim, quality=90)
     os.utime(victim, ns=(1, 10**18))
     learn.set_data(ImageClassifierData.from_paths(tmp_path, batch_size=4, tfms=tfms))
     second = learn._activations("train")

@@ -3,7 +3,6 @@
 import importlib.util
 import os
 import pathlib
-import shutil
 
 import keras
 import numpy as np
@@ -17,6 +16,7 @@ from kertransfer.metrics import fbeta
 from kertransfer.metrics import opt_th
 from kertransfer.transforms import tfms_from_model
 from kertransfer.transforms import transforms_top_down
+from conftest import write_synthetic_images
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TAGS = ["ants", "bees", "cats", "dogs"]
@@ -30,8 +30,21 @@ def _recipe(name):
 
 
 @pytest.fixture(scope="module")
-def mosaics(tmp_path_factory, hymenoptera, dogscats):
-    """48 training + 16 validation 2x2 mosaics of real photos, Planet CSV."""
+def sources(tmp_path_factory):
+    """Synthetic stand-ins for the sample folders: hymenoptera's layout
+    (train/val, ants/bees) and dogscats' (train/valid, cats/dogs), JPEGs."""
+    root = tmp_path_factory.mktemp("sources")
+    hymenoptera = write_synthetic_images(root / "hymenoptera", {
+        "train/ants": 12, "train/bees": 12, "val/ants": 6, "val/bees": 6}, formats=("jpg",))
+    dogscats = write_synthetic_images(root / "dogscats", {
+        "train/cats": 12, "train/dogs": 12, "valid/cats": 6, "valid/dogs": 6}, formats=("jpg",))
+    return hymenoptera, dogscats
+
+
+@pytest.fixture(scope="module")
+def mosaics(tmp_path_factory, sources):
+    """48 training + 16 validation 2x2 mosaics (the planet recipe's), Planet CSV."""
+    hymenoptera, dogscats = sources
     out = tmp_path_factory.mktemp("mosaics")
     csv, val_idxs = _recipe("planet").sample_mosaic_set(
         str(out), 48, 16, cell=32, hymenoptera=str(hymenoptera), dogscats=str(dogscats))
@@ -44,14 +57,18 @@ def _tiny_csv_data(mosaics, **kwargs):
     return ImageClassifierData.from_csv(out, "train-jpg", csv, val_idxs=val_idxs, suffix=".jpg", batch_size=16, **kwargs)
 
 
-def _kaggle_layout(root, dogscats, per_class=10):
-    """Dogs-vs-cats photos as Kaggle dog breeds: train/<id>.jpg, labels.csv."""
+def _kaggle_layout(root, per_class=10):
+    """Cat and dog images as Kaggle dog breeds: train/<id>.jpg, labels.csv.
+
+    Ids are `cat_1`, ..., `dog_1`, ...: cats first, in CSV row order.
+    """
     (root / "train").mkdir(parents=True)
     rows = ["id,breed"]
     for folder, breed in (("cats", "cat"), ("dogs", "dog")):
-        for f in sorted((dogscats / "train" / folder).glob("*.jpg"))[:per_class]:
-            file_id = f.stem.replace(".", "_")
-            shutil.copy(f, root / "train" / f"{file_id}.jpg")
+        write_synthetic_images(root / "src", {folder: per_class}, formats=("jpg",))
+        for i, f in enumerate(sorted((root / "src" / folder).glob("*.jpg")), 1):
+            file_id = f"{breed}_{i}"
+            f.rename(root / "train" / f"{file_id}.jpg")
             rows.append(f"{file_id},{breed}")
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
     return rows[1:]
@@ -60,6 +77,8 @@ def _kaggle_layout(root, dogscats, per_class=10):
 # ---------------------------------------------------------------- from_csv
 
 
+# Reading CSVs and images is numpy and Pillow: the TensorFlow pass only.
+@pytest.mark.one_backend
 def test_from_csv_multi_label_planet_format(mosaics):
     out, csv, val_idxs = mosaics
     data = _tiny_csv_data(mosaics)
@@ -89,8 +108,9 @@ def test_from_csv_multi_label_planet_format(mosaics):
     assert bigger.fixed_batches("valid")[0][1].shape == (16, 4)
 
 
-def test_from_csv_single_label_kaggle_dog_breeds(tmp_path, dogscats):
-    rows = _kaggle_layout(tmp_path, dogscats)
+@pytest.mark.one_backend
+def test_from_csv_single_label_kaggle_dog_breeds(tmp_path):
+    rows = _kaggle_layout(tmp_path)
     tfms = tfms_from_model("tiny_cnn", 32)
     # csv_fname may be a name inside path (or a full path, as in fast.ai).
     data = ImageClassifierData.from_csv(tmp_path, "train", "labels.csv", suffix=".jpg", tfms=tfms, val_pct=0.25, seed=3)
@@ -108,8 +128,9 @@ def test_from_csv_single_label_kaggle_dog_breeds(tmp_path, dogscats):
     assert data.summary()["multi_label"] is False
 
 
-def test_from_csv_no_header_and_whole_cell_labels(tmp_path, dogscats):
-    rows = _kaggle_layout(tmp_path, dogscats, per_class=3)
+@pytest.mark.one_backend
+def test_from_csv_no_header_and_whole_cell_labels(tmp_path):
+    rows = _kaggle_layout(tmp_path, per_class=3)
     lines = [f"{r.split(',')[0]},{'big ' if r.endswith('dog') else 'small '}{r.split(',')[1]}" for r in rows]
     (tmp_path / "nohead.csv").write_text("\n".join(lines) + "\n")
     tfms = tfms_from_model("tiny_cnn", 32)
@@ -122,8 +143,9 @@ def test_from_csv_no_header_and_whole_cell_labels(tmp_path, dogscats):
     assert split.is_multi and split.classes == ["big", "cat", "dog", "small"]
 
 
-def test_from_csv_errors_name_csv_row_and_file(tmp_path, dogscats):
-    rows = _kaggle_layout(tmp_path, dogscats, per_class=3)
+@pytest.mark.one_backend
+def test_from_csv_errors_name_csv_row_and_file(tmp_path):
+    rows = _kaggle_layout(tmp_path, per_class=3)
     tfms = tfms_from_model("tiny_cnn", 32)
 
     def load(csv_text, **kwargs):
@@ -157,8 +179,9 @@ def test_from_csv_errors_name_csv_row_and_file(tmp_path, dogscats):
         ImageClassifierData.from_csv(tmp_path, "jpgs", "labels.csv", tfms=tfms)
 
 
-def test_from_csv_skips_undecodable_images(tmp_path, dogscats):
-    rows = _kaggle_layout(tmp_path, dogscats, per_class=4)
+@pytest.mark.one_backend
+def test_from_csv_skips_undecodable_images(tmp_path):
+    rows = _kaggle_layout(tmp_path, per_class=4)
     (tmp_path / "train" / "broken.jpg").write_bytes(b"not a jpeg at all")
     (tmp_path / "labels.csv").write_text("id,breed\n" + "\n".join(rows + ["broken,cat"]) + "\n")
     with pytest.warns(UserWarning, match=r"Skipped 1 file(.|\n)*broken\.jpg"):
@@ -191,6 +214,7 @@ def _brute_fbeta(probs, targets, beta, threshold):
     return float(np.mean(scores))
 
 
+@pytest.mark.one_backend  # numpy only
 def test_fbeta_by_hand():
     # Per item at 0.5: 1, F2(tp=1, fp=1) = 5/6, F2(tp=1, fn=1) = 5/9, 0, 0.
     assert fbeta(PROBS, TARGETS) == pytest.approx((1 + 5 / 6 + 5 / 9) / 5)
@@ -208,6 +232,7 @@ def test_fbeta_by_hand():
         fbeta(PROBS, TARGETS * 2)
 
 
+@pytest.mark.one_backend  # numpy only
 def test_fbeta_matches_sklearn_definition_on_random_data():
     rng = np.random.default_rng(0)
     probs = rng.random((200, 6))
@@ -218,6 +243,7 @@ def test_fbeta_matches_sklearn_definition_on_random_data():
     assert interp.fbeta(2) == pytest.approx(fbeta(probs, targets, threshold=0.3))
 
 
+@pytest.mark.one_backend  # numpy only
 def test_opt_th_global_and_per_class():
     # fast.ai's planet.opt_th: argmax of F2 over a grid; ties -> lowest.
     ths = np.arange(0.05, 0.95, 0.01)
@@ -264,7 +290,7 @@ def test_samples_fbeta_keras_metric_matches_numpy():
 # ----------------------------------------------------------------- learner
 
 
-def test_multi_label_conv_learner(mosaics, tmp_path, hymenoptera):
+def test_multi_label_conv_learner(mosaics, tmp_path, tiny_data):
     data = _tiny_csv_data(mosaics)
     learn = ConvLearner.pretrained("tiny_cnn", data, weights=None)
     assert learn.is_multi
@@ -300,9 +326,8 @@ def test_multi_label_conv_learner(mosaics, tmp_path, hymenoptera):
     learn.freeze()
     learn.fit(1e-2, 1, verbose=0)
     assert learn.predict()[0].shape == (16, 4)
-    single = ImageClassifierData.from_paths(hymenoptera, batch_size=16, tfms=tfms_from_model("tiny_cnn", 32))
     with pytest.raises(ValueError, match="same classes|same kind"):
-        learn.set_data(single)
+        learn.set_data(tiny_data)  # single-label ants/bees
 
 
 # ------------------------------------------------------------ end to end

@@ -1,10 +1,13 @@
-"""Tests for kertransfer.report on a realistic run folder of real photos."""
+"""Tests for kertransfer.report on a realistic run folder.
+
+The run's validation images are small synthetic JPEGs. kertransfer.report is
+numpy, pandas and matplotlib: these tests run in the TensorFlow pass only.
+"""
 
 import base64
 import html.parser
 import io
 import json
-import pathlib
 import re
 import shutil
 import subprocess
@@ -20,9 +23,10 @@ from PIL import Image  # noqa: E402
 
 from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
 from kertransfer.report import write_report  # noqa: E402
+from conftest import write_synthetic_images  # noqa: E402
 
-DATA = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
-VALID = DATA / "dogscats" / "valid"
+pytestmark = pytest.mark.one_backend
+
 CLASSES = ["cats", "dogs"]
 PER_CLASS = 12
 # Hand-made predictions on 12 cats then 12 dogs. Plain: cats 2 and 5 and
@@ -51,14 +55,21 @@ def _save_png(path, ys, title):
     plt.close(fig)
 
 
+@pytest.fixture(scope="module")
+def valid_dir(tmp_path_factory):
+    return write_synthetic_images(
+        tmp_path_factory.mktemp("valid"), {name: PER_CLASS for name in CLASSES},
+        size=96, formats=("jpg",))
+
+
 @pytest.fixture
-def run_dir(tmp_path):
+def run_dir(tmp_path, valid_dir):
     run = tmp_path / "run"
     run.mkdir()
     paths = []
     for name in CLASSES:
-        files = sorted((VALID / name).glob("*.jpg"))[100:100 + PER_CLASS]
-        assert len(files) == PER_CLASS, f"expected photos in {VALID / name}"
+        files = sorted((valid_dir / name).glob("*.jpg"))
+        assert len(files) == PER_CLASS, f"expected images in {valid_dir / name}"
         paths += [str(p) for p in files]
     probs, targets = _probs(PLAIN_WRONG)
     tta_probs, _ = _probs(TTA_WRONG)

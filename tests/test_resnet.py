@@ -69,6 +69,8 @@ def test_parameter_counts_equal_torchvision(arch):
     assert _trainable_params(model) == TORCHVISION_PARAMS[arch]
 
 
+# The PyTorch reference alone: no Keras backend involved.
+@pytest.mark.one_backend
 def test_reference_parameter_counts_equal_torchvision():
     for arch in ("resnet18", "resnext50_32x4d"):
         reference = make_reference(arch)
@@ -114,6 +116,9 @@ def test_softmax_output_is_probabilities(tmp_path):
     np.testing.assert_allclose(_run(model, pixels), expected, atol=1e-6)
 
 
+# Reading .safetensors is numpy; the converted numerics run on every backend
+# in test_logits_match_pytorch_reference.
+@pytest.mark.one_backend
 def test_timm_safetensors_layout(tmp_path):
     safetensors_numpy = pytest.importorskip(
         "safetensors.numpy", reason="reading .safetensors needs safetensors"
@@ -136,6 +141,9 @@ def test_timm_safetensors_layout(tmp_path):
     np.testing.assert_allclose(_run(model, pixels), expected, atol=1e-4)
 
 
+# Keras saving, not backend code; grouped convolutions' numerics run on every
+# backend in test_logits_match_pytorch_reference[resnext50_32x4d].
+@pytest.mark.one_backend
 def test_keras_file_round_trip_with_grouped_convolutions(tmp_path):
     model = resnet.build_resnet(
         (1, 1, 1, 1), cardinality=4, base_width=4, include_top=True
@@ -148,6 +156,8 @@ def test_keras_file_round_trip_with_grouped_convolutions(tmp_path):
     assert isinstance(reloaded.get_layer("preprocess"), ImagePreprocessing)
 
 
+# Keras saving, not backend code.
+@pytest.mark.one_backend
 def test_weights_h5_round_trip(tmp_path):
     model = resnet.resnet18(weights=None, input_shape=(32, 32, 3))
     path = tmp_path / "resnet18.weights.h5"
@@ -169,6 +179,7 @@ def _network_down(seen_timeouts):
     return get_file
 
 
+@pytest.mark.one_backend
 def test_offline_imagenet_fails_fast_with_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     seen_timeouts = []
@@ -184,6 +195,8 @@ def test_offline_imagenet_fails_fast_with_clear_message(tmp_path, monkeypatch):
     assert socket.getdefaulttimeout() == before
 
 
+# Download cache and conversion cache: file handling, backend-independent.
+@pytest.mark.one_backend
 def test_imagenet_weights_come_from_cache_and_are_converted_once(
     tmp_path, monkeypatch
 ):
@@ -210,6 +223,7 @@ def test_imagenet_weights_come_from_cache_and_are_converted_once(
     np.testing.assert_array_equal(_run(again, pixels), _run(model, pixels))
 
 
+@pytest.mark.one_backend
 def test_corrupt_cached_download_is_reported(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
     pth = tmp_path / "models" / "resnet18-f37072fd.pth"
@@ -226,6 +240,8 @@ def _tiny_pair(num_classes=1000):
     return model, state
 
 
+# The state-dict checks are numpy.
+@pytest.mark.one_backend
 def test_conversion_reports_missing_and_unexpected_keys():
     model, state = _tiny_pair()
     del state["layer2.0.bn1.running_var"]
@@ -237,6 +253,7 @@ def test_conversion_reports_missing_and_unexpected_keys():
     assert "unexpected keys ['layer2.0.conv3.weight']" in message
 
 
+@pytest.mark.one_backend
 def test_conversion_reports_shape_mismatch_and_changes_nothing():
     model, state = _tiny_pair(num_classes=10)
     before = [keras.ops.convert_to_numpy(w) for w in model.weights]
@@ -246,6 +263,7 @@ def test_conversion_reports_shape_mismatch_and_changes_nothing():
     assert all(np.array_equal(a, b) for a, b in zip(before, after))
 
 
+@pytest.mark.one_backend
 def test_conversion_strips_data_parallel_prefix():
     model, state = _tiny_pair()
     state = {f"module.{k}": v for k, v in state.items()}
@@ -255,6 +273,7 @@ def test_conversion_strips_data_parallel_prefix():
     )
 
 
+@pytest.mark.one_backend
 def test_bad_weights_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         resnet.resnet18(weights=tmp_path / "missing.pth")
@@ -268,6 +287,8 @@ def test_bad_weights_arguments(tmp_path):
         resnet.build_resnet((2, 2, 2, 2), block="basic", cardinality=32)
 
 
+# Layer names and groups.
+@pytest.mark.one_backend
 @pytest.mark.parametrize("arch", ["resnet18", "resnext50_32x4d"])
 def test_layer_groups_cover_every_weighted_layer(arch):
     spec = get_backbone(arch)
@@ -282,6 +303,7 @@ def test_layer_groups_cover_every_weighted_layer(arch):
     assert model.output_shape == (None, 1, 1, 512 if arch == "resnet18" else 2048)
 
 
+@pytest.mark.one_backend
 def test_registry_entries():
     assert set(TORCHVISION_PARAMS) <= set(list_backbones())
     assert "download.pytorch.org" in get_backbone("resnet34").weights_note

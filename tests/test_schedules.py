@@ -8,6 +8,11 @@ from kertransfer import schedules
 from kertransfer.callbacks import raw_batch_losses
 from kertransfer.recorder import suggest_lrs
 
+# schedules, raw_batch_losses and suggest_lrs are numpy: the TensorFlow pass
+# checks them (the SGDR callback itself runs on every backend in
+# test_callbacks.py).
+pytestmark = pytest.mark.one_backend
+
 
 @pytest.mark.parametrize(
     "n_cycle,cycle_len,cycle_mult,expected",

@@ -47,6 +47,7 @@ def test_fits_write_loss_metrics_and_group_lrs(tiny_data, tmp_path):
     assert not any(k.startswith("lr_") for row in learn.history for k in row)
 
 
+@pytest.mark.one_backend  # argument parsing
 def test_cli_tensorboard_flag_reaches_train_config(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["train", str(tmp_path), "--tensorboard"])
@@ -56,6 +57,7 @@ def test_cli_tensorboard_flag_reaches_train_config(tmp_path):
     assert _config(parser.parse_args(["train", str(tmp_path)])).tensorboard is None
 
 
+@pytest.mark.one_backend  # an import check, before any backend code
 def test_missing_tensorflow_is_a_clear_error(monkeypatch, tmp_path):
     real = importlib.util.find_spec
     monkeypatch.setattr(

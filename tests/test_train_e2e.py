@@ -50,7 +50,7 @@ def test_main_job_on_hymenoptera(hymenoptera, tmp_path):
 # `train()` is backend-independent; the rule itself (KeepBestWeights) is
 # tested on every backend in test_callbacks.py.
 @pytest.mark.one_backend
-def test_main_job_keeps_the_head_when_fine_tuning_diverges(hymenoptera, tmp_path, monkeypatch):
+def test_main_job_keeps_the_head_when_fine_tuning_diverges(synthetic_folder, tmp_path, monkeypatch):
     # An absurd unfrozen LR wrecks every unfrozen epoch: the run must come
     # back to the weights it had before unfreezing, not keep the wreck.
     import kertransfer.train as train_module
@@ -58,7 +58,7 @@ def test_main_job_keeps_the_head_when_fine_tuning_diverges(hymenoptera, tmp_path
     chosen = iter([1e-2, 50.0])
     monkeypatch.setattr(train_module, "_choose_lr", lambda *a, **k: next(chosen))
     config = TrainConfig(arch="tiny_cnn", image_size=32, batch_size=16, weights=None, head_epochs=1, aug_epochs=1, unfrozen_cycles=1, n_aug=1, seed=0)
-    metrics = train(hymenoptera, tmp_path / "run", config, verbose=0)
+    metrics = train(synthetic_folder, tmp_path / "run", config, verbose=0)
     with open(tmp_path / "run" / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["stage"] for r in rows] == ["head_precomputed", "head_augmented", "unfrozen"]
@@ -70,6 +70,8 @@ def test_main_job_keeps_the_head_when_fine_tuning_diverges(hymenoptera, tmp_path
     assert metrics["valid_loss"] == pytest.approx(float(rows[1]["val_loss"]), rel=1e-4)
 
 
+# The CLI's argument handling is backend-independent.
+@pytest.mark.one_backend
 def test_cli_reports_bad_data_clearly(tmp_path, capsys):
     (tmp_path / "valid" / "a").mkdir(parents=True)
     assert main(["train", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"]) == 2
@@ -77,8 +79,9 @@ def test_cli_reports_bad_data_clearly(tmp_path, capsys):
     assert "No training folder" in err and str(tmp_path / "train") in err
 
 
-def test_cli_unknown_arch(tmp_path, hymenoptera, capsys):
-    assert main(["train", str(hymenoptera), "--arch", "resnet9000", "--out", str(tmp_path), "--quiet"]) == 2
+@pytest.mark.one_backend
+def test_cli_unknown_arch(tmp_path, synthetic_folder, capsys):
+    assert main(["train", str(synthetic_folder), "--arch", "resnet9000", "--out", str(tmp_path), "--quiet"]) == 2
     assert "Unknown backbone arch='resnet9000'" in capsys.readouterr().err
 
 
@@ -124,6 +127,7 @@ def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path):
     assert {row["status"] for row in rows} == {"ok"}
 
 
+@pytest.mark.one_backend
 def test_cli_bn_freeze_flag_reaches_train_config(tmp_path):
     from kertransfer.cli import _config, build_parser
 
