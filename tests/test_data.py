@@ -13,6 +13,7 @@ def _tfms(size=32):
     return tfms_from_model("tiny_cnn", size)
 
 
+@pytest.mark.one_backend
 def test_hymenoptera_layout_and_its_mess(hymenoptera):
     data = ImageClassifierData.from_paths(hymenoptera, batch_size=16, tfms=_tfms())
     assert data.classes == ["ants", "bees"]
@@ -37,6 +38,7 @@ def _make_folder(root, layout):
     return root
 
 
+@pytest.mark.one_backend
 def test_undecodable_file_is_skipped_and_reported(tmp_path):
     root = _make_folder(tmp_path, {"train/a": 4, "train/b": 4, "valid/a": 2, "valid/b": 2})
     bad = root / "train" / "a" / "broken.jpg"
@@ -51,18 +53,21 @@ def test_undecodable_file_is_skipped_and_reported(tmp_path):
     assert sum(len(batches[i][1]) for i in range(len(batches))) == 8
 
 
+@pytest.mark.one_backend
 def test_missing_train_folder(tmp_path):
     (tmp_path / "valid" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="No training folder .*train"):
         ImageClassifierData.from_paths(tmp_path, tfms=_tfms())
 
 
+@pytest.mark.one_backend
 def test_valid_class_not_in_train(tmp_path):
     root = _make_folder(tmp_path, {"train/a": 2, "train/b": 2, "valid/a": 1, "valid/zebra": 1})
     with pytest.raises(ValueError, match="zebra"):
         ImageClassifierData.from_paths(root, tfms=_tfms())
 
 
+@pytest.mark.one_backend
 def test_empty_class_folder(tmp_path):
     root = _make_folder(tmp_path, {"train/a": 2, "valid/a": 1})
     (root / "train" / "empty").mkdir()
@@ -70,6 +75,7 @@ def test_empty_class_folder(tmp_path):
         ImageClassifierData.from_paths(root, tfms=_tfms())
 
 
+@pytest.mark.one_backend
 def test_val_pct_split_is_seeded_and_disjoint(tmp_path):
     root = _make_folder(tmp_path, {"train/a": 10, "train/b": 10})
     d1 = ImageClassifierData.from_paths(root, tfms=_tfms(), val_pct=0.25, seed=1)
@@ -93,6 +99,7 @@ def test_resize_keeps_splits(tiny_data):
     assert bigger.valid_batches()[0][0].shape[1:] == (48, 48, 3)
 
 
+@pytest.mark.one_backend
 def test_transforms_reject_bad_args():
     with pytest.raises(ValueError, match="image_size"):
         ImageTransforms(0)

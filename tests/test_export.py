@@ -661,7 +661,15 @@ def test_model_trained_under_other_backend_exports(backend, tmp_path):
     rows = {row["name"]: row for row in report["artifacts"]}
     assert rows["saved_model:predict_images"]["top1_agreement"] == 1.0
     assert rows["tflite:float32"]["top1_agreement"] == 1.0
-    assert rows["tflite:int8"]["top1_agreement"] >= 0.99
-    assert report["passed"], rows
+    for name, row in rows.items():
+        if name != "tflite:int8":
+            assert row["passed"], row
+    # int8's agreement target is checked on the `run` fixture's model. This
+    # one saw 8 photos for one epoch: its probabilities sit at 0.5, so a
+    # 0.002 change flips one of the 8 (measured 2026-12-03, JAX and torch:
+    # 7/8 agree, max |dp| 0.0021 and 0.0022).
+    int8 = rows["tflite:int8"]
+    assert int8["size_ratio"] <= int8["targets"]["size_ratio"], int8
+    assert int8["max_abs_prob_diff"] <= 0.02, int8
     assert os.path.isdir(os.path.join(run_dir, "export", "serving",
                                       "kertransfer", "1"))

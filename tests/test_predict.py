@@ -65,6 +65,7 @@ def _photos_data(photos):
         )
 
 
+@pytest.mark.one_backend
 def test_find_images_searches_folders_and_reports_missing(photos, tmp_path):
     (tmp_path / "notes.txt").write_text("not searched for")
     (tmp_path / "sub").mkdir()
@@ -155,6 +156,7 @@ def test_nothing_predictable_exits_nonzero(trained, photos, tmp_path, capsys):
     assert len(pd.read_csv(out_csv)) == 2
 
 
+@pytest.mark.one_backend
 def test_run_dir_without_model(photos, tmp_path, capsys):
     (tmp_path / "metrics.json").write_text('{"classes": ["ants", "bees"]}')
     assert main(["predict", str(tmp_path), str(photos / "valid")]) == 2
@@ -173,6 +175,7 @@ def test_top_k_larger_than_classes(trained, photos, capsys):
         main(["predict", str(run), str(photos / "valid"), "--top-k", "0"])
 
 
+@pytest.mark.one_backend
 def test_metrics_without_classes(trained, tmp_path, photos, capsys):
     run, _ = trained
     shutil.copy(run / "model.keras", tmp_path / "model.keras")

@@ -60,6 +60,7 @@ def test_tta_averages_any_probabilities(tiny_data):
     assert not np.allclose(probs.sum(1), 1)
 
 
+@pytest.mark.one_backend
 def test_tta_rejects_bad_beta(tiny_data):
     learn = _learner(tiny_data)
     with pytest.raises(ValueError, match=r"beta.*\[0, 1\]"):
