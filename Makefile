@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo
+	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo --overwrite
 
 # Unit tests on all three backends, the end-to-end tests once (TensorFlow).
 # `make test` runs its passes two at a time (-j2, one per core), longest

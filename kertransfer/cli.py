@@ -82,6 +82,11 @@ def _train_args(p):
         "batch); auto = memory up to 2 GB of decoded images, else none (default auto)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run in --out if there is one (default: refuse a folder holding a run)",
+    )
 
 
 def _config(args):
@@ -207,16 +212,20 @@ def main(argv=None):
 
             print(write_report(args.run_dir))
             return 0
+        from kertransfer.run_folder import check_out_dir
+        from kertransfer.train import train
+
+        config = _config(args)
         if args.command == "demo":
             from kertransfer.datasets import untar_data
 
+            check_out_dir(args.out, args.overwrite, flag="--overwrite")  # before any download
             data_dir = untar_data(args.dataset)
         else:
             data_dir = args.data_dir
         out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(data_dir)))
-        from kertransfer.train import train
-
-        train(data_dir, out, _config(args), verbose=0 if args.quiet else 1)
+        check_out_dir(out, args.overwrite, flag="--overwrite")
+        train(data_dir, out, config, verbose=0 if args.quiet else 1, overwrite=args.overwrite)
     except (OSError, ValueError, ImportError) as e:  # OSError: FileNotFoundError, CSV
         print(f"kertransfer: error: {e}", file=sys.stderr)
         return 2

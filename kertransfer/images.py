@@ -36,6 +36,8 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
+from kertransfer.run_folder import atomic_path
+
 __all__ = [
     "DEFAULT_CROP_PCT",
     "IMAGE_EXTENSIONS",
@@ -148,7 +150,7 @@ class Framing:
     def save(self, folder):
         """Writes `preprocessing.json` into `folder`; returns its path."""
         path = os.path.join(os.fspath(folder), PREPROCESSING_FILE)
-        with open(path, "w") as f:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             json.dump(self.to_dict(), f, indent=2)
         return path
 

@@ -35,6 +35,7 @@ import pandas as pd
 
 from kertransfer.interpret import ClassificationInterpretation
 from kertransfer.interpret import cross_entropy
+from kertransfer.run_folder import atomic_path
 
 __all__ = ["write_report"]
 
@@ -567,5 +568,6 @@ def write_report(run_dir, filename="report.html", num_images=4,
         "</html>",
     ])
     path = run_dir / filename
-    path.write_text(document, encoding="utf-8")
+    with atomic_path(path) as tmp:
+        pathlib.Path(tmp).write_text(document, encoding="utf-8")
     return path

@@ -12,6 +12,8 @@ from kertransfer.callbacks import TensorBoardLogger
 from kertransfer.data import ImageClassifierData
 from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
+from kertransfer.run_folder import atomic_path
+from kertransfer.run_folder import check_out_dir
 from kertransfer.transforms import tfms_from_model
 
 __all__ = ["train", "TrainConfig"]
@@ -117,7 +119,8 @@ def _trainable_group_names(learn):
 def _savefig(ax_or_fig, path):
     fig = getattr(ax_or_fig, "figure", ax_or_fig)
     fig.tight_layout()
-    fig.savefig(path, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -173,7 +176,7 @@ def _plot_losses(history, path):
     _savefig(ax, path)
 
 
-def train(data_dir, out_dir, config=None, verbose=1):
+def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
     """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
 
     Steps: (1) precompute=True; (2) `lr_find`, choose the LR (min/10,
@@ -194,21 +197,28 @@ def train(data_dir, out_dir, config=None, verbose=1):
 
     Args:
         data_dir: fast.ai-layout folder (`train/<class>/*`, `valid|val/...`).
-        out_dir: run folder (created).
+        out_dir: run folder (created). Every file is written under a
+            temporary name and renamed into place
+            (`kertransfer.run_folder.atomic_path`): a run killed while
+            saving leaves the previous files whole.
         config: `TrainConfig`.
         verbose: 1 shows Keras progress bars.
+        overwrite: allow an `out_dir` that already holds a run; its files
+            are replaced as the new run writes them.
 
     Returns:
         The metrics dict (also in `metrics.json`).
 
     Raises:
+        FileExistsError: if `out_dir` holds a run and `overwrite` is False
+            (checked before any data is read).
         ImportError: with `config.tensorboard` but no TensorFlow/TensorBoard.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     config = config or TrainConfig()
-    os.makedirs(out_dir, exist_ok=True)
+    check_out_dir(out_dir, overwrite)
     wall = time.time()
     stage_seconds = {}
 
@@ -339,27 +349,29 @@ def train(data_dir, out_dir, config=None, verbose=1):
     say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
 
     # Write the run folder.
-    learn.save(os.path.join(out_dir, "model.keras"))
+    with atomic_path(os.path.join(out_dir, "model.keras")) as tmp:
+        learn.save(tmp)
     # How a photo becomes a model input: read by predict, export, serving.
     data.valid_tfms.framing.save(out_dir)
-    np.savez(
-        os.path.join(out_dir, "predictions.npz"),
-        probs=probs,
-        tta_probs=tta_probs,
-        targets=targets,
-        paths=np.asarray([os.path.abspath(p) for p in data.valid_paths]),
-    )
+    with atomic_path(os.path.join(out_dir, "predictions.npz")) as tmp:
+        np.savez(
+            tmp,
+            probs=probs,
+            tta_probs=tta_probs,
+            targets=targets,
+            paths=np.asarray([os.path.abspath(p) for p in data.valid_paths]),
+        )
     fields = sorted({k for row in learn.history for k in row}, key=lambda k: (k not in ("epoch", "stage"), k))
-    with open(os.path.join(out_dir, "history.csv"), "w", newline="") as f:
+    with atomic_path(os.path.join(out_dir, "history.csv")) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(learn.history)
-    with open(os.path.join(out_dir, "lr_find.json"), "w") as f:
+    with atomic_path(os.path.join(out_dir, "lr_find.json")) as tmp, open(tmp, "w") as f:
         json.dump({"head": finder.to_dict(), "unfrozen": finder2.to_dict(), "chosen": {"head": lr, "unfrozen": lr2}}, f)
     _plot_schedules(records, os.path.join(out_dir, "lr_schedule.png"))
     _plot_losses(learn.history, os.path.join(out_dir, "loss.png"))
     metrics["wall_seconds"] = round(time.time() - wall, 1)
-    with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    with atomic_path(os.path.join(out_dir, "metrics.json")) as tmp, open(tmp, "w") as f:
         json.dump(metrics, f, indent=2)
     from kertransfer.report import write_report
 
