@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 
 from kertransfer.cli import main
-from kertransfer.run_folder import atomic_path
-from kertransfer.run_folder import check_out_dir
+from kertransfer.run_folder import atomic_path, check_out_dir
 
 pytestmark = pytest.mark.one_backend
 
@@ -47,12 +46,11 @@ def test_cli_refuses_before_reading_any_image(tmp_path, capsys):
 def test_atomic_path_leaves_the_old_file_on_failure(tmp_path):
     path = tmp_path / "metrics.json"
     path.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_path(path) as tmp:
-            assert tmp.endswith(".json") and os.path.dirname(tmp) == str(tmp_path)
-            with open(tmp, "w") as f:
-                f.write("half")
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        assert tmp.endswith(".json") and os.path.dirname(tmp) == str(tmp_path)
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("killed")
     assert path.read_text() == "old"
     assert os.listdir(tmp_path) == ["metrics.json"]  # the temporary file is gone
     with atomic_path(path) as tmp, open(tmp, "w") as f:
