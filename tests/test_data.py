@@ -54,6 +54,32 @@ def test_undecodable_file_is_skipped_and_reported(tmp_path):
 
 
 @pytest.mark.one_backend
+def test_broken_links_and_sub_folders_are_listed_not_dropped(tmp_path):
+    root = _make_folder(tmp_path, {"train/a": 3, "train/b": 3, "valid/a": 1, "valid/b": 1})
+    os.symlink(tmp_path / "gone.jpg", root / "train" / "a" / "link.jpg")
+    nested = root / "valid" / "b" / "more"
+    nested.mkdir()
+    shutil.copy(root / "valid" / "b" / "img0.jpg", nested / "img9.jpg")
+    with pytest.warns(UserWarning, match="Skipped 2 file") as rec:
+        data = ImageClassifierData.from_paths(root, batch_size=4, tfms=_tfms())
+    reasons = dict(data.skipped)
+    assert "broken symbolic link" in reasons[str(root / "train" / "a" / "link.jpg")]
+    assert "folder inside a class folder" in reasons[str(nested)]
+    assert str(nested) in str(rec[0].message)
+    assert len(data.train_paths) == 6 and len(data.valid_paths) == 2
+
+
+@pytest.mark.one_backend
+def test_a_class_with_no_readable_training_image_is_an_error(tmp_path):
+    root = _make_folder(tmp_path, {"train/a": 3, "valid/a": 1, "valid/b": 1})
+    (root / "train" / "b").mkdir()
+    for i in range(2):
+        (root / "train" / "b" / f"bad{i}.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(ValueError, match=r"No readable training image for class\(es\) \['b'\].*bad0\.jpg"):
+        ImageClassifierData.from_paths(root, tfms=_tfms())
+
+
+@pytest.mark.one_backend
 def test_missing_train_folder(tmp_path):
     (tmp_path / "valid" / "a").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="No training folder .*train"):

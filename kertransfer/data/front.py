@@ -42,6 +42,20 @@ def _fingerprint(paths, *extra):
     return digest.hexdigest()
 
 
+def _check_every_class_trains(classes, source, split, bad):
+    """Raises if a class lost all its training images to unreadable files."""
+    counts = np.bincount(split.labels, minlength=len(classes))
+    listed = np.bincount(np.asarray(source[1]), minlength=len(classes))
+    empty = [c for c, n, m in zip(classes, counts, listed) if n == 0 and m > 0]
+    if empty:
+        examples = [p for p, _ in bad if any(os.sep + c + os.sep in p for c in empty)][:3]
+        raise ValueError(
+            f"No readable training image for class(es) {empty}: all their files were "
+            f"skipped as unreadable, e.g. {examples or bad[:3]}. Replace them with "
+            "images, or remove the class."
+        )
+
+
 class ImageClassifierData:
     """Training/validation(/test) images of a classification task.
 
@@ -179,7 +193,7 @@ class ImageClassifierData:
                 f"folder name) or Keras's layout {path}/<class>/*.jpg (val_pct of "
                 "the images held out)."
             )
-        trn_paths, trn_labels, classes = sources.read_split(trn_dir)
+        trn_paths, trn_labels, classes, listed_skipped = sources.read_split(trn_dir)
         if keras_layout:
             val_name = None
             if test_name is not None and test_name in classes:
@@ -197,9 +211,10 @@ class ImageClassifierData:
                 f"Validation folder not found: {os.path.join(path, val_name)}"
             )
         if val_name is not None:
-            val_paths, val_labels, _ = sources.read_split(
+            val_paths, val_labels, _, bad = sources.read_split(
                 os.path.join(path, val_name), classes
             )
+            listed_skipped += bad
         else:
             if not 0 < val_pct < 1:
                 raise ValueError(
@@ -226,7 +241,8 @@ class ImageClassifierData:
             "test": (test_paths, None) if test_paths is not None else None,
         }
         data = cls._load(
-            path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget
+            path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget,
+            listed_skipped=listed_skipped,
         )
         data.oversample = bool(oversample)
         return data
@@ -364,7 +380,7 @@ class ImageClassifierData:
         )
 
     @classmethod
-    def _load(cls, path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget, store=None, allow_empty=False, warn=True):
+    def _load(cls, path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget, store=None, allow_empty=False, warn=True, listed_skipped=()):
         workers = num_workers or os.cpu_count() or 1
         total = sum(len(source[0]) for source in split_sources.values() if source is not None)
         if store is None:
@@ -373,7 +389,7 @@ class ImageClassifierData:
             "%d images, cache=%s (%s)", total, store.kind,
             "decoding all now" if store.kind == "memory" else "checking headers",
         )
-        splits, skipped = {}, []
+        splits, skipped = {}, list(listed_skipped)
         for name, source in split_sources.items():
             if source is None:
                 continue
@@ -383,6 +399,8 @@ class ImageClassifierData:
                     f"None of the {len(source[0])} {name} files under {path} "
                     f"could be read as images, e.g. {bad[:1]}."
                 )
+            if name == "train" and split.labels is not None and split.labels.ndim == 1:
+                _check_every_class_trains(classes, source, split, bad)
             splits[name] = split
             skipped += bad
         if skipped and warn:

@@ -18,11 +18,27 @@ from kertransfer.images import is_image_name
 
 
 def list_files(folder):
-    return sorted(
-        os.path.join(folder, f)
-        for f in os.listdir(folder)
-        if not f.startswith(".") and os.path.isfile(os.path.join(folder, f))
-    )
+    """`(files, skipped)` of a class folder, both sorted.
+
+    `files` are the regular files (symbolic links followed); hidden entries
+    (a leading `.`) are ignored. `skipped` is `[(path, reason)]` for what
+    cannot be used and must not vanish silently: broken symbolic links and
+    sub-folders (their files are not searched).
+    """
+    files, skipped = [], []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith("."):
+            continue
+        path = os.path.join(folder, name)
+        if os.path.isfile(path):
+            files.append(path)
+        elif os.path.islink(path) and not os.path.exists(path):
+            skipped.append((path, f"broken symbolic link (to {os.readlink(path)!r})"))
+        elif os.path.isdir(path):
+            skipped.append((path, "a folder inside a class folder: its files are not used"))
+        else:
+            skipped.append((path, "not a regular file"))
+    return files, skipped
 
 
 def class_folders(split_dir):
@@ -34,7 +50,11 @@ def class_folders(split_dir):
 
 
 def read_split(split_dir, classes=None):
-    """Returns `(paths, labels, classes)` of a `split/<class>/*` folder."""
+    """Returns `(paths, labels, classes, skipped)` of a `split/<class>/*` folder.
+
+    `skipped` lists `[(path, reason)]` entries of the class folders that are
+    not files (`list_files`).
+    """
     found = class_folders(split_dir)
     if not found:
         raise ValueError(
@@ -51,17 +71,19 @@ def read_split(split_dir, classes=None):
                 f"folder does not have (training classes: {classes}). Rename "
                 "or remove them, or add training images for them."
             )
-    paths, labels = [], []
+    paths, labels, skipped = [], [], []
     for c in found:
-        files = list_files(os.path.join(split_dir, c))
+        files, bad = list_files(os.path.join(split_dir, c))
+        skipped += bad
         if not files:
             raise ValueError(
-                f"Class folder {os.path.join(split_dir, c)} is empty. Add "
-                "images to it or remove it."
+                f"Class folder {os.path.join(split_dir, c)} is empty"
+                + (f" (nothing usable: {bad[:3]})" if bad else "")
+                + ". Add images to it or remove it."
             )
         paths += files
         labels += [classes.index(c)] * len(files)
-    return paths, np.asarray(labels, dtype="int32"), classes
+    return paths, np.asarray(labels, dtype="int32"), classes, skipped
 
 
 def random_split(n, val_pct, seed):
@@ -78,7 +100,7 @@ def test_paths(path, test_name):
     test_dir = os.path.join(path, test_name)
     if not os.path.isdir(test_dir):
         raise FileNotFoundError(f"Test folder not found: {test_dir}")
-    return list_files(test_dir)
+    return list_files(test_dir)[0]
 
 
 def csv_row_names(rows, ids, limit=10):
