@@ -148,7 +148,8 @@ def main():
     def get_data(size):
         tfms = tfms_from_model(ARCH, size, aug_tfms=transforms_top_down, max_zoom=1.05)
         return ImageClassifierData.from_csv(
-            path, folder, csv, val_idxs=val_idxs, suffix=".jpg", tfms=tfms, batch_size=bs
+            path, folder, csv, val_idxs=val_idxs, suffix=".jpg", tfms=tfms, batch_size=bs,
+            multi_label=True,  # Planet's tags are space-separated
         )
 
     data = get_data(sizes[0])

@@ -138,9 +138,45 @@ def test_from_csv_no_header_and_whole_cell_labels(tmp_path):
                                         skip_header=False, val_idxs=[0, 5], cat_separator=None)
     assert not data.is_multi and data.classes == ["big dog", "small cat"]
     assert len(data.train_paths) == 4 and len(data.valid_paths) == 2
+    same = ImageClassifierData.from_csv(tmp_path, "train", "nohead.csv", suffix=".jpg", tfms=tfms,
+                                        skip_header=False, val_idxs=[0, 5], multi_label=False)
+    assert same.classes == data.classes and same.train_labels.tolist() == data.train_labels.tolist()
+    # Inferred, "small cat" could be one label or two tags: 'small' never
+    # occurs without 'cat'. It is refused, naming the row and the arguments.
+    with pytest.raises(ValueError, match=r"is 'small cat' \(row 0 \(id 'cat_1'\)\) one label(.|\n)*multi_label=False"):
+        ImageClassifierData.from_csv(tmp_path, "train", "nohead.csv", suffix=".jpg", tfms=tfms,
+                                     skip_header=False, val_idxs=[0, 5])
     split = ImageClassifierData.from_csv(tmp_path, "train", "nohead.csv", suffix=".jpg", tfms=tfms,
-                                         skip_header=False, val_idxs=[0, 5])
+                                         skip_header=False, val_idxs=[0, 5], multi_label=True)
     assert split.is_multi and split.classes == ["big", "cat", "dog", "small"]
+
+
+@pytest.mark.one_backend
+def test_from_csv_refuses_misread_labels_headers_and_ids(tmp_path):
+    rows = _kaggle_layout(tmp_path, per_class=3)
+    tfms = tfms_from_model("tiny_cnn", 32)
+
+    def load(text, **kwargs):
+        (tmp_path / "l.csv").write_text(text)
+        return ImageClassifierData.from_csv(tmp_path, "train", "l.csv", suffix=".jpg", tfms=tfms,
+                                            val_idxs=[0, 3], **kwargs)
+
+    comma = 'id,tags\n' + "\n".join(f'{r.split(",")[0]},"{r.split(",")[1]},animal"' for r in rows)
+    with pytest.raises(ValueError, match=r"row 0 \(id 'cat_1'\).*hold ',' .*'cat,animal'(.|\n)*label_delim=','"):
+        load(comma)
+    data = load(comma, label_delim=",")
+    assert data.is_multi and data.classes == ["animal", "cat", "dog"]
+    assert load(comma, multi_label=False).classes == ["cat,animal", "dog,animal"]
+    # No header: the first line names an image, so it is not dropped.
+    with pytest.raises(ValueError, match=r"first line of .*l\.csv names an image \(cat_1\.jpg(.|\n)*skip_header=False"):
+        load("\n".join(rows))
+    assert len(load("\n".join(rows), skip_header=False).train_paths) == 4
+    outside = str(tmp_path / "train" / "cat_1")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.jpg").write_bytes((tmp_path / "train" / "cat_1.jpg").read_bytes())
+    for bad_id in (outside, "../other/x"):
+        with pytest.raises(ValueError, match=r"row 6 .*outside the image folder"):
+            load("id,breed\n" + "\n".join(rows) + f"\n{bad_id},cat\n")
 
 
 @pytest.mark.one_backend

@@ -42,6 +42,9 @@ def _fingerprint(paths, *extra):
     return digest.hexdigest()
 
 
+_UNSET = object()  # an argument not given
+
+
 def _check_every_class_trains(classes, source, split, bad):
     """Raises if a class lost all its training images to unreadable files."""
     counts = np.bincount(split.labels, minlength=len(classes))
@@ -262,21 +265,27 @@ class ImageClassifierData:
         test_name=None,
         val_pct=0.2,
         seed=42,
-        cat_separator=" ",
+        label_delim=" ",
         num_workers=None,
         cache="auto",
         memory_budget=None,
+        multi_label=None,
+        cat_separator=_UNSET,
     ):
         """Reads images named in a CSV of labels (fast.ai v0.7 `from_csv`).
 
         Each CSV row is `file_id,labels`; the image is
-        `path/folder/<file_id><suffix>`. Labels are split on
-        `cat_separator`: Kaggle Planet's `train_v2.csv` (`image_name,tags`,
+        `path/folder/<file_id><suffix>`, inside `path/folder` (ids with
+        `..` or absolute paths are refused). Labels are split on
+        `label_delim`: Kaggle Planet's `train_v2.csv` (`image_name,tags`,
         e.g. `train_0,haze primary`) is multi-label, Kaggle dog breeds'
-        `labels.csv` (`id,breed`) single-label. The data is multi-label
-        (`is_multi`) as soon as one row has other than exactly one label;
-        its targets are then multi-hot float32 `(batch, num_classes)`,
-        otherwise int32 class indices `(batch,)` as with `from_paths`.
+        `labels.csv` (`id,breed`) single-label. With `multi_label=None` the
+        data is multi-label (`is_multi`) as soon as one row has other than
+        exactly one label; its targets are then multi-hot float32
+        `(batch, num_classes)`, otherwise int32 class indices `(batch,)` as
+        with `from_paths`. Readings that could go either way raise instead
+        of guessing (`sources.split_tags`): another separator inside a cell
+        (`ant,insect`), or words that never occur apart (`carpenter ant`).
         Columns after the second are ignored. Undecodable images are
         skipped and reported, as in `from_paths`.
 
@@ -287,7 +296,9 @@ class ImageClassifierData:
             val_idxs: row indices (0 = first row after the header) held out
                 for validation; None holds out a seeded random `val_pct`.
             suffix: appended to each file id, e.g. `".jpg"`.
-            skip_header: the first CSV line is a header.
+            skip_header: the first CSV line is a header. If its file id
+                names an existing image, the file has no header and the
+                call raises rather than drop that row.
             image_size: model input side, pixels (ignored when `tfms` given).
             batch_size: images per batch.
             tfms: `(train_tfms, valid_tfms)` from `tfms_from_model`; default:
@@ -295,8 +306,14 @@ class ImageClassifierData:
             test_name: unlabeled test sub-folder of `path`, or None.
             val_pct: fraction held out when `val_idxs` is None.
             seed: seed of that split.
-            cat_separator: separator of several labels in one cell; None
-                takes each cell as one label (single-label names with spaces).
+            label_delim: separator of several labels in one cell (fast.ai's
+                `label_delim`); None takes each cell as one label.
+            multi_label: None infers it from the cells (see above); True
+                splits every cell on `label_delim` and gives multi-hot
+                targets; False keeps each cell as one label (names with
+                spaces, `carpenter ant`).
+            cat_separator: fast.ai v0.7's name for `label_delim`; when given
+                (None included), it is used instead.
             num_workers: decoding threads (default: CPU count).
             cache, memory_budget: where decoded pixels live, as in
                 `from_paths`.
@@ -308,8 +325,10 @@ class ImageClassifierData:
             FileNotFoundError: if `path`, `folder`, the CSV, the test folder
                 or any listed image file is missing (missing files listed).
             ValueError: on an unreadable CSV, fewer than two columns, a row
-                without file id or without labels, bad `val_idxs` or
-                `val_pct`, or no decodable image in a split.
+                without file id or without labels, a header line that names
+                an image, an id outside `folder`, an ambiguous label cell,
+                bad `val_idxs` or `val_pct`, or no decodable image in a
+                split.
 
         Example:
 
@@ -338,7 +357,29 @@ class ImageClassifierData:
                 f"Image folder not found: {img_dir} (folder={folder!r} is "
                 f"relative to path={path!r})."
             )
-        ids, tags = sources.read_label_csv(csv_path, skip_header, cat_separator)
+        if cat_separator is not _UNSET:
+            label_delim = cat_separator
+        if multi_label not in (None, True, False):
+            raise ValueError(f"multi_label must be None, True or False. Received {multi_label!r}.")
+        ids, tags, header = sources.read_label_csv(csv_path, skip_header, label_delim, multi_label)
+        if header and os.path.isfile(os.path.join(img_dir, f"{header}{suffix}")):
+            raise ValueError(
+                f"The first line of {csv_path} names an image ({header}{suffix} is in "
+                f"{img_dir}), so it is data, not a header; skip_header=True would drop it. "
+                "Pass skip_header=False."
+            )
+        root = os.path.realpath(img_dir)
+        outside = [
+            r for r, i in enumerate(ids)
+            if os.path.isabs(i)
+            or os.path.commonpath([root, os.path.normpath(os.path.join(root, i))]) != root
+        ]
+        if outside:
+            raise ValueError(
+                f"{csv_path}: {sources.csv_row_names(outside, ids)} name files outside "
+                f"the image folder {img_dir} (absolute paths or '..'). File ids are "
+                "names inside folder=; fix or delete those rows."
+            )
         paths = [os.path.join(img_dir, f"{i}{suffix}") for i in ids]
         missing = [r for r, p in enumerate(paths) if not os.path.isfile(p)]
         if missing:
@@ -352,7 +393,7 @@ class ImageClassifierData:
             )
         classes = sorted({t for row in tags for t in row})
         index = {c: i for i, c in enumerate(classes)}
-        if any(len(row) != 1 for row in tags):
+        if multi_label or any(len(row) != 1 for row in tags):
             labels = np.zeros((len(ids), len(classes)), dtype="float32")
             for r, row in enumerate(tags):
                 labels[r, [index[t] for t in row]] = 1.0

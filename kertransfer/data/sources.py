@@ -110,11 +110,13 @@ def csv_row_names(rows, ids, limit=10):
     return ", ".join(names) + more
 
 
-def read_label_csv(csv_path, skip_header, cat_separator):
-    """Reads `file_id,tags` rows; returns `(ids, tags)`, tags as lists.
+def read_label_csv(csv_path, skip_header, label_delim, multi_label=None):
+    """Reads `file_id,tags` rows; returns `(ids, tags, header)`, tags as lists.
 
-    Tags are split on `cat_separator` (None: the whole cell is one label),
-    blanks dropped, duplicates within a row removed.
+    Tags are split on `label_delim` (None, or `multi_label=False`: the
+    whole cell is one label), blanks dropped, duplicates within a row
+    removed. `header` is the first line's first cell when `skip_header`,
+    else None. See `split_tags` for the ambiguities that raise.
     """
     import pandas as pd
 
@@ -140,13 +142,8 @@ def read_label_csv(csv_path, skip_header, cat_separator):
         )
     ids = [s.strip() for s in frame.iloc[:, 0]]
     cells = [s.strip() for s in frame.iloc[:, 1]]
-    if cat_separator is None:
-        tags = [[c] if c else [] for c in cells]
-    else:
-        tags = [
-            list(dict.fromkeys(t.strip() for t in c.split(cat_separator) if t.strip()))
-            for c in cells
-        ]
+    tags = split_tags(cells, ids, csv_path, label_delim, multi_label)
+    header = str(frame.columns[0]).strip() if skip_header else None
     no_id = [r for r, i in enumerate(ids) if not i]
     if no_id:
         raise ValueError(
@@ -171,7 +168,71 @@ def read_label_csv(csv_path, skip_header, cat_separator):
             f"{dupes[:5]}; each row is used as a separate item.",
             stacklevel=3,
         )
-    return ids, tags
+    return ids, tags, header
+
+
+# Characters that separate tags in other people's CSVs.
+_OTHER_DELIMS = (",", ";", "|")
+
+
+def split_tags(cells, ids, csv_path, label_delim, multi_label):
+    """The label cells of a CSV as lists of tags, refusing ambiguous files.
+
+    With `multi_label=False` (or `label_delim=None`) each cell is one label.
+    Otherwise cells are split on `label_delim` (fast.ai's `label_delim`,
+    default a space, as Kaggle Planet's `tags`). Two readings are refused
+    rather than guessed, with the row and the argument to set:
+
+    - a cell holding another common separator (`,` `;` `|`) that
+      `label_delim` would leave inside one label (`'ant,insect'`);
+    - with `multi_label=None` (infer) and the default space, a multi-word
+      cell whose words never occur apart (`'carpenter ant'` in every row
+      that has `carpenter`): one label with a space, or tags that always
+      come together?
+
+    Returns:
+        list of lists of str, one per row.
+
+    Raises:
+        ValueError: on the ambiguities above.
+    """
+    if multi_label is False or label_delim is None:
+        return [[c] if c else [] for c in cells]
+    for other in _OTHER_DELIMS:
+        if other == label_delim:
+            continue
+        rows = [r for r, c in enumerate(cells) if other in c]
+        if rows:
+            raise ValueError(
+                f"{csv_path}: {csv_row_names(rows, ids)} hold {other!r} in the label "
+                f"cell, e.g. {cells[rows[0]]!r} (rows counted from 0 after the header); "
+                f"split on label_delim={label_delim!r} it would stay one label. Pass "
+                f"label_delim={other!r} if it separates tags, or multi_label=False to "
+                "keep each cell as one label."
+            )
+    tags = [
+        list(dict.fromkeys(t.strip() for t in c.split(label_delim) if t.strip()))
+        for c in cells
+    ]
+    if multi_label is None and label_delim == " " and any(len(row) > 1 for row in tags):
+        rows_of, cells_of = {}, {}
+        for r, row in enumerate(tags):
+            for t in row:
+                rows_of.setdefault(t, []).append(r)
+                cells_of.setdefault(t, set()).add(tuple(row))
+        for r, row in enumerate(tags):
+            if len(row) < 2:
+                continue
+            bound = [t for t in row if len(rows_of[t]) >= 2 and len(cells_of[t]) == 1]
+            if bound:
+                raise ValueError(
+                    f"{csv_path}: is {cells[r]!r} ({csv_row_names([r], ids)}) one label "
+                    f"with a space, or the tags {row}? The word {bound[0]!r} never occurs "
+                    f"apart from the others ({len(rows_of[bound[0]])} rows). Pass "
+                    "multi_label=False for one label per cell, or multi_label=True to "
+                    f"split cells on label_delim={label_delim!r}."
+                )
+    return tags
 
 
 def check_val_idxs(val_idxs, n, csv_path):
