@@ -25,6 +25,8 @@ from kertransfer.callbacks import LRFinder
 from kertransfer.callbacks import SGDR
 from kertransfer.callbacks import KeepBestWeights
 from kertransfer.data import FeatureBatches
+from kertransfer.data.cache import load_checked
+from kertransfer.data.cache import write_checksum
 from kertransfer.fbeta_score import SamplesFBetaScore
 from kertransfer.groups import group_optimizer
 from kertransfer.groups import trainable_groups
@@ -36,7 +38,7 @@ from kertransfer.tta import tta_probs
 __all__ = ["ConvLearner", "sgd_momentum"]
 
 # Bumped when the precompute cache's layout or meaning changes.
-_PRECOMPUTE_FORMAT = 2
+_PRECOMPUTE_FORMAT = 3
 
 logger = logging.getLogger(__name__)
 
@@ -269,12 +271,8 @@ class ConvLearner:
         folder = os.path.join(cache_dir(), "precompute")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{self.arch}_{self.data.image_size}_{split}_{key}.npy")
-        feats = None
-        if os.path.isfile(path):
-            try:
-                feats = np.load(path, mmap_mode="r")
-            except (OSError, ValueError) as e:  # truncated or foreign: rebuild
-                logger.warning("Rebuilding the damaged precompute cache %s (%s)", path, e)
+        shape = (len(self.data._splits[split]), self.body_model.output_shape[-1])
+        feats = load_checked(path, shape)  # None when missing or damaged (logged)
         if feats is None:
             logger.info("Precomputing %s activations -> %s", split, path)
             feats = self._compute_activations(split, path)
@@ -282,8 +280,9 @@ class ConvLearner:
                 logger.warning(
                     "Files of the %s split changed while their activations were "
                     "computed; not caching them.", split)
+                feats = np.array(feats)
                 os.remove(path)
-                feats = np.asarray(feats)
+                os.remove(path + ".sum")
         self._features[key] = feats
         return feats
 
@@ -308,6 +307,7 @@ class ConvLearner:
         out.flush()
         del out
         os.replace(tmp, path)
+        write_checksum(path)
         return np.load(path, mmap_mode="r")
 
     # ---------------------------------------------------------- training

@@ -15,6 +15,7 @@ This module imports nothing from the rest of kertransfer.
 
 import contextlib
 import os
+import uuid
 
 # Files whose presence marks a folder as holding a run.
 RUN_FILES = ("model.keras", "metrics.json", "predictions.npz", "history.csv")
@@ -44,7 +45,8 @@ def atomic_path(path):
     path = os.fspath(path)
     folder, name = os.path.split(os.path.abspath(path))
     stem, ext = os.path.splitext(name)
-    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}{ext}")
+    # Unique per process and thread: two writers never share a temporary file.
+    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
     try:
         yield tmp
         os.replace(tmp, path)

@@ -59,9 +59,13 @@ def test_stores_serve_the_decode_path_pixels(tmp_path):
         for store in (ImageStore(37), MemoryStore(37), disk):
             np.testing.assert_array_equal(store.get(path), expected)
     # The disk store wrote one file per image and now reads it memory-mapped.
-    cached = [f for _, _, files in os.walk(tmp_path / "cache") for f in files]
-    assert len(cached) == 4
+    cached = [os.path.join(d, f) for d, _, files in os.walk(tmp_path / "cache") for f in files]
+    assert sorted(os.path.splitext(f)[1] for f in cached) == [".npy"] * 4 + [".sum"] * 4
     assert isinstance(disk.get(paths[0]), np.memmap)
+    # Zeroed pixels under a valid header fail the checksum: decoded again.
+    entry = disk._file(paths[1])
+    np.save(entry, np.zeros_like(np.load(entry)))
+    np.testing.assert_array_equal(disk.get(paths[1]), images.decode_image(paths[1], 37))
     # A changed photo gets a new cache entry, not the stale pixels.
     Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(paths[0])
     os.utime(paths[0], ns=(1, 10**18))
@@ -165,6 +169,55 @@ def test_precompute_cache_is_memory_mapped_and_matches_the_body(tmp_path, monkey
     np.testing.assert_allclose(np.asarray(feats), direct, atol=1e-5)
     learn.fit(1e-2, 1, verbose=0)  # the head trains from FeatureBatches
     assert np.isfinite(learn.history[-1]["loss"])
+
+
+def _damage(path, how):
+    from kertransfer.data.cache import write_checksum
+
+    good = np.load(path)
+    if how == "truncated":
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    elif how == "garbage":
+        open(path, "wb").write(np.random.default_rng(0).bytes(4000))
+    elif how == "zero_bytes":
+        open(path, "wb").close()
+    elif how == "zeroed_data":  # a valid header, the old checksum file
+        np.save(path, np.zeros_like(good))
+    elif how == "pickled":
+        np.save(path, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    elif how == "wrong_shape":  # consistent with its own checksum
+        np.save(path, good[:-1])
+        write_checksum(path)
+    elif how == "no_checksum":
+        os.remove(path + ".sum")
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize(
+    "how", ["truncated", "garbage", "zero_bytes", "zeroed_data", "pickled", "wrong_shape", "no_checksum"]
+)
+def test_a_damaged_precompute_cache_is_logged_and_rebuilt(tmp_path, monkeypatch, caplog, how):
+    from kertransfer.learner import ConvLearner
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    root = _make_folder(str(tmp_path / "data"), per_class=3)
+    data = ImageClassifierData.from_paths(root, batch_size=4, tfms=_tfms(), cache="memory")
+    learn = ConvLearner.pretrained("tiny_cnn", data, precompute=True, weights=None)
+    feats = learn._activations("valid")
+    clean, path = np.array(feats), feats.filename
+    del feats
+    _damage(path, how)
+    learn._features.clear()  # as a new run with the same body would
+    with caplog.at_level("WARNING"):
+        again = learn._activations("valid")
+    assert "Rebuilding the damaged cache file" in caplog.text and path in caplog.text
+    np.testing.assert_allclose(np.asarray(again), clean, atol=1e-6)
+    learn._features.clear()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        np.testing.assert_allclose(np.asarray(learn._activations("valid")), clean, atol=1e-6)
+    assert "damaged" not in caplog.text  # the rebuilt file is whole
 
 
 def test_resize_empties_the_old_memory_store(tmp_path):

@@ -14,10 +14,17 @@ A store turns a file path into the uint8 `(height, width, 3)` array of
 
 `cache="auto"` picks `memory` when the estimated decoded size fits
 `memory_budget` bytes (2 GB by default), else streaming.
+
+Every cached `.npy` (decoded images here, precomputed activations in the
+learner) has a checksum file beside it (`save_checked`, `load_checked`): a
+cache that is truncated, zeroed, garbage or of another shape is logged and
+rebuilt instead of being used.
 """
 
 import concurrent.futures
 import hashlib
+import json
+import logging
 import os
 
 import numpy as np
@@ -25,11 +32,67 @@ import numpy as np
 from kertransfer.images import DECODE_VERSION
 from kertransfer.images import decode_image
 from kertransfer.images import probe_image
+from kertransfer.run_folder import atomic_path
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["CACHE_MODES", "DiskStore", "ImageStore", "MemoryStore", "make_store"]
 
 CACHE_MODES = ("auto", "memory", "disk", None)
 DEFAULT_MEMORY_BUDGET = 2 * 1024**3
+
+
+def _digest(array):
+    h = hashlib.blake2b(digest_size=16)
+    flat = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
+    for start in range(0, flat.size, 1 << 26):  # 64 MB at a time from a memory map
+        h.update(flat[start : start + (1 << 26)])
+    return h.hexdigest()
+
+
+def write_checksum(path):
+    """Writes `<path>.sum` (shape, dtype, BLAKE2 digest) for the `.npy` at `path`."""
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
+    record = {"shape": list(array.shape), "dtype": str(array.dtype), "blake2b": _digest(array)}
+    with atomic_path(path + ".sum") as tmp, open(tmp, "w") as f:
+        json.dump(record, f)
+
+
+def save_checked(path, array):
+    """Saves `array` as `.npy` at `path` (temporary name, then renamed) and its checksum."""
+    with atomic_path(path) as tmp:
+        np.save(tmp, array, allow_pickle=False)
+    write_checksum(path)
+
+
+def load_checked(path, shape=None):
+    """The `.npy` at `path`, memory-mapped, or None if it is missing or damaged.
+
+    Damaged: unreadable header, pickled data, a size that does not match the
+    header, no checksum file, or a checksum, shape or dtype that differs
+    from the one written with it (e.g. zeroed data under a valid header);
+    `shape`, when given, must match too. Damage is logged (warning) and the
+    caller rebuilds the file.
+    """
+    if not os.path.isfile(path):
+        return None
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+        with open(path + ".sum") as f:
+            record = json.load(f)
+        problem = None
+        if shape is not None and tuple(array.shape) != tuple(shape):
+            problem = f"shape {array.shape}, expected {tuple(shape)}"
+        elif [list(array.shape), str(array.dtype)] != [record["shape"], record["dtype"]]:
+            problem = "shape or dtype differs from its checksum file"
+        elif _digest(array) != record["blake2b"]:
+            problem = "checksum mismatch"
+    except (OSError, ValueError, EOFError, KeyError, TypeError) as e:
+        problem = f"{type(e).__name__}: {e}"
+    if problem is None:
+        return array
+    logger.warning("Rebuilding the damaged cache file %s (%s)", path, problem)
+    return None
 
 
 def estimated_bytes(num_images, decode_size):
@@ -114,16 +177,12 @@ class DiskStore(ImageStore):
 
     def get(self, path):
         cached = self._file(path)
-        if os.path.isfile(cached):
-            try:
-                return np.load(cached, mmap_mode="r")
-            except (OSError, ValueError):  # a truncated cache file: rebuild
-                pass
+        array = load_checked(cached)  # None when missing or damaged
+        if array is not None:
+            return array
         array = super().get(path)
         os.makedirs(os.path.dirname(cached), exist_ok=True)
-        tmp = f"{cached}.{os.getpid()}.{id(array)}.tmp.npy"
-        np.save(tmp, array)
-        os.replace(tmp, cached)
+        save_checked(cached, array)
         return array
 
 
