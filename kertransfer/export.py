@@ -45,6 +45,7 @@ from kertransfer.images import IMAGE_EXTENSIONS
 from kertransfer.images import Framing
 from kertransfer.images import find_images
 from kertransfer.images import frame_images
+from kertransfer.run_folder import load_model_file
 
 __all__ = [
     "ExportWarning",
@@ -171,10 +172,7 @@ def _load_model(model_or_run_dir):
     if isinstance(model_or_run_dir, keras.Model):
         return model_or_run_dir, None, None
     model_path, run_dir = _model_path(model_or_run_dir)
-    import kertransfer.layers  # noqa: F401 (registers the custom layers)
-
-    model = keras.saving.load_model(model_path, compile=False)
-    return model, run_dir, model_path
+    return load_model_file(model_path), run_dir, model_path
 
 
 def _resolve_meta(model, run_dir, class_names, image_size):

@@ -18,6 +18,7 @@ import pandas as pd
 
 from kertransfer import images
 from kertransfer.images import IMAGE_EXTENSIONS
+from kertransfer.run_folder import load_model_file
 
 __all__ = ["find_images", "load_run", "predict_images", "predict_probs", "run_framing"]
 
@@ -148,16 +149,7 @@ def load_run(run_dir):
     """
     run_dir, model_path = _check_run_dir(run_dir)
     metrics = _read_metrics(run_dir)
-    import keras
-
-    import kertransfer.layers  # noqa: F401 (registers the custom layers)
-
-    try:
-        model = keras.saving.load_model(model_path, compile=False)
-    except Exception as e:  # Keras raises many types on a bad file.
-        raise ValueError(
-            f"Could not load {model_path}: {type(e).__name__}: {e}"
-        ) from e
+    model = load_model_file(model_path)
     num_outputs = model.output_shape[-1]
     if num_outputs != len(metrics["classes"]):
         raise ValueError(

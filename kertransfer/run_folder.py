@@ -84,3 +84,40 @@ def check_out_dir(out_dir, overwrite=False, flag="overwrite=True"):
             )
     os.makedirs(out_dir, exist_ok=True)
     return out_dir
+
+
+def load_model_file(model_path):
+    """Loads a `.keras` file written by kertransfer, without its optimizer.
+
+    kertransfer's custom layers (`kertransfer.layers`) are registered
+    first, so the file needs no `custom_objects`.
+
+    Args:
+        model_path: path of the `.keras` file.
+
+    Returns:
+        The `keras.Model`.
+
+    Raises:
+        FileNotFoundError: if there is no file at `model_path`.
+        ValueError: if the file exists but cannot be loaded (truncated,
+            corrupt, not a `.keras` archive); names the file.
+    """
+    model_path = os.fspath(model_path)
+    if not os.path.isfile(model_path):
+        raise FileNotFoundError(f"No model file at {model_path!r}.")
+    import keras
+
+    import kertransfer.layers  # noqa: F401 (registers the custom layers)
+
+    try:
+        return keras.saving.load_model(model_path, compile=False)
+    except Exception as e:  # Keras raises many types on a bad file.
+        # Keras says "File not found" for a file that is there but not a
+        # zip archive: that part of its message would mislead.
+        detail = type(e).__name__ if "File not found" in str(e) else f"{type(e).__name__}: {e}"
+        raise ValueError(
+            f"{model_path} exists ({os.path.getsize(model_path)} bytes) but is not a "
+            f"loadable .keras file: corrupt or truncated ({detail}). Retrain, or "
+            "restore it from a copy."
+        ) from e

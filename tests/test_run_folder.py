@@ -9,6 +9,7 @@ import time
 import keras
 import numpy as np
 import pytest
+from PIL import Image
 
 from kertransfer.cli import main
 from kertransfer.run_folder import atomic_path, check_out_dir
@@ -91,3 +92,21 @@ def test_sigkill_while_saving_keeps_a_loadable_model(tmp_path, delay):
     assert k >= 1, "no save finished before the kill; raise the delay"
     for offset in offsets:
         np.testing.assert_allclose(offset, k, atol=1e-4)
+
+
+def test_a_corrupt_model_file_is_named_as_corrupt(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+    model.save(run / "model.keras")
+    data = (run / "model.keras").read_bytes()
+    (run / "model.keras").write_bytes(data[: len(data) // 3])  # truncated
+    (run / "metrics.json").write_text('{"classes": ["a", "b"], "image_size": 8, "arch": "tiny"}')
+    Image.new("RGB", (10, 10)).save(tmp_path / "x.jpg")
+    assert main(["predict", str(run), str(tmp_path / "x.jpg")]) == 2
+    err = capsys.readouterr().err
+    assert "model.keras exists" in err and "not a loadable .keras file: corrupt or truncated" in err
+    pytest.importorskip("tensorflow")
+    assert main(["export", str(run), "--out", str(tmp_path / "export")]) == 2
+    err = capsys.readouterr().err
+    assert "not a loadable .keras file: corrupt or truncated" in err and "File not found" not in err
