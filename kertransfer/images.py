@@ -332,7 +332,7 @@ def frame_images(paths, framing):
             raise FileNotFoundError(f"Image file not found: {path!r}.")
         try:
             batch[i] = frame_image(path, framing)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise ValueError(
                 f"Cannot read {path!r} as an image ({type(e).__name__}: {e}). Remove it "
                 "from the image list or folder."

@@ -154,3 +154,39 @@ def test_thumbnail_is_upright_and_bounded(tmp_path):
     img.save(tmp_path / "t.jpg", exif=exif)
     thumb = images.load_thumbnail(tmp_path / "t.jpg", 50)
     assert thumb.shape == (50, 15, 3)  # turned to portrait, then shrunk
+
+
+def _bomb_png(path, side=20000):
+    """A PNG whose header claims side x side pixels (over Pillow's limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+def test_an_image_over_pillows_pixel_limit_is_skipped_and_named(tmp_path):
+    from kertransfer.data import ImageClassifierData
+    from kertransfer.transforms import tfms_from_model
+
+    bomb = _bomb_png(tmp_path / "bomb.png")
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    # Export's reader (int8 calibration and validation skip on ValueError).
+    with pytest.raises(ValueError, match=r"bomb\.png.*DecompressionBombError"):
+        images.frame_images([str(bomb)], Framing(32))
+    # Training's scan lists it as skipped.
+    root = tmp_path / "data"
+    for split in ("train", "valid"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 30), (60 * i, 90, 30)).save(root / split / c / f"{i}.jpg")
+    (root / "train" / "a" / "bomb.png").write_bytes(bomb.read_bytes())
+    with pytest.warns(UserWarning, match=r"Skipped 1 file(.|\n)*bomb\.png"):
+        data = ImageClassifierData.from_paths(root, tfms=tfms_from_model("tiny_cnn", 32), cache=None)
+    assert [p for p, _ in data.skipped] == [str(root / "train" / "a" / "bomb.png")]
