@@ -37,15 +37,15 @@ def _train_args(p):
         default="imagenet",
         help="'imagenet' (default), 'none', or a local weights file (offline use)",
     )
-    p.add_argument("--head-epochs", type=int, default=2, help="epochs on precomputed activations (default 2)")
-    p.add_argument("--aug-epochs", type=int, default=2, help="head epochs with augmentation (default 2)")
+    p.add_argument("--head-epochs", type=_positive_int, default=2, help="epochs on precomputed activations (default 2)")
+    p.add_argument("--aug-epochs", type=_non_negative_int, default=2, help="head epochs with augmentation (default 2)")
     p.add_argument(
         "--unfrozen-cycles",
         type=_positive_int,
         default=2,
         help="SGDR cycles after unfreezing, cycle_mult=2 (default 2 = 3 epochs)",
     )
-    p.add_argument("--tta", type=int, default=4, help="TTA augmented copies (default 4)")
+    p.add_argument("--tta", type=_positive_int, default=4, help="TTA augmented copies (default 4)")
     p.add_argument(
         "--bn-freeze",
         action="store_true",

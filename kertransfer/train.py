@@ -91,6 +91,21 @@ class TrainConfig:
         self.seed = seed
         self.val_pct = val_pct
         self.cache = cache
+        # Checked here, before any image is read (not after minutes of training).
+        for name in ("image_size", "batch_size", "head_epochs", "unfrozen_cycles", "n_aug"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("aug_epochs", aug_epochs, minimum=0)
+        for name in ("group_ratio", "max_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ValueError(f"TrainConfig {name} must be a number > 0. Received {name}={value!r}.")
+        if not 0 < val_pct < 1:
+            raise ValueError(f"TrainConfig val_pct must be in (0, 1). Received val_pct={val_pct!r}.")
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"TrainConfig {name} must be an integer >= {minimum}. Received {name}={value!r}.")
 
 
 def _choose_lr(result, cap, floor=0.0):

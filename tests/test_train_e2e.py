@@ -4,11 +4,13 @@ import csv
 import json
 import os
 import re
+import time
 
 import numpy as np
 import pytest
 
 from conftest import tensorboard_scalars
+from conftest import write_synthetic_images
 
 from kertransfer.cli import main
 from kertransfer.interpret import ClassificationInterpretation
@@ -83,6 +85,47 @@ def test_cli_reports_bad_data_clearly(tmp_path, capsys):
 def test_cli_unknown_arch(tmp_path, synthetic_folder, capsys):
     assert main(["train", str(synthetic_folder), "--arch", "resnet9000", "--out", str(tmp_path), "--quiet"]) == 2
     assert "Unknown backbone arch='resnet9000'" in capsys.readouterr().err
+
+
+@pytest.mark.one_backend
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--head-epochs", "0"], "--head-epochs: must be a positive integer, got 0"),
+        (["--tta", "-1"], "--tta: must be a positive integer, got -1"),
+        (["--aug-epochs", "-2"], "--aug-epochs: must be an integer >= 0, got -2"),
+        (["--val-pct", "1.5"], "--val-pct"),
+    ],
+)
+def test_cli_rejects_bad_flags_before_reading_data(tmp_path, synthetic_folder, capsys, flags, message):
+    started = time.perf_counter()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", str(synthetic_folder), "--out", str(tmp_path / "run"), "--quiet", *flags])
+    assert exit_info.value.code == 2 and time.perf_counter() - started < 5
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.one_backend
+def test_one_class_and_bad_config_fail_before_any_decode(tmp_path, capsys, monkeypatch):
+    from kertransfer.data.cache import ImageStore
+
+    def no_decode(*args):
+        raise AssertionError("decoded an image before checking the arguments")
+
+    monkeypatch.setattr(ImageStore, "get", no_decode)
+    write_synthetic_images(tmp_path / "one", {"train/ants": 3, "valid/ants": 2})
+    assert main(["train", str(tmp_path / "one"), "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "has 1 class(es) ['ants']; a classifier needs at least 2" in capsys.readouterr().err
+    for kwargs, match in [
+        ({"head_epochs": 0}, "head_epochs must be an integer >= 1"),
+        ({"n_aug": 2.5}, "n_aug must be an integer >= 1"),
+        ({"aug_epochs": -1}, "aug_epochs must be an integer >= 0"),
+        ({"max_lr": 0}, "max_lr must be a number > 0"),
+        ({"val_pct": 0}, r"val_pct must be in \(0, 1\)"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            TrainConfig(**kwargs)
 
 
 @pytest.mark.slow

@@ -45,6 +45,15 @@ def _fingerprint(paths, *extra):
 _UNSET = object()  # an argument not given
 
 
+def _check_two_classes(classes, source):
+    """A classifier needs two classes; checked before any image is decoded."""
+    if len(classes) < 2:
+        raise ValueError(
+            f"{source} has {len(classes)} class(es) {classes}; a classifier needs at "
+            "least 2. Add a folder (or CSV label) per class."
+        )
+
+
 def _check_every_class_trains(classes, source, split, bad):
     """Raises if a class lost all its training images to unreadable files."""
     counts = np.bincount(split.labels, minlength=len(classes))
@@ -243,6 +252,7 @@ class ImageClassifierData:
             "valid": (val_paths, val_labels),
             "test": (test_paths, None) if test_paths is not None else None,
         }
+        _check_two_classes(classes, trn_dir)
         data = cls._load(
             path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget,
             listed_skipped=listed_skipped,
@@ -416,6 +426,7 @@ class ImageClassifierData:
             "test": (test_paths, None) if test_paths is not None else None,
         }
         tfms = tfms if tfms is not None else tfms_from_model(None, image_size)
+        _check_two_classes(classes, csv_path)
         return cls._load(
             path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget
         )
