@@ -81,6 +81,14 @@ def _train_args(p):
         help="where decoded images live: memory, a disk cache, or none (decoded for every "
         "batch); auto = memory up to 2 GB of decoded images, else none (default auto)",
     )
+    p.add_argument(
+        "--distribute",
+        choices=["none", "data_parallel"],
+        default="none",
+        help="data_parallel: train on every device with the backend's own engine (JAX "
+        "keras.distribution.DataParallel, TensorFlow MirroredStrategy; not torch); "
+        "--batch-size is the global batch and must divide by the device count (default none)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -102,6 +110,7 @@ def _config(args):
         seed=args.seed,
         val_pct=args.val_pct,
         cache=None if args.cache == "none" else args.cache,
+        distribute=args.distribute,
     )
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from kertransfer.callbacks import TensorBoardLogger
 from kertransfer.data import ImageClassifierData
+from kertransfer.distribute import resolve_distribution
 from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
 from kertransfer.transforms import tfms_from_model
@@ -54,6 +55,13 @@ class TrainConfig:
         cache: where decoded images live: `"auto"` (memory up to 2 GB,
             else streamed), `"memory"`, `"disk"` or None (streamed); see
             `ImageClassifierData.from_paths`.
+        distribute: None (one device, or the `keras.distribution` /
+            `tf.distribute` scope current when `train` is called), `"none"`
+            or `"data_parallel"` (every device: JAX
+            `keras.distribution.DataParallel`, TensorFlow
+            `MirroredStrategy`); see `ConvLearner.pretrained`.
+            `batch_size` stays the global batch and must divide by the
+            device count.
     """
 
     def __init__(
@@ -73,6 +81,7 @@ class TrainConfig:
         seed=None,
         val_pct=0.2,
         cache="auto",
+        distribute=None,
     ):
         self.arch = arch
         self.image_size = image_size
@@ -89,6 +98,7 @@ class TrainConfig:
         self.seed = seed
         self.val_pct = val_pct
         self.cache = cache
+        self.distribute = distribute
 
 
 def _choose_lr(result, cap, floor=0.0):
@@ -189,7 +199,9 @@ def train(data_dir, out_dir, config=None, verbose=1):
     validation framing, `kertransfer.images.Framing`), `history.csv` (one row per epoch,
     `stage` column), `metrics.json`, `predictions.npz` (`probs`,
     `tta_probs`, `targets`, `paths`), `lr_find.png`,
-    `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`, `augmented.png`; with
+    `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`, `augmented.png`
+    (`metrics.json` records the `distribution`: engine, devices, processes,
+    global and per-device batch size); with
     `config.tensorboard`, TensorBoard event files (`train/`, `validation/`).
 
     Args:
@@ -203,11 +215,17 @@ def train(data_dir, out_dir, config=None, verbose=1):
 
     Raises:
         ImportError: with `config.tensorboard` but no TensorFlow/TensorBoard.
+        ValueError: on a bad `config.distribute`, or a `config.batch_size`
+            that does not divide by its device count (before any data is
+            read).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     config = config or TrainConfig()
+    # Before anything is read or built: a bad switch or batch fails fast.
+    replicas = resolve_distribution(config.distribute)
+    replicas.check_batch_size(config.batch_size)
     os.makedirs(out_dir, exist_ok=True)
     wall = time.time()
     stage_seconds = {}
@@ -244,7 +262,13 @@ def train(data_dir, out_dir, config=None, verbose=1):
     say(f"{len(data.train_paths)} train / {len(data.valid_paths)} valid images, classes {data.classes}, skipped {len(data.skipped)}")
     # What the model sees in the augmented stages (fast.ai `plots` of aug_tfms).
     data.plot_augmented(n=6, path=os.path.join(out_dir, "augmented.png"), images=[0, len(data.train_paths) - 1])
-    learn = timed("build", ConvLearner.pretrained, config.arch, data, precompute=True, weights=config.weights)
+    learn = timed(
+        "build", ConvLearner.pretrained, config.arch, data, precompute=True,
+        weights=config.weights, distribution=replicas,
+    )
+    if replicas.devices > 1:
+        say(f"data parallel: {replicas.engine} over {replicas.devices} devices, "
+            f"{config.batch_size // replicas.devices} images per device")
 
     # (1)-(2): precompute, find the head LR.
     finder = timed("lr_find", learn.lr_find)
@@ -326,6 +350,7 @@ def train(data_dir, out_dir, config=None, verbose=1):
         "image_size": config.image_size,
         "crop_pct": data.valid_tfms.crop_pct,
         "batch_size": config.batch_size,
+        "distribution": replicas.to_dict(config.batch_size),
         "seed": config.seed,
         "lrs": lrs_used,
         "kept": kept,
