@@ -12,6 +12,9 @@ distribution layer of its own:
   to `synchronized=True`, so their batch statistics are those of the whole
   batch, as on one device.
 - torch: Keras 3.15 has no `keras.distribution` for torch: an error says so.
+- One process for now: a distribution over several processes or workers
+  (`keras.distribution.initialize()`, `MultiWorkerMirroredStrategy`) is
+  refused with a clear error.
 
 Batch sizes are global: a batch of 32 on 4 devices is 8 images per device,
 and the results match one device with the same batch. Every batch must
@@ -125,6 +128,15 @@ def _from_keras_distribution(dist):
         )
     import jax
 
+    if jax.process_count() > 1:
+        # Each process would feed its own share of every batch; kertransfer's
+        # batches, padding and trimming are global so far.
+        raise ValueError(
+            f"kertransfer trains data-parallel in one process so far; this "
+            f"distribution spans {jax.process_count()} processes "
+            "(keras.distribution.initialize). Run one process over all its local "
+            "devices instead."
+        )
     return Replicas("keras.distribution", _batch_axis_size(dist), jax.process_count(), dist)
 
 
@@ -138,6 +150,12 @@ def _from_strategy(strategy):
     workers = 1
     if resolver is not None:
         workers = max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
+    if workers > 1:
+        raise ValueError(
+            f"kertransfer trains data-parallel in one process so far; this strategy "
+            f"spans {workers} workers. Use MirroredStrategy over the local devices "
+            "(distribution='data_parallel')."
+        )
     return Replicas("tf.distribute", strategy.num_replicas_in_sync, workers, strategy)
 
 
@@ -185,8 +203,9 @@ def resolve_distribution(distribution=None):
 
     Raises:
         ValueError: on an unknown value, `"data_parallel"` on torch, a
-            `keras.distribution` off JAX, a strategy off TensorFlow, or
-            `"none"` while a distribution is current.
+            `keras.distribution` off JAX or over several processes (not
+            supported yet), a strategy off TensorFlow, or `"none"` while a
+            distribution is current.
 
     Example:
 

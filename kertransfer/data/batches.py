@@ -11,7 +11,6 @@ oversampling never copy the whole array.
 """
 
 import logging
-import math
 import threading
 import warnings
 
