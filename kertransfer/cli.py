@@ -45,7 +45,7 @@ def _train_args(p):
         default=2,
         help="SGDR cycles after unfreezing, cycle_mult=2 (default 2 = 3 epochs)",
     )
-    p.add_argument("--tta", type=_positive_int, default=4, help="TTA augmented copies (default 4)")
+    p.add_argument("--tta", type=_non_negative_int, default=4, help="TTA augmented copies (0: plain prediction; default 4)")
     p.add_argument(
         "--bn-freeze",
         action="store_true",
@@ -81,6 +81,14 @@ def _train_args(p):
         help="where decoded images live: memory, a disk cache, or none (decoded for every "
         "batch); auto = memory up to 2 GB of decoded images, else none (default auto)",
     )
+    p.add_argument(
+        "--distribute",
+        choices=["none", "data_parallel"],
+        default="none",
+        help="data_parallel: train on every device with the backend's own engine (JAX "
+        "keras.distribution.DataParallel, TensorFlow MirroredStrategy; not torch); "
+        "--batch-size is the global batch and must divide by the device count (default none)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "--overwrite",
@@ -107,6 +115,7 @@ def _config(args):
         seed=args.seed,
         val_pct=args.val_pct,
         cache=None if args.cache == "none" else args.cache,
+        distribute=args.distribute,
     )
 
 
@@ -139,7 +148,7 @@ def build_parser():
     p.add_argument("run_dir", help="folder written by `kertransfer train` (model.keras, metrics.json)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
     p.add_argument("--tta", action="store_true", help="test-time augmentation, as ConvLearner.TTA")
-    p.add_argument("--n-aug", type=_non_negative_int, default=4, help="TTA augmented copies (default 4)")
+    p.add_argument("--n-aug", type=_non_negative_int, default=4, help="TTA augmented copies (0: plain prediction; default 4)")
     p.add_argument("--top-k", type=_positive_int, default=None, help="classes per image (default 3, at most the number of classes)")
     p.add_argument("--csv", default=None, metavar="OUT.csv", help="also write all rows, errors included, to this CSV file")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")

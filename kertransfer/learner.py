@@ -7,6 +7,7 @@ in the fast.ai course. Under the hood each `fit` is one `model.fit` with
 fresh optimizers (Keras needs a recompile whenever `trainable` changes).
 """
 
+import functools
 import hashlib
 import logging
 import math
@@ -27,6 +28,12 @@ from kertransfer.callbacks import KeepBestWeights
 from kertransfer.data import FeatureBatches
 from kertransfer.data.cache import load_checked
 from kertransfer.data.cache import write_checksum
+from kertransfer.distribute import PaddedValidation
+from kertransfer.distribute import portable_config
+from kertransfer.distribute import predict_padded
+from kertransfer.distribute import resolve_distribution
+from kertransfer.distribute import synchronize_batch_norm
+from kertransfer.distribute import warn_replicated_dropout
 from kertransfer.fbeta_score import SamplesFBetaScore
 from kertransfer.groups import group_optimizer
 from kertransfer.groups import trainable_groups
@@ -79,6 +86,17 @@ def _apply(layers_, x):
     return x
 
 
+def _in_scope(method):
+    """Runs a learner method inside its distribution's scope (`learn.distribution`)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self.distribution.scope():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class _BatchLosses(keras.callbacks.Callback):
     """Records raw per-batch training losses from Keras's running means."""
 
@@ -109,25 +127,36 @@ class ConvLearner:
             first), then the head.
         sched: `LRFindResult` after `lr_find`, `FitRecord` after `fit`.
         history: list of per-epoch dicts over all fits (with a `stage` key).
+        distribution: the `kertransfer.distribute.Replicas` every verb runs
+            under (engine, devices, processes).
+
+    The backbone must have been built in `distribution`'s scope (as
+    `pretrained` does).
     """
 
-    def __init__(self, arch, data, backbone, ps=0.5, xtra_fc=(512,), opt_fn=sgd_momentum, weights="imagenet"):
+    def __init__(self, arch, data, backbone, ps=0.5, xtra_fc=(512,), opt_fn=sgd_momentum, weights="imagenet", distribution=None):
         spec = get_backbone(arch)
         self.arch = spec.name
         self.weights = weights
+        self.distribution = resolve_distribution(distribution)
+        self.distribution.check_batch_size(data.batch_size, "data.batch_size")
         self.data = data
         self.backbone = backbone
         self.opt_fn = opt_fn
-        inputs = keras.Input((None, None, 3), name="image")
-        pooled = AdaptiveConcatPooling2D(name="concat_pool")(backbone(inputs))
         # Multi-label (fast.ai v0.7 `is_multi`): independent sigmoids.
         self.is_multi = bool(getattr(data, "is_multi", False))
         activation = "sigmoid" if self.is_multi else "softmax"
-        self.head = _head_layers(data.num_classes, ps, xtra_fc, activation)
-        self.model = keras.Model(inputs, _apply(self.head, pooled), name=f"{self.arch}_classifier")
-        self.body_model = keras.Model(inputs, pooled, name=f"{self.arch}_body")
-        feats = keras.Input((pooled.shape[-1],), name="features")
-        self.head_model = keras.Model(feats, _apply(self.head, feats), name="head")
+        with self.distribution.scope():
+            inputs = keras.Input((None, None, 3), name="image")
+            pooled = AdaptiveConcatPooling2D(name="concat_pool")(backbone(inputs))
+            self.head = _head_layers(data.num_classes, ps, xtra_fc, activation)
+            self.model = keras.Model(inputs, _apply(self.head, pooled), name=f"{self.arch}_classifier")
+            self.body_model = keras.Model(inputs, pooled, name=f"{self.arch}_body")
+            feats = keras.Input((pooled.shape[-1],), name="features")
+            self.head_model = keras.Model(feats, _apply(self.head, feats), name="head")
+        if self.distribution.engine == "tf.distribute" and self.distribution.devices > 1:
+            synchronize_batch_norm(self.model)
+            warn_replicated_dropout(self.model)
         self.layer_groups = assign_layer_groups(backbone, spec.layer_groups) + [
             [layer for layer in self.head if layer.weights]
         ]
@@ -149,6 +178,7 @@ class ConvLearner:
         xtra_fc=(512,),
         weights="imagenet",
         opt_fn=sgd_momentum,
+        distribution=None,
     ):
         """A learner on a pretrained backbone with a new head (fast.ai name).
 
@@ -172,9 +202,22 @@ class ConvLearner:
                 the backbone builder).
             opt_fn: `opt_fn(learning_rate=...) -> keras Optimizer`; default
                 SGD with momentum 0.9, as fast.ai v0.7.
+            distribution: None (one device, or the `keras.distribution` /
+                `tf.distribute` strategy scope the caller made current),
+                `"none"`, `"data_parallel"` (all devices: JAX
+                `keras.distribution.DataParallel`, TensorFlow
+                `MirroredStrategy`), or a distribution/strategy object; see
+                `kertransfer.distribute.resolve_distribution`. Batch sizes
+                stay global (`data.batch_size` images per step over all
+                devices) and must divide by the device count; results match
+                one device with the same batch.
 
         Returns:
             `ConvLearner`.
+
+        Raises:
+            ValueError: on a bad `distribution`, or a `data.batch_size` that
+                does not divide by its device count.
 
         Example:
 
@@ -182,11 +225,19 @@ class ConvLearner:
         data = ImageClassifierData.from_paths("data/dogscats", image_size=224)
         learn = ConvLearner.pretrained("efficientnet_lite0", data)
         learn.lr_find(); learn.fit(1e-2, 2)
+        # Every device, batches of 64 split over them (JAX or TensorFlow):
+        learn = ConvLearner.pretrained("efficientnet_lite0", data, distribution="data_parallel")
         ```
         """
         spec = get_backbone(arch)
-        backbone = spec.builder(weights=weights, input_shape=(None, None, 3), include_top=False)
-        learn = cls(spec.name, data, backbone, ps=ps, xtra_fc=xtra_fc, opt_fn=opt_fn, weights=weights)
+        replicas = resolve_distribution(distribution)
+        replicas.check_batch_size(data.batch_size, "data.batch_size")
+        with replicas.scope():
+            backbone = spec.builder(weights=weights, input_shape=(None, None, 3), include_top=False)
+        learn = cls(
+            spec.name, data, backbone, ps=ps, xtra_fc=xtra_fc, opt_fn=opt_fn, weights=weights,
+            distribution=replicas,
+        )
         learn.precompute = precompute
         return learn
 
@@ -292,6 +343,7 @@ class ConvLearner:
             f"{self.data.fingerprint(split)}".encode()
         ).hexdigest()[:20]
 
+    @_in_scope
     def _compute_activations(self, split, path, chunk=8):
         """Writes the body's activations of `split` to `path`, a few batches at a time."""
         batches = self.data.fixed_batches(split)
@@ -302,7 +354,7 @@ class ConvLearner:
         row = 0
         for start in range(0, len(batches), chunk):
             x = np.concatenate([batches[i][0] for i in range(start, min(start + chunk, len(batches)))])
-            out[row : row + len(x)] = self.body_model.predict(x, batch_size=batches.batch_size, verbose=0)
+            out[row : row + len(x)] = predict_padded(self.body_model, x, batch_size=batches.batch_size)
             row += len(x)
         out.flush()
         del out
@@ -314,6 +366,7 @@ class ConvLearner:
     def _train_inputs(self, batch_size=None, drop_last=False, seed=None):
         """`(model, train, valid, steps_per_epoch, fit_kwargs)` for a fit."""
         bs = batch_size or self.data.batch_size
+        devices = self.distribution.devices
         if self.precompute:
             index = self.data.train_index  # repeats rare classes if oversample
             if seed is None:
@@ -321,23 +374,31 @@ class ConvLearner:
             train = FeatureBatches(
                 self._activations("train"), self.data.train_labels, bs,
                 indices=index, shuffle=True, seed=seed, drop_last=drop_last,
+                batch_multiple=devices,
             )
             valid = FeatureBatches(self._activations("valid"), self.data.valid_labels, bs)
             return self.head_model, train, valid, len(train), {}
         train = self.data.train_batches(
-            augment=True, drop_last=drop_last, seed=seed, batch_size=bs
+            augment=True, drop_last=drop_last, seed=seed, batch_size=bs,
+            batch_multiple=devices,
         )
         return self.model, train, self.data.valid_batches(), len(train), {}
 
+    @property
+    def _loss(self):
+        return "binary_crossentropy" if self.is_multi else "sparse_categorical_crossentropy"
+
+    def _metrics(self):
+        if self.is_multi:
+            return [SamplesFBetaScore(beta=2, threshold=0.5)]
+        return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
     def _compile(self, model, lrs):
         optimizer, active = group_optimizer(self.layer_groups, self.opt_fn, lrs)
-        model.compile(
-            optimizer=optimizer,
-            loss="binary_crossentropy" if self.is_multi else "sparse_categorical_crossentropy",
-            metrics=[SamplesFBetaScore(beta=2, threshold=0.5)] if self.is_multi else ["accuracy"],
-        )
+        model.compile(optimizer=optimizer, loss=self._loss, metrics=self._metrics())
         return active
 
+    @_in_scope
     def lr_find(self, start_lr=1e-5, end_lr=10.0, group_ratios=None, min_steps=40, verbose=0):
         """LR range test: ramps the LR over at most one epoch (fast.ai name).
 
@@ -366,6 +427,8 @@ class ConvLearner:
         bs = self.data.batch_size
         if n_train // bs < min_steps and not self.precompute:
             bs = min(bs, max(16, n_train // min_steps))
+            devices = self.distribution.devices
+            bs = max(devices, bs // devices * devices)  # global: divides by the devices
         saved = self.model.get_weights()
         model, train, _, steps, kwargs = self._train_inputs(batch_size=bs, drop_last=True, seed=0)
         if steps < 2:
@@ -391,12 +454,16 @@ class ConvLearner:
         self._compile(model, [start_lr] * len(self.layer_groups))
         finder = LRFinder(start_lr, end_lr, num_steps=steps, group_scales=ratios)
         try:
-            model.fit(train, epochs=1, callbacks=[finder], verbose=verbose)
+            # shuffle=False: the batches shuffle themselves, seeded; Keras's
+            # extra shuffle of the batch order draws from Python's global
+            # generator, which distributed runs advance differently.
+            model.fit(train, epochs=1, callbacks=[finder], verbose=verbose, shuffle=False)
         finally:
             self.model.set_weights(saved)
         self.sched = LRFindResult(finder.lrs[: len(finder.losses)], finder.losses, finder.smoothed_losses, bs)
         return self.sched
 
+    @_in_scope
     def fit(
         self,
         lrs,
@@ -457,11 +524,20 @@ class ConvLearner:
         sgdr = SGDR([base[i] for i in active], steps, cycle_len, cycle_mult)
         losses = _BatchLosses()
         cbs = [sgdr, losses]
+        if self.distribution.devices > 1:
+            # Keras's validation would need every batch to divide by the
+            # devices; this pads and trims, and runs before KeepBestWeights.
+            labels = self.data.valid_labels
+            cbs.insert(0, PaddedValidation(valid, labels, self._loss, self._metrics))
+            valid = None
         best = KeepBestWeights(baseline=best_baseline) if keep_best else None
         if best:
             cbs.append(best)
         start = time.time()
-        hist = model.fit(train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks), verbose=verbose, class_weight=weights)
+        hist = model.fit(
+            train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks),
+            verbose=verbose, class_weight=weights, shuffle=False,  # see lr_find
+        )
         seconds = time.time() - start
         self.sched = FitRecord(sgdr.lr_history, [self.group_names[i] for i in active], losses.losses, steps, stage)
         first = len(self.history)
@@ -476,6 +552,7 @@ class ConvLearner:
         return hist
 
     # --------------------------------------------------------- inference
+    @_in_scope
     def predict(self, split="valid"):
         """Probabilities on `split` with validation transforms (center crop).
 
@@ -484,10 +561,11 @@ class ConvLearner:
             `(n,)`, or multi-hot float32 `(n, num_classes)` when
             `data.is_multi` (`None` for the unlabeled test split).
         """
-        probs = self.model.predict(self.data.fixed_batches(split), verbose=0)
+        probs = predict_padded(self.model, self.data.fixed_batches(split))
         targets = None if split == "test" else self.data._splits[split].labels
         return probs, targets
 
+    @_in_scope
     def TTA(self, n_aug=4, split="valid", seed=0, beta=None):
         """Test-time augmentation (fast.ai v0.7 `learn.TTA`).
 
@@ -536,6 +614,7 @@ class ConvLearner:
                 f"{'multi' if self.is_multi else 'single'}-label (is_multi="
                 f"{self.is_multi}), the new data is not."
             )
+        self.distribution.check_batch_size(data.batch_size, "data.batch_size")
         self.data = data
 
     # ------------------------------------------------------------ saving
@@ -556,7 +635,9 @@ class ConvLearner:
         # and its state would double or triple the file (one momentum per
         # group) for TF Serving / LiteRT export, which never uses it.
         # (`clone_model` would copy the compiled optimizer too.)
-        clean = keras.Model.from_config(self.model.get_config())
+        # `portable_config`: a BatchNorm synchronized for MirroredStrategy
+        # would not load on JAX or torch.
+        clean = keras.Model.from_config(portable_config(self.model.get_config()))
         clean.set_weights(self.model.get_weights())
         clean.save(path)
         return path
@@ -573,4 +654,5 @@ class ConvLearner:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No saved model at {path}.")
         saved = keras.saving.load_model(path, compile=False)
-        self.model.set_weights(saved.get_weights())
+        with self.distribution.scope():
+            self.model.set_weights(saved.get_weights())

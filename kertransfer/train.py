@@ -10,6 +10,7 @@ import numpy as np
 
 from kertransfer.callbacks import TensorBoardLogger
 from kertransfer.data import ImageClassifierData
+from kertransfer.distribute import resolve_distribution
 from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
 from kertransfer.run_folder import atomic_path
@@ -56,6 +57,13 @@ class TrainConfig:
         cache: where decoded images live: `"auto"` (memory up to 2 GB,
             else streamed), `"memory"`, `"disk"` or None (streamed); see
             `ImageClassifierData.from_paths`.
+        distribute: None (one device, or the `keras.distribution` /
+            `tf.distribute` scope current when `train` is called), `"none"`
+            or `"data_parallel"` (every device: JAX
+            `keras.distribution.DataParallel`, TensorFlow
+            `MirroredStrategy`); see `ConvLearner.pretrained`.
+            `batch_size` stays the global batch and must divide by the
+            device count.
     """
 
     def __init__(
@@ -75,6 +83,7 @@ class TrainConfig:
         seed=None,
         val_pct=0.2,
         cache="auto",
+        distribute=None,
     ):
         self.arch = arch
         self.image_size = image_size
@@ -91,10 +100,12 @@ class TrainConfig:
         self.seed = seed
         self.val_pct = val_pct
         self.cache = cache
+        self.distribute = distribute
         # Checked here, before any image is read (not after minutes of training).
-        for name in ("image_size", "batch_size", "head_epochs", "unfrozen_cycles", "n_aug"):
+        for name in ("image_size", "batch_size", "head_epochs", "unfrozen_cycles"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("aug_epochs", aug_epochs, minimum=0)
+        _check_int("n_aug", n_aug, minimum=0)
         for name in ("group_ratio", "max_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
@@ -207,7 +218,9 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
     validation framing, `kertransfer.images.Framing`), `history.csv` (one row per epoch,
     `stage` column), `metrics.json`, `predictions.npz` (`probs`,
     `tta_probs`, `targets`, `paths`), `lr_find.png`,
-    `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`, `augmented.png`; with
+    `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`, `augmented.png`
+    (`metrics.json` records the `distribution`: engine, devices, processes,
+    global and per-device batch size); with
     `config.tensorboard`, TensorBoard event files (`train/`, `validation/`).
 
     Args:
@@ -228,11 +241,18 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
         FileExistsError: if `out_dir` holds a run and `overwrite` is False
             (checked before any data is read).
         ImportError: with `config.tensorboard` but no TensorFlow/TensorBoard.
+        ValueError: on a bad `config.distribute`, or a `config.batch_size`
+            that does not divide by its device count (before any data is
+            read).
     """
     import matplotlib
 
     matplotlib.use("Agg")
     config = config or TrainConfig()
+    # Before anything is read or built: a bad switch or batch, or a run
+    # folder holding a run, fails fast.
+    replicas = resolve_distribution(config.distribute)
+    replicas.check_batch_size(config.batch_size)
     check_out_dir(out_dir, overwrite)
     wall = time.time()
     stage_seconds = {}
@@ -269,7 +289,13 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
     say(f"{len(data.train_paths)} train / {len(data.valid_paths)} valid images, classes {data.classes}, skipped {len(data.skipped)}")
     # What the model sees in the augmented stages (fast.ai `plots` of aug_tfms).
     data.plot_augmented(n=6, path=os.path.join(out_dir, "augmented.png"), images=[0, len(data.train_paths) - 1])
-    learn = timed("build", ConvLearner.pretrained, config.arch, data, precompute=True, weights=config.weights)
+    learn = timed(
+        "build", ConvLearner.pretrained, config.arch, data, precompute=True,
+        weights=config.weights, distribution=replicas,
+    )
+    if replicas.devices > 1:
+        say(f"data parallel: {replicas.engine} over {replicas.devices} devices, "
+            f"{config.batch_size // replicas.devices} images per device")
 
     # (1)-(2): precompute, find the head LR.
     finder = timed("lr_find", learn.lr_find)
@@ -351,6 +377,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
         "image_size": config.image_size,
         "crop_pct": data.valid_tfms.crop_pct,
         "batch_size": config.batch_size,
+        "distribution": replicas.to_dict(config.batch_size),
         "seed": config.seed,
         "lrs": lrs_used,
         "kept": kept,

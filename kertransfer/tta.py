@@ -9,6 +9,8 @@ new images exactly as the learner scored its validation set.
 
 import numpy as np
 
+from kertransfer.distribute import predict_padded
+
 __all__ = ["tta_probs"]
 
 
@@ -25,7 +27,9 @@ def tta_probs(model, data, n_aug=4, split="valid", seed=0, probs=None, beta=None
     beta)`, i.e. `beta * orig + (1 - beta) * aug_mean`, where `aug_mean` is
     the mean over the augmented copies only (v2's default `beta=0.25`).
     Probabilities are averaged either way, so multi-label (sigmoid) outputs
-    work the same.
+    work the same. Under a distribution (`ConvLearner.TTA` runs in the
+    learner's), batches are padded to the device count and the outputs
+    trimmed (`kertransfer.distribute.predict_padded`).
 
     Args:
         model: `keras.Model` taking raw pixels `(batch, size, size, 3)` in
@@ -74,14 +78,14 @@ def tta_probs(model, data, n_aug=4, split="valid", seed=0, probs=None, beta=None
             "pass beta=None or n_aug >= 1."
         )
     if probs is None:
-        probs = model.predict(data.fixed_batches(split), verbose=0)
+        probs = predict_padded(model, data.fixed_batches(split))
     orig = np.asarray(probs, dtype="float64")
     augmented = np.zeros_like(orig)
     for i in range(int(n_aug)):
         batches = data.fixed_batches(
             split, tfms=data.train_tfms, augment=True, seed=seed + i
         )
-        augmented += model.predict(batches, verbose=0)
+        augmented += predict_padded(model, batches)
     if beta is None:
         return ((orig + augmented) / (int(n_aug) + 1)).astype("float32")
     aug_mean = augmented / int(n_aug)

@@ -247,3 +247,7 @@ def test_cli_trains_on_a_keras_layout_folder_streamed(tmp_path, monkeypatch):
     assert metrics["train_dir"] == os.path.abspath(root)
     assert Framing.load(out) == Framing(32)
     assert 0.0 <= metrics["valid_accuracy"] <= 1.0
+    assert metrics["distribution"] == {
+        "engine": "none", "devices": 1, "processes": 1,
+        "global_batch_size": 8, "per_device_batch_size": 8,
+    }

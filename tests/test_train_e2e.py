@@ -92,7 +92,7 @@ def test_cli_unknown_arch(tmp_path, synthetic_folder, capsys):
     "flags, message",
     [
         (["--head-epochs", "0"], "--head-epochs: must be a positive integer, got 0"),
-        (["--tta", "-1"], "--tta: must be a positive integer, got -1"),
+        (["--tta", "-1"], "--tta: must be an integer >= 0, got -1"),
         (["--aug-epochs", "-2"], "--aug-epochs: must be an integer >= 0, got -2"),
         (["--val-pct", "1.5"], "--val-pct"),
     ],
@@ -119,7 +119,7 @@ def test_one_class_and_bad_config_fail_before_any_decode(tmp_path, capsys, monke
     assert "has 1 class(es) ['ants']; a classifier needs at least 2" in capsys.readouterr().err
     for kwargs, match in [
         ({"head_epochs": 0}, "head_epochs must be an integer >= 1"),
-        ({"n_aug": 2.5}, "n_aug must be an integer >= 1"),
+        ({"n_aug": 2.5}, "n_aug must be an integer >= 0"),
         ({"aug_epochs": -1}, "aug_epochs must be an integer >= 0"),
         ({"max_lr": 0}, "max_lr must be a number > 0"),
         ({"val_pct": 0}, r"val_pct must be in \(0, 1\)"),

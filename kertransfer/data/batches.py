@@ -11,7 +11,6 @@ oversampling never copy the whole array.
 """
 
 import logging
-import math
 import threading
 import warnings
 
@@ -116,6 +115,27 @@ def load_split(paths, labels, store, num_workers):
     return Split([paths[i] for i in kept], kept_labels, store), skipped
 
 
+def _check_multiple(batch_multiple, batch_size):
+    if int(batch_multiple) != batch_multiple or batch_multiple < 1 or batch_size % batch_multiple:
+        raise ValueError(
+            "batch_multiple must be a positive integer that divides batch_size "
+            f"(the device count). Received batch_multiple={batch_multiple!r}, "
+            f"batch_size={batch_size}."
+        )
+    return int(batch_multiple)
+
+
+def _num_batches(n, batch_size, drop_last, batch_multiple):
+    """Batches of an epoch of `n` items; the last one cut to a multiple."""
+    full, rest = divmod(n, batch_size)
+    return full + (0 if drop_last or rest < batch_multiple else 1)
+
+
+def _cut(rows, batch_multiple):
+    """`rows` cut down to a multiple of `batch_multiple`."""
+    return rows[: len(rows) // batch_multiple * batch_multiple]
+
+
 class ImageBatches(keras.utils.PyDataset):
     """Batches of `(images, labels)` from decoded images, for `model.fit`.
 
@@ -150,6 +170,10 @@ class ImageBatches(keras.utils.PyDataset):
             epoch)`, so an image comes out the same whatever the batch size
             (TTA, predictions); default: one generator per batch, the
             augmentation layers vectorised over the batch (training).
+        batch_multiple: every batch's size is a multiple of this: the
+            short last batch is cut down to one (dropped if smaller), as
+            training on several devices needs (`kertransfer.distribute`);
+            at most `batch_multiple - 1` images sit out an epoch.
     """
 
     def __init__(
@@ -166,6 +190,7 @@ class ImageBatches(keras.utils.PyDataset):
         workers=1,
         max_queue_size=10,
         per_image_seeds=False,
+        batch_multiple=1,
     ):
         super().__init__(
             workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size
@@ -176,6 +201,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.per_image_seeds = per_image_seeds
+        self.batch_multiple = _check_multiple(batch_multiple, self.batch_size)
         self.with_labels = with_labels and split.labels is not None
         if seed is None:
             # Drawn from NumPy's global generator, so that
@@ -195,17 +221,19 @@ class ImageBatches(keras.utils.PyDataset):
             self.rng.shuffle(self.order)
 
     def __len__(self):
-        n = len(self.order) / self.batch_size
-        return int(math.floor(n) if self.drop_last else math.ceil(n))
+        return _num_batches(len(self.order), self.batch_size, self.drop_last, self.batch_multiple)
 
     @property
     def num_samples(self):
         """Images served per epoch."""
-        return min(len(self) * self.batch_size, len(self.order))
+        full, rest = divmod(len(self.order), self.batch_size)
+        if self.drop_last:
+            return full * self.batch_size
+        return full * self.batch_size + rest // self.batch_multiple * self.batch_multiple
 
     def __getitem__(self, index):
         start = index * self.batch_size
-        idx = self.order[start : start + self.batch_size]
+        idx = _cut(self.order[start : start + self.batch_size], self.batch_multiple)
         if self.per_image_seeds:
             rng = [
                 np.random.default_rng([self.seed, self.epoch, position])
@@ -243,9 +271,11 @@ class FeatureBatches(keras.utils.PyDataset):
         shuffle: reshuffle `indices` every epoch.
         seed: seed of the shuffles.
         drop_last: drop the last, smaller batch.
+        batch_multiple: every batch's size is a multiple of this (see
+            `ImageBatches`).
     """
 
-    def __init__(self, features, labels, batch_size, indices=None, shuffle=False, seed=0, drop_last=False):
+    def __init__(self, features, labels, batch_size, indices=None, shuffle=False, seed=0, drop_last=False, batch_multiple=1):
         super().__init__()
         self.features = features
         self.labels = labels
@@ -253,16 +283,16 @@ class FeatureBatches(keras.utils.PyDataset):
         self.order = np.arange(len(features)) if indices is None else np.asarray(indices)
         self.shuffle = shuffle
         self.drop_last = drop_last
+        self.batch_multiple = _check_multiple(batch_multiple, self.batch_size)
         self.rng = np.random.default_rng(seed)
         if shuffle:
             self.rng.shuffle(self.order)
 
     def __len__(self):
-        n = len(self.order) / self.batch_size
-        return int(math.floor(n) if self.drop_last else math.ceil(n))
+        return _num_batches(len(self.order), self.batch_size, self.drop_last, self.batch_multiple)
 
     def __getitem__(self, index):
-        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        rows = _cut(self.order[index * self.batch_size : (index + 1) * self.batch_size], self.batch_multiple)
         # Sorted reads from a memory map, then back to the batch's order.
         unique, inverse = np.unique(rows, return_inverse=True)
         x = np.asarray(self.features[unique], dtype="float32")[inverse]

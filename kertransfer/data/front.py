@@ -551,11 +551,14 @@ class ImageClassifierData:
 
     # --------------------------------------------------------------- batches
     def train_batches(
-        self, augment=True, shuffle=True, drop_last=False, seed=None, batch_size=None
+        self, augment=True, shuffle=True, drop_last=False, seed=None, batch_size=None,
+        batch_multiple=1,
     ):
         """Training batches: random crops, augmented unless `augment=False`.
 
         With `oversample`, rare classes' images are repeated (`train_index`).
+        `batch_multiple` (the device count) cuts the short last batch to a
+        multiple of it (`ImageBatches`).
         """
         return ImageBatches(
             self._splits["train"],
@@ -567,6 +570,7 @@ class ImageClassifierData:
             seed=seed,
             indices=self.train_index,
             workers=self._batch_workers,
+            batch_multiple=batch_multiple,
         )
 
     @property

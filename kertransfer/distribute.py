@@ -1,0 +1,439 @@
+"""Data parallelism through the engines Keras already has.
+
+One switch, `distribution="data_parallel"` (`kertransfer train --distribute
+data_parallel`), picks the backend's own engine; kertransfer adds no
+distribution layer of its own:
+
+- JAX: `keras.distribution.DataParallel` over every device
+  (`keras.distribution.list_devices()`): variables replicated, each batch
+  split along its first axis.
+- TensorFlow: `tf.distribute.MirroredStrategy` over the local GPUs, or all
+  logical CPU devices when there is no GPU. BatchNorm layers are switched
+  to `synchronized=True`, so their batch statistics are those of the whole
+  batch, as on one device.
+- torch: Keras 3.15 has no `keras.distribution` for torch: an error says so.
+- One process for now: a distribution over several processes or workers
+  (`keras.distribution.initialize()`, `MultiWorkerMirroredStrategy`) is
+  refused with a clear error.
+
+Batch sizes are global: a batch of 32 on 4 devices is 8 images per device,
+and the results match one device with the same batch. Every batch must
+therefore divide by the device count: `predict_padded` pads the short last
+batch of predictions (evaluation, precompute, TTA) and trims the outputs;
+training batches are cut to a multiple of the device count
+(`ImageBatches(batch_multiple=...)`), and validation runs through
+`PaddedValidation` instead of Keras's own (which would weigh the padding).
+
+Source: Keras 3 distribution guide
+(https://keras.io/guides/distribution/) and `tf.distribute` guide
+(https://www.tensorflow.org/guide/distributed_training).
+"""
+
+import contextlib
+import warnings
+
+import keras
+import numpy as np
+
+__all__ = [
+    "DISTRIBUTIONS",
+    "PaddedValidation",
+    "Replicas",
+    "portable_config",
+    "predict_padded",
+    "replica_count",
+    "resolve_distribution",
+]
+
+DISTRIBUTIONS = ("none", "data_parallel")
+
+_HOW = (
+    "Use distribution='data_parallel' (`kertransfer train --distribute "
+    "data_parallel`) with KERAS_BACKEND=jax (keras.distribution.DataParallel) "
+    "or KERAS_BACKEND=tensorflow (tf.distribute.MirroredStrategy), or "
+    "distribution='none' for one device."
+)
+
+
+class Replicas:
+    """How a learner spreads its batches over devices.
+
+    Made by `resolve_distribution`; `ConvLearner` runs every verb (building,
+    compiling, fitting, predicting) inside `scope()`.
+
+    Args:
+        engine: `"none"` (one device), `"keras.distribution"` (JAX) or
+            `"tf.distribute"` (TensorFlow).
+        devices: devices each global batch is split over (1 for `"none"`).
+        processes: processes taking part (1 on one machine).
+        handle: the `keras.distribution.Distribution` or
+            `tf.distribute.Strategy`, or None.
+
+    Attributes:
+        engine, devices, processes, handle: as given.
+    """
+
+    def __init__(self, engine="none", devices=1, processes=1, handle=None):
+        self.engine = engine
+        self.devices = int(devices)
+        self.processes = int(processes)
+        self.handle = handle
+
+    def __repr__(self):
+        return f"Replicas(engine={self.engine!r}, devices={self.devices}, processes={self.processes})"
+
+    def scope(self):
+        """A context manager making this distribution current (no-op for one device)."""
+        if self.handle is None:
+            return contextlib.nullcontext()
+        return self.handle.scope()
+
+    def check_batch_size(self, batch_size, name="batch_size"):
+        """Raises a clear error when `batch_size` does not divide by the devices.
+
+        Raises:
+            ValueError: if `batch_size % devices != 0`.
+        """
+        if int(batch_size) % self.devices:
+            lower = max(self.devices, int(batch_size) // self.devices * self.devices)
+            raise ValueError(
+                f"{name}={batch_size} is the global batch size and must divide by "
+                f"the {self.devices} devices of the {self.engine} distribution (each "
+                f"device takes an equal share). Use {name}={lower} or "
+                f"{lower + self.devices}."
+            )
+
+    def to_dict(self, batch_size):
+        """`{"engine", "devices", "processes", "global_batch_size", "per_device_batch_size"}`."""
+        return {
+            "engine": self.engine,
+            "devices": self.devices,
+            "processes": self.processes,
+            "global_batch_size": int(batch_size),
+            "per_device_batch_size": int(batch_size) // self.devices,
+        }
+
+
+def _batch_axis_size(dist):
+    mesh = dist.device_mesh
+    return int(mesh.shape[list(mesh.axis_names).index(dist.batch_dim_name)])
+
+
+def _from_keras_distribution(dist):
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise ValueError(
+            f"keras.distribution runs on JAX only in Keras {keras.__version__} (the "
+            f"backend is {backend}). {_HOW}"
+        )
+    import jax
+
+    if jax.process_count() > 1:
+        # Each process would feed its own share of every batch; kertransfer's
+        # batches, padding and trimming are global so far.
+        raise ValueError(
+            f"kertransfer trains data-parallel in one process so far; this "
+            f"distribution spans {jax.process_count()} processes "
+            "(keras.distribution.initialize). Run one process over all its local "
+            "devices instead."
+        )
+    return Replicas("keras.distribution", _batch_axis_size(dist), jax.process_count(), dist)
+
+
+def _from_strategy(strategy):
+    if keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"A tf.distribute strategy needs KERAS_BACKEND=tensorflow (the backend "
+            f"is {keras.backend.backend()}). {_HOW}"
+        )
+    resolver = getattr(strategy, "cluster_resolver", None)
+    workers = 1
+    if resolver is not None:
+        workers = max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
+    if workers > 1:
+        raise ValueError(
+            f"kertransfer trains data-parallel in one process so far; this strategy "
+            f"spans {workers} workers. Use MirroredStrategy over the local devices "
+            "(distribution='data_parallel')."
+        )
+    return Replicas("tf.distribute", strategy.num_replicas_in_sync, workers, strategy)
+
+
+def _ambient():
+    """The user's current `keras.distribution` (JAX) or strategy scope (TF), or None."""
+    backend = keras.backend.backend()
+    dist = keras.distribution.distribution()
+    if dist is not None:
+        return _from_keras_distribution(dist)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy():
+            return _from_strategy(tf.distribute.get_strategy())
+    return None
+
+
+def _is_keras_distribution(value):
+    # keras.distribution exports DataParallel and ModelParallel, not their base.
+    return hasattr(value, "device_mesh") and hasattr(value, "batch_dim_name")
+
+
+def _is_strategy(value):
+    return hasattr(value, "num_replicas_in_sync") and hasattr(value, "scope")
+
+
+def resolve_distribution(distribution=None):
+    """The `Replicas` for a `distribution` argument.
+
+    Args:
+        distribution: one of
+            - None: the distribution the user made current, if any (JAX:
+              `keras.distribution.set_distribution(...)` or its `scope()`;
+              TensorFlow: inside `strategy.scope()`), else one device;
+            - `"none"`: one device;
+            - `"data_parallel"`: JAX `keras.distribution.DataParallel()` over
+              all devices; TensorFlow `tf.distribute.MirroredStrategy` over
+              the local GPUs, or all logical CPUs without a GPU;
+            - a `keras.distribution.Distribution` (JAX) or a
+              `tf.distribute.Strategy` (TensorFlow);
+            - a `Replicas` (returned as is).
+
+    Returns:
+        `Replicas`.
+
+    Raises:
+        ValueError: on an unknown value, `"data_parallel"` on torch, a
+            `keras.distribution` off JAX or over several processes (not
+            supported yet), a strategy off TensorFlow, or `"none"` while a
+            distribution is current.
+
+    Example:
+
+    ```python
+    replicas = resolve_distribution("data_parallel")  # JAX_NUM_CPU_DEVICES=2
+    replicas.devices  # 2
+    ```
+    """
+    if isinstance(distribution, Replicas):
+        return distribution
+    if distribution is None:
+        return _ambient() or Replicas()
+    if _is_keras_distribution(distribution):
+        return _from_keras_distribution(distribution)
+    if _is_strategy(distribution):
+        return _from_strategy(distribution)
+    if distribution == "none":
+        ambient = _ambient()
+        if ambient is not None:
+            raise ValueError(
+                f"distribution='none' asks for one device, but a distribution is "
+                f"current ({ambient}). Pass distribution=None to use it, or leave "
+                "its scope."
+            )
+        return Replicas()
+    if distribution == "data_parallel":
+        backend = keras.backend.backend()
+        if backend == "jax":
+            return _from_keras_distribution(keras.distribution.DataParallel())
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+            return _from_strategy(tf.distribute.MirroredStrategy([d.name for d in devices]))
+        raise ValueError(
+            f"distribution='data_parallel' is not available on the {backend} "
+            f"backend: Keras {keras.__version__} has no keras.distribution for it. "
+            f"{_HOW}"
+        )
+    raise ValueError(
+        f"distribution must be one of {DISTRIBUTIONS}, None (use the current "
+        "keras.distribution or tf.distribute scope), a keras.distribution."
+        "Distribution or a tf.distribute.Strategy. Received "
+        f"distribution={distribution!r}."
+    )
+
+
+def synchronize_batch_norm(model):
+    """Makes every BatchNormalization layer of `model` use the global batch's statistics.
+
+    TensorFlow's `MirroredStrategy` otherwise normalises each device's share
+    with its own mean and variance. Keras reads `layer.synchronized` at call
+    time, so this works on built layers. `portable_config` undoes it in
+    saved configs (JAX and torch refuse `synchronized=True`).
+    """
+    for layer in _layers(model):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = True
+
+
+def _layers(model):
+    stack = [model]
+    while stack:
+        layer = stack.pop()
+        yield layer
+        stack.extend(getattr(layer, "layers", []))
+
+
+def warn_replicated_dropout(model):
+    """Warns when `model` has dropout and trains under `MirroredStrategy`.
+
+    Keras 3 (TensorFlow backend) seeds dropout from the layer's
+    `SeedGenerator`, whose state is the same on every replica, so each
+    device draws the same mask for its share of the batch: training stays
+    unbiased, but the masks of rows `i` and `i + batch / devices` are equal,
+    and results differ from one device. JAX `DataParallel` draws one mask
+    for the global batch and matches one device.
+    """
+    rates = [layer.rate for layer in _layers(model) if isinstance(layer, keras.layers.Dropout) and layer.rate > 0]
+    if rates:
+        warnings.warn(
+            f"{len(rates)} Dropout layer(s) with rate > 0 under tf.distribute: Keras "
+            "draws the same dropout mask on every replica (for its share of the "
+            "batch), so training is not identical to one device (it stays "
+            "unbiased). For identical results use KERAS_BACKEND=jax, or ps=0.",
+            stacklevel=3,
+        )
+
+
+def portable_config(config):
+    """A copy of a model config with `synchronized=False` on every BatchNormalization.
+
+    A `.keras` file whose BatchNorm layers say `synchronized=True` (set for
+    `MirroredStrategy`) does not load on JAX or torch; the flag only changes
+    how training statistics are gathered across devices, never the weights.
+    """
+    if isinstance(config, dict):
+        out = {k: portable_config(v) for k, v in config.items()}
+        if out.get("class_name") == "BatchNormalization" and isinstance(out.get("config"), dict):
+            out["config"]["synchronized"] = False
+        return out
+    if isinstance(config, list):
+        return [portable_config(v) for v in config]
+    return config
+
+
+def replica_count(model=None):
+    """Devices each batch is split over in the current context (1 if none).
+
+    JAX: the batch axis of the current `keras.distribution`; TensorFlow: the
+    replicas of `model.distribute_strategy` (the strategy it was built
+    under), or of the current strategy.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        dist = keras.distribution.distribution()
+        return 1 if dist is None else _batch_axis_size(dist)
+    if backend == "tensorflow":
+        strategy = getattr(model, "distribute_strategy", None)
+        if strategy is None:
+            import tensorflow as tf
+
+            strategy = tf.distribute.get_strategy()
+        return int(strategy.num_replicas_in_sync)
+    return 1
+
+
+class _PaddedBatches(keras.utils.PyDataset):
+    """The inputs of `batches`, each batch padded to a multiple of `multiple` rows."""
+
+    def __init__(self, batches, multiple):
+        super().__init__(
+            workers=getattr(batches, "workers", 1),
+            use_multiprocessing=False,
+            max_queue_size=getattr(batches, "max_queue_size", 10),
+        )
+        self.batches = batches
+        self.multiple = multiple
+        self.sizes = {}
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        x = np.asarray(self.batches[index][0])
+        self.sizes[index] = len(x)
+        return (_pad(x, self.multiple),)
+
+
+def _pad(x, multiple):
+    """`x` with its last row repeated up to a multiple of `multiple` rows."""
+    pad = -len(x) % multiple
+    return np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
+
+
+def predict_padded(model, x, batch_size=None):
+    """`model.predict` that works whatever the device count: pads, then trims.
+
+    Under a distribution every batch must divide by the device count
+    (JAX raises `IndivisibleError`). Each batch is padded with copies of its
+    last row to a multiple of `replica_count(model)` and the padding's
+    outputs are dropped, so the result equals one device's. Outside a
+    distribution this is plain `model.predict`.
+
+    Args:
+        model: a `keras.Model`.
+        x: a numpy array `(n, ...)`, or a `keras.utils.PyDataset` whose items
+            start with the inputs (`(x,)` or `(x, y)`).
+        batch_size: with an array, rows per batch (a multiple of the device
+            count; default 32 rounded up to one).
+
+    Returns:
+        numpy array `(n, ...)`: the model's outputs, in input order.
+
+    Raises:
+        ValueError: if `batch_size` does not divide by the device count.
+    """
+    multiple = replica_count(model)
+    if multiple == 1:
+        return model.predict(x, batch_size=batch_size, verbose=0)
+    if isinstance(x, keras.utils.PyDataset):
+        padded = _PaddedBatches(x, multiple)
+        out = model.predict(padded, verbose=0)
+        parts, row = [], 0
+        for index in range(len(padded)):
+            size = padded.sizes[index]
+            parts.append(out[row : row + size])
+            row += size + (-size % multiple)
+        return np.concatenate(parts)
+    if batch_size is None:
+        batch_size = -(-32 // multiple) * multiple
+    Replicas(devices=multiple).check_batch_size(batch_size)
+    x = np.asarray(x)
+    return model.predict(_pad(x, multiple), batch_size=batch_size, verbose=0)[: len(x)]
+
+
+class PaddedValidation(keras.callbacks.Callback):
+    """Validation at each epoch's end through `predict_padded`.
+
+    Under a distribution Keras's own validation fails on a batch that does
+    not divide by the device count, and padding it with zero-weight rows
+    would still shift the loss (Keras divides by the padded batch size).
+    This callback predicts the validation set (padded, then trimmed) and
+    adds `val_loss` and `val_<metric>` to the epoch's logs, before
+    `KeepBestWeights`, `History` and the progress bar read them. Place it
+    first in the callback list.
+
+    Args:
+        batches: the validation `PyDataset` of `(x, y)`.
+        labels: the validation labels, `(n,)` or `(n, num_classes)`.
+        loss: a Keras loss (name or object) on `(labels, probabilities)`.
+        metrics: callable returning fresh Keras metric objects (their
+            `name` gives the log key `val_<name>`).
+    """
+
+    def __init__(self, batches, labels, loss, metrics):
+        super().__init__()
+        self.batches = batches
+        self.labels = np.asarray(labels)
+        self.loss = keras.losses.get(loss)
+        self.metrics = metrics
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        probs = predict_padded(self.model, self.batches)
+        loss = self.loss(self.labels, probs)
+        logs["val_loss"] = float(keras.ops.convert_to_numpy(keras.ops.mean(loss)))
+        for metric in self.metrics():
+            metric.update_state(self.labels, probs)
+            logs[f"val_{metric.name}"] = float(keras.ops.convert_to_numpy(metric.result()))

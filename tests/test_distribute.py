@@ -1,0 +1,191 @@
+"""Data-parallel training matches one device (kertransfer.distribute).
+
+The multi-device checks run `tests/distributed_workflow.py` in a subprocess,
+because the device count is fixed when JAX or TensorFlow starts: JAX with 4
+virtual CPU devices (`JAX_NUM_CPU_DEVICES`; runs on 2 and on 4 of them) and
+TensorFlow with 2 logical CPUs. Each compares the whole tiny workflow
+(precompute, lr_find, head fit, unfreeze, SGDR with cycle_mult=2,
+KeepBestWeights, TTA, save) with the same run on one device in the same
+process, on a validation set of 15 images (divides by neither 2 nor 4).
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from kertransfer.data import FeatureBatches
+from kertransfer.distribute import Replicas
+from kertransfer.distribute import portable_config
+from kertransfer.distribute import predict_padded
+from kertransfer.distribute import resolve_distribution
+
+from conftest import write_synthetic_images
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def odd_valid_folder(tmp_path_factory):
+    """64 training images (4 batches of 16) and 15 validation images."""
+    return write_synthetic_images(
+        tmp_path_factory.mktemp("distribute"),
+        {"train/ants": 32, "train/bees": 32, "valid/ants": 8, "valid/bees": 7},
+        size=40,
+    )
+
+
+def _run_workflow(backend, data_dir, out, args, env_extra):
+    env = dict(os.environ)
+    env.update(env_extra)
+    env["KERAS_BACKEND"] = backend
+    # This checkout's kertransfer, whichever one the venv was installed from.
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    command = [sys.executable, str(ROOT / "tests" / "distributed_workflow.py"), str(data_dir), str(out), *args]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return json.loads(pathlib.Path(out).read_text())
+
+
+def _check_matches_one_device(report, name, engine, devices):
+    run = report[name]
+    assert run["distribution"] == {
+        "engine": engine, "devices": devices, "processes": 1,
+        "global_batch_size": 16, "per_device_batch_size": 16 // devices,
+    }
+    assert run["variable_devices"] == devices  # the weights really live on every device
+    assert run["n_valid"] == 15 and run["epochs"] == 4
+    assert run["trained_max_abs_change"] > 0.1  # the runs trained, so equality means something
+    for key in ("weights", "tta", "val_loss", "val_accuracy", "finder"):
+        assert run[f"{key}_max_abs_diff"] <= TOLERANCE, (name, key, run)
+    assert not run["saved_synchronized"] and run["reload_max_abs_diff"] == 0.0
+
+
+@pytest.mark.one_backend
+def test_jax_data_parallel_matches_one_device(odd_valid_folder, tmp_path):
+    report = _run_workflow(
+        "jax", odd_valid_folder, tmp_path / "jax.json", ["none", "dp2", "data_parallel"],
+        {"JAX_NUM_CPU_DEVICES": "4"},
+    )
+    assert report["none"]["distribution"]["engine"] == "none"
+    _check_matches_one_device(report, "dp2", "keras.distribution", 2)
+    _check_matches_one_device(report, "data_parallel", "keras.distribution", 4)
+
+
+@pytest.mark.one_backend
+def test_tensorflow_mirrored_matches_one_device(odd_valid_folder, tmp_path):
+    # ps=0: Keras's TensorFlow dropout repeats its mask on every replica
+    # (`warn_replicated_dropout`), so only a dropout-free head can match.
+    report = _run_workflow(
+        "tensorflow", odd_valid_folder, tmp_path / "tf.json",
+        ["--ps", "0", "--tf-cpus", "2", "none", "data_parallel"], {},
+    )
+    _check_matches_one_device(report, "data_parallel", "tf.distribute", 2)
+
+
+# ------------------------------------------------------- in-process checks
+def test_resolve_distribution_one_device():
+    replicas = resolve_distribution("none")
+    assert (replicas.engine, replicas.devices, replicas.processes) == ("none", 1, 1)
+    assert resolve_distribution(None).devices == 1
+    assert resolve_distribution(replicas) is replicas
+
+
+def test_resolve_distribution_rejects_unknown_value():
+    with pytest.raises(ValueError, match=r"distribution must be one of \('none', 'data_parallel'\).*'mirrored'"):
+        resolve_distribution("mirrored")
+
+
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="the torch answer; JAX and TF are tested above")
+def test_data_parallel_on_torch_names_the_supported_ways():
+    with pytest.raises(ValueError, match="KERAS_BACKEND=jax.*KERAS_BACKEND=tensorflow"):
+        resolve_distribution("data_parallel")
+
+
+def test_batch_size_must_divide_by_devices():
+    with pytest.raises(ValueError, match=r"batch_size=30 is the global batch size.*4 devices.*batch_size=28 or 32"):
+        Replicas("keras.distribution", devices=4).check_batch_size(30)
+    Replicas("keras.distribution", devices=4).check_batch_size(32)
+
+
+def test_learner_checks_batch_size_before_building(tiny_data):
+    from kertransfer import ConvLearner
+
+    replicas = Replicas("keras.distribution", devices=3)  # 16 images do not divide by 3
+    with pytest.raises(ValueError, match=r"data.batch_size=16 .* 3 devices"):
+        ConvLearner.pretrained("tiny_cnn", tiny_data, weights=None, distribution=replicas)
+
+
+def test_cli_distribute_switch(tmp_path):
+    from kertransfer.cli import _config
+    from kertransfer.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["train", str(tmp_path), "--distribute", "data_parallel"])
+    assert _config(args).distribute == "data_parallel"
+    assert _config(parser.parse_args(["train", str(tmp_path)])).distribute == "none"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", str(tmp_path), "--distribute", "mirrored"])
+
+
+def test_train_checks_batch_size_before_reading_data(tmp_path):
+    from kertransfer.train import TrainConfig
+    from kertransfer.train import train
+
+    config = TrainConfig(batch_size=30, distribute=Replicas("keras.distribution", devices=4))
+    with pytest.raises(ValueError, match="batch_size=30 .* 4 devices"):
+        train(tmp_path / "no_such_folder", tmp_path / "run", config, verbose=0)
+    assert not (tmp_path / "run").exists()
+
+
+def test_portable_config_unsynchronizes_batch_norm():
+    config = {"class_name": "Functional", "config": {"layers": [
+        {"class_name": "BatchNormalization", "config": {"name": "bn", "synchronized": True}},
+        {"class_name": "Functional", "config": {"layers": [
+            {"class_name": "BatchNormalization", "config": {"name": "inner", "synchronized": True}},
+            {"class_name": "Dense", "config": {"name": "fc", "units": 2}},
+        ]}},
+    ]}}
+    out = portable_config(config)
+    layers = out["config"]["layers"]
+    assert layers[0]["config"]["synchronized"] is False
+    assert layers[1]["config"]["layers"][0]["config"]["synchronized"] is False
+    assert layers[1]["config"]["layers"][1] == {"class_name": "Dense", "config": {"name": "fc", "units": 2}}
+    assert config["config"]["layers"][0]["config"]["synchronized"] is True  # a copy
+
+
+def test_batch_multiple_cuts_the_short_last_batch():
+    features = np.arange(38, dtype="float32")[:, None]
+    labels = np.arange(38)
+    # 38 = 2 * 16 + 6: the last batch is cut to 4 for 4 devices, kept for 2.
+    four = FeatureBatches(features, labels, 16, batch_multiple=4)
+    assert [len(four[i][0]) for i in range(len(four))] == [16, 16, 4]
+    two = FeatureBatches(features, labels, 16, batch_multiple=2)
+    assert [len(two[i][0]) for i in range(len(two))] == [16, 16, 6]
+    # A remainder below the device count drops the batch.
+    assert len(FeatureBatches(features[:35], labels[:35], 16, batch_multiple=4)) == 2
+    with pytest.raises(ValueError, match="batch_multiple must .* divides batch_size"):
+        FeatureBatches(features, labels, 16, batch_multiple=3)
+
+
+def test_image_batches_batch_multiple(tiny_data):
+    # 96 training images in batches of 20: 4 full, then the 16 left, cut to a multiple.
+    batches = tiny_data.train_batches(batch_size=20, batch_multiple=4, seed=0)
+    assert len(batches) == 5 and batches.num_samples == 96
+    assert batches[4][0].shape[0] == 16
+    batches = tiny_data.train_batches(batch_size=20, batch_multiple=5, seed=0)
+    assert len(batches) == 5 and batches.num_samples == 95
+    assert batches[4][0].shape[0] == 15
+
+
+def test_predict_padded_one_device_is_predict():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    x = np.random.default_rng(0).normal(size=(13, 3)).astype("float32")
+    np.testing.assert_allclose(predict_padded(model, x, batch_size=4), model.predict(x, batch_size=4, verbose=0))
