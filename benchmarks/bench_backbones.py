@@ -297,6 +297,11 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown arch {unknown}; available: {list_backbones()}")
 
+    if args.profile and keras.backend.backend() != "jax":
+        parser.error(
+            "--profile traces the XLA ops of the JAX train step. Received "
+            f"KERAS_BACKEND={keras.backend.backend()!r}; run with KERAS_BACKEND=jax."
+        )
     options = dict(train_only=args.train_only, profile=args.profile)
     if args.json:  # child process: one backbone, one JSON line
         row = bench(archs[0], args.size, args.batch, args.steps, args.warmup, **options)
