@@ -8,21 +8,37 @@ backend (`KERAS_BACKEND`), plus the peak resident memory of the process
 own subprocess so the peak memory is its own.
 
 Weights are random (`weights=None`): throughput does not depend on them,
-and the benchmark never touches the network.
+and the benchmark never touches the network. Rates are medians over the
+timed steps (min-max in the `spread` column): on a shared machine, compare
+ratios from alternating runs, not single absolute figures.
+
+`--profile` (JAX only) adds a per-op profile of one train step:
+`jax.profiler` traces the compiled step, and each XLA op's time is
+attributed, through the optimized HLO's metadata, to the Keras layer class
+it came from, forward or backward, and to the kind of op (convolution,
+grouped convolution, dot, reduce, elementwise). This is how the slow JAX
+train step of EfficientNet-Lite0 was pinned down (README, "Training speed
+under JAX").
 
 Usage:
 
     KERAS_BACKEND=jax python benchmarks/bench_backbones.py --quick --arch resnet18
     python benchmarks/bench_backbones.py                  # every backbone
     python benchmarks/bench_backbones.py --arch resnet34 mobilenet_v2 --batch 16
+    KERAS_BACKEND=jax python benchmarks/bench_backbones.py --train-only \
+        --arch efficientnet_lite0 --batch 8 --steps 5 --profile
 """
 
 import argparse
+import collections
+import glob
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -46,24 +62,29 @@ def _peak_rss_mib():
 
 
 def _images_per_second(step, batch, steps, warmup):
+    """`(median, slowest, fastest)` images/s over `steps` timed calls."""
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
+    seconds = []
     for _ in range(steps):
+        start = time.perf_counter()
         step()
-    return batch * steps / (time.perf_counter() - start)
+        seconds.append(time.perf_counter() - start)
+    return batch / np.median(seconds), batch / max(seconds), batch / min(seconds)
 
 
-def bench(arch, size, batch, steps, warmup):
+def bench(arch, size, batch, steps, warmup, train_only=False, profile=False):
     """Returns a dict of measurements for one backbone."""
     rng = np.random.RandomState(0)
     images = rng.uniform(0, 255, (batch, size, size, 3)).astype("float32")
     labels = rng.randint(0, NUM_CLASSES, (batch,))
     body = build_backbone(arch, weights=None, input_shape=(size, size, 3))
     params = body.count_params()
-    infer = _images_per_second(
-        lambda: body.predict_on_batch(images), batch, steps, warmup
-    )
+    infer = (float("nan"),) * 3
+    if not train_only:
+        infer = _images_per_second(
+            lambda: body.predict_on_batch(images), batch, steps, warmup
+        )
     x = keras.layers.GlobalAveragePooling2D()(body.output)
     outputs = keras.layers.Dense(NUM_CLASSES)(x)
     model = keras.Model(body.input, outputs)
@@ -74,13 +95,154 @@ def bench(arch, size, batch, steps, warmup):
     train = _images_per_second(
         lambda: model.train_on_batch(images, labels), batch, steps, warmup
     )
-    return {
+    row = {
         "arch": arch,
         "params_m": params / 1e6,
-        "infer_img_s": infer,
-        "train_img_s": train,
+        "infer_img_s": infer[0],
+        "train_img_s": train[0],
+        "train_spread": train[1:],
         "peak_rss_mib": _peak_rss_mib(),
     }
+    if profile:
+        row["profile"] = profile_train_step(model, images, labels)
+    return row
+
+
+# --- per-op profile of the JAX train step ---------------------------------
+
+_HLO_INSTRUCTION = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = (\S+) ([\w\-]+)\(")
+_HLO_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) \(.*\{\s*$")
+# When a fusion holds several ops, the first of these names it.
+_OP_RANK = ("convolution", "dot", "reduce", "reduce-window", "select-and-scatter")
+
+
+def _parse_hlo(text):
+    """`{instruction: info}` and `{computation: [info]}` of optimized HLO."""
+    instructions, computations, current = {}, collections.defaultdict(list), None
+    for line in text.splitlines():
+        match = _HLO_COMPUTATION.match(line)
+        if match:
+            current = match.group(1)
+            continue
+        match = _HLO_INSTRUCTION.match(line)
+        if not match:
+            continue
+        name, shape, opcode = match.groups()
+        calls = re.search(r"calls=%?([\w.\-]+)", line)
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        groups = re.search(r"(feature|batch)_group_count=(\d+)", line)
+        operands = line.split("(", 1)[1].split(")", 1)[0]
+        info = {
+            "name": name,
+            "operands": re.findall(r"%([\w.\-]+)", operands),
+            "shape": shape.split("{")[0],
+            "opcode": opcode,
+            "calls": calls and calls.group(1),
+            "op_name": op_name.group(1) if op_name else "",
+            "grouped": bool(groups and int(groups.group(2)) > 1),
+        }
+        instructions[name] = info
+        computations[current].append(info)
+    return instructions, computations
+
+
+def _consumers(instructions):
+    users = collections.defaultdict(list)
+    for info in instructions.values():
+        for operand in info["operands"]:
+            users[operand].append(info)
+    return users
+
+
+def _describe_op(info, computations, users):
+    """`(layer name, "forward"|"backward", op kind)` of one executed op.
+
+    An op without source metadata (XLA:CPU's rewrite of a grouped kernel
+    gradient into a dense convolution has none) takes that of the nearest
+    op that consumes its result.
+    """
+    inner = computations.get(info["calls"], []) if info["calls"] else []
+    ranked = [i for i in inner + [info] if i["opcode"] in _OP_RANK]
+    main = min(ranked, key=lambda i: _OP_RANK.index(i["opcode"])) if ranked else info
+    kind = main["opcode"] if ranked else "elementwise/copy"
+    if kind == "convolution" and main["grouped"]:
+        kind = "grouped convolution"
+    op_name = main["op_name"] or info["op_name"]
+    op_name = op_name or next((i["op_name"] for i in inner if i["op_name"]), "")
+    frontier = [info]
+    for _ in range(3):
+        if op_name:
+            break
+        frontier = [u for i in frontier for u in users.get(i["name"], [])]
+        op_name = next((u["op_name"] for u in frontier if u["op_name"]), "")
+    layers = re.findall(r"jvp\(([\w.\-]+)\)", op_name)
+    direction = "backward" if "transpose(" in op_name else "forward"
+    return (layers[-1] if layers else ""), direction, kind
+
+
+def profile_train_step(model, images, labels):
+    """Per-op times (ms) of one compiled JAX train step of `model`.
+
+    Returns a dict: `wall_ms` (the step), `groups` (`[layer class, direction,
+    op kind, ms]`, slowest first) and `top` (the slowest single ops).
+    Ops on the two CPU threads overlap, so the ops' sum exceeds `wall_ms`.
+    """
+    import jax
+
+    if keras.backend.backend() != "jax":
+        raise ValueError(
+            "--profile traces the XLA ops of the JAX train step. Received "
+            f"KERAS_BACKEND={keras.backend.backend()!r}; run with KERAS_BACKEND=jax."
+        )
+    state = model._get_jax_state(
+        trainable_variables=True,
+        non_trainable_variables=True,
+        optimizer_variables=True,
+        metrics_variables=True,
+        purge_model_variables=False,
+    )
+    data = (images, labels, None)
+    compiled = jax.jit(model.train_step).lower(state, data).compile()
+    instructions, computations = _parse_hlo(compiled.as_text())
+    jax.block_until_ready(compiled(state, data))
+    trace_dir = tempfile.mkdtemp(prefix="bench_backbones_trace_")
+    jax.profiler.start_trace(trace_dir)
+    start = time.perf_counter()
+    jax.block_until_ready(compiled(state, data))
+    wall_ms = (time.perf_counter() - start) * 1e3
+    jax.profiler.stop_trace()
+    (trace,) = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+    op_ms = collections.Counter()
+    for plane in jax.profiler.ProfileData.from_file(trace).planes:
+        for line in plane.lines:
+            for event in line.events:
+                if event.name in instructions:
+                    op_ms[event.name] += event.duration_ns / 1e6
+    classes = {layer.name: type(layer).__name__ for layer in model._flatten_layers()}
+    groups, top, users = collections.Counter(), [], _consumers(instructions)
+    for name, ms in op_ms.items():
+        layer, direction, kind = _describe_op(instructions[name], computations, users)
+        groups[(classes.get(layer, "(unattributed)"), direction, kind)] += ms
+        top.append([round(ms, 1), name, instructions[name]["shape"], kind, layer, direction])
+    return {
+        "wall_ms": wall_ms,
+        "groups": [[*key, round(ms, 1)] for key, ms in groups.most_common()],
+        "top": sorted(top, reverse=True)[:15],
+    }
+
+
+def _print_profile(arch, profile):
+    total = sum(row[-1] for row in profile["groups"])
+    print(
+        f"\nper-op profile of one {arch} train step (JAX): wall "
+        f"{profile['wall_ms']:.0f} ms, ops {total:.0f} ms (2 threads overlap)"
+    )
+    for cls, direction, kind, ms in profile["groups"]:
+        if ms >= 0.01 * total:
+            print(f"{ms:9.0f} ms {100 * ms / total:5.1f}%  {cls:<22}{direction:<10}{kind}")
+    print("slowest ops:")
+    for ms, name, shape, kind, layer, direction in profile["top"]:
+        print(f"{ms:9.0f} ms  {name:<30} {shape:<24}{kind:<21}{layer} {direction}")
 
 
 def _print_table(rows, args):
@@ -90,7 +252,7 @@ def _print_table(rows, args):
     )
     header = (
         f"{'arch':<20}{'params (M)':>11}{'infer img/s':>13}"
-        f"{'train img/s':>13}{'peak RSS MiB':>14}"
+        f"{'train img/s':>13}{'spread':>13}{'peak RSS MiB':>14}"
     )
     print(header)
     print("-" * len(header))
@@ -98,10 +260,14 @@ def _print_table(rows, args):
         if "error" in r:
             print(f"{r['arch']:<20}  failed: {r['error']}")
             continue
+        spread = "{:.2f}-{:.2f}".format(*r["train_spread"])
         print(
             f"{r['arch']:<20}{r['params_m']:>11.2f}{r['infer_img_s']:>13.1f}"
-            f"{r['train_img_s']:>13.1f}{r['peak_rss_mib']:>14.0f}"
+            f"{r['train_img_s']:>13.2f}{spread:>13}{r['peak_rss_mib']:>14.0f}"
         )
+    for r in rows:
+        if "profile" in r:
+            _print_profile(r["arch"], r["profile"])
 
 
 def main(argv=None):
@@ -116,6 +282,12 @@ def main(argv=None):
     parser.add_argument(
         "--quick", action="store_true", help="batch 4, 3 timed steps, 1 warm-up"
     )
+    parser.add_argument(
+        "--train-only", action="store_true", help="skip the inference measurement"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="JAX: per-op profile of a train step"
+    )
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -125,12 +297,18 @@ def main(argv=None):
     if unknown:
         parser.error(f"unknown arch {unknown}; available: {list_backbones()}")
 
+    if args.profile and keras.backend.backend() != "jax":
+        parser.error(
+            "--profile traces the XLA ops of the JAX train step. Received "
+            f"KERAS_BACKEND={keras.backend.backend()!r}; run with KERAS_BACKEND=jax."
+        )
+    options = dict(train_only=args.train_only, profile=args.profile)
     if args.json:  # child process: one backbone, one JSON line
-        row = bench(archs[0], args.size, args.batch, args.steps, args.warmup)
+        row = bench(archs[0], args.size, args.batch, args.steps, args.warmup, **options)
         print(json.dumps(row))
         return
     if len(archs) == 1:
-        rows = [bench(archs[0], args.size, args.batch, args.steps, args.warmup)]
+        rows = [bench(archs[0], args.size, args.batch, args.steps, args.warmup, **options)]
     else:
         rows = []
         for arch in archs:
@@ -138,7 +316,7 @@ def main(argv=None):
                 sys.executable, os.path.abspath(__file__), "--json", "--arch", arch,
                 "--size", str(args.size), "--batch", str(args.batch),
                 "--steps", str(args.steps), "--warmup", str(args.warmup),
-            ]
+            ] + ["--train-only"] * args.train_only + ["--profile"] * args.profile
             done = subprocess.run(command, capture_output=True, text=True)
             lines = done.stdout.strip().splitlines()
             if done.returncode == 0 and lines:

@@ -3,7 +3,13 @@
 import keras
 from keras import ops
 
-__all__ = ["ImagePreprocessing", "AdaptiveConcatPooling2D", "RandomRot90"]
+__all__ = [
+    "ImagePreprocessing",
+    "AdaptiveConcatPooling2D",
+    "RandomRot90",
+    "DepthwiseConv2D",
+    "Conv2D",
+]
 
 
 @keras.saving.register_keras_serializable(package="kertransfer")
@@ -181,3 +187,98 @@ class RandomRot90(keras.layers.Layer):
         config = super().get_config()
         config.update(seed=self.seed)
         return config
+
+
+def _on_jax():
+    return keras.backend.backend() == "jax"
+
+
+@keras.saving.register_keras_serializable(package="kertransfer")
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """Drop-in `keras.layers.DepthwiseConv2D`, fast under JAX on CPU.
+
+    Same arguments, weights and outputs as Keras's layer. Under the JAX
+    backend (depth multiplier 1, no dilation, channels last) it computes the
+    convolution as a sum of `k * k` shifted input slices times per-channel
+    weights, with a gradient of the same form
+    (`kertransfer.jax_convolution`), because XLA:CPU's grouped convolution,
+    and above all its kernel gradient, is one to three orders of magnitude
+    slower (see "Training speed under JAX" in the README). Other backends
+    and configurations run Keras's own `call`. Results agree with Keras's
+    layer to float32 rounding.
+
+    Example:
+
+    >>> layer = DepthwiseConv2D(3, strides=2, padding="same")
+    >>> layer(np.zeros((1, 8, 8, 4))).shape
+    (1, 4, 4, 4)
+    """
+
+    def _shifted_form_applies(self):
+        return (
+            _on_jax()
+            and self.depth_multiplier == 1
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.data_format == "channels_last"
+            and self.padding in ("same", "valid")
+        )
+
+    def call(self, inputs):
+        if not self._shifted_form_applies():
+            return super().call(inputs)
+        from kertransfer.jax_convolution import depthwise_conv2d
+
+        outputs = depthwise_conv2d(
+            inputs,
+            self.kernel[:, :, :, 0],
+            tuple(self.strides),
+            self.padding,
+        )
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs
+
+
+@keras.saving.register_keras_serializable(package="kertransfer")
+class Conv2D(keras.layers.Conv2D):
+    """Drop-in `keras.layers.Conv2D` whose 1x1 kernels run as a matmul under JAX.
+
+    Same arguments, weights and outputs as Keras's layer. A 1x1
+    convolution is a matrix product over channels (of every `strides`-th
+    pixel); under the JAX backend this layer computes it so, because XLA:CPU
+    computes the kernel gradient of a convolution several times slower than
+    the same gradient as a matmul. Other kernel sizes, backends and
+    configurations run Keras's own `call`. Like `DepthwiseConv2D` above, it
+    keeps Keras's class name for `.weights.h5` compatibility.
+
+    Example:
+
+    >>> layer = Conv2D(8, 1)
+    >>> layer(np.zeros((1, 4, 4, 3))).shape
+    (1, 4, 4, 8)
+    """
+
+    def _matmul_form_applies(self):
+        return (
+            _on_jax()
+            and tuple(self.kernel_size) == (1, 1)
+            and tuple(self.dilation_rate) == (1, 1)
+            and self.groups == 1
+            and self.data_format == "channels_last"
+        )
+
+    def call(self, inputs):
+        if not self._matmul_form_applies():
+            return super().call(inputs)
+        strided = inputs
+        if tuple(self.strides) != (1, 1):
+            # Both "same" and "valid" keep ceil(size / stride) pixels.
+            strided = inputs[:, :: self.strides[0], :: self.strides[1], :]
+        outputs = ops.matmul(strided, self.kernel[0, 0])
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            outputs = self.activation(outputs)
+        return outputs

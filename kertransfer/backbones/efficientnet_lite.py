@@ -18,6 +18,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from kertransfer import layers as fast_layers
 from kertransfer.backbones.registry import BackboneSpec
 from kertransfer.backbones.registry import cache_dir
 from kertransfer.backbones.registry import register_backbone
@@ -70,17 +71,17 @@ def _mbconv(x, index, expand, kernel, stride, f_in, f_out):
     p = f"block{index}_"
     inputs = x
     if expand != 1:
-        x = layers.Conv2D(
+        x = fast_layers.Conv2D(
             f_in * expand, 1, use_bias=False, name=p + "expand_conv"
         )(x)
         x = _bn(p + "expand_bn")(x)
         x = layers.ReLU(6.0, name=p + "expand_relu")(x)
-    x = layers.DepthwiseConv2D(
+    x = fast_layers.DepthwiseConv2D(
         kernel, strides=stride, padding="same", use_bias=False, name=p + "dwconv"
     )(x)
     x = _bn(p + "dw_bn")(x)
     x = layers.ReLU(6.0, name=p + "dw_relu")(x)
-    x = layers.Conv2D(f_out, 1, use_bias=False, name=p + "project_conv")(x)
+    x = fast_layers.Conv2D(f_out, 1, use_bias=False, name=p + "project_conv")(x)
     x = _bn(p + "project_bn")(x)
     if stride == 1 and f_in == f_out:
         x = layers.Add(name=p + "add")([x, inputs])
@@ -99,7 +100,7 @@ def _build(input_shape, num_classes=1000, dropout=0.2):
     x = layers.ReLU(6.0, name="stem_relu")(x)
     for args in _block_names():
         x = _mbconv(x, *args)
-    x = layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
+    x = fast_layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
     x = _bn("head_bn")(x)
     features = layers.ReLU(6.0, name="head_relu")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
