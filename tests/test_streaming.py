@@ -229,6 +229,7 @@ def test_resize_empties_the_old_memory_store(tmp_path):
     assert bigger.valid_batches()[0][0].shape[1:] == (48, 48, 3)
 
 
+@pytest.mark.one_backend  # the CLI and the data path; the backends' fits are tested elsewhere
 def test_cli_trains_on_a_keras_layout_folder_streamed(tmp_path, monkeypatch):
     from kertransfer.cli import main
     from kertransfer.images import Framing
