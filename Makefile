@@ -26,13 +26,15 @@ demo: install
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo --overwrite
 
 # Unit tests on all three backends, the end-to-end tests once (TensorFlow).
-# `make test` runs its passes two at a time (-j2, one per core), longest
-# first so that both lanes end together: the TensorFlow end-to-end tests
+# `make test` runs its passes two at a time (-j2, one per core), in an
+# order that makes both lanes end together: the TensorFlow end-to-end tests
 # (`slow`) beside the TensorFlow unit tests (with the `one_backend` checks,
-# the multi-device subprocess tests among them), then the JAX unit tests,
-# each recipe's smoke run and the torch unit tests. Measured 2026-12-03 on
-# a fresh clone (2 cores, a benchmark and a training run niced beside it):
-# 13.3, 12.9, 7.8, 2.6 + 3.2 + 0.7 and 1.1 min; 22 min in all.
+# the multi-device subprocess tests among them); when the unit pass ends,
+# the dogscats smoke run, then planet's, dog breeds' and the torch unit
+# tests; when the slow pass ends, the JAX unit tests. Measured 2026-12-03 on
+# an idle fresh clone (2 cores): slow 9.2, unit 8.5, JAX 6.3, recipes
+# 3.3 + 2.1 + 1.2, torch 0.9 min: 17.0 min in the previous order, about 16
+# in this one (the two-lane bound for these passes is 15.75).
 # `-k` runs every pass even after a failure; `--output-sync` keeps each
 # pass's report in one piece. PYTEST_ARGS adds options to every pass
 # (.ci/run: --durations=15).
@@ -44,8 +46,8 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 UNIT := -m "not slow and not one_backend"
 ONE_THREAD := OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
 RECIPES := planet dogscats dog_breeds
-TEST_PASSES := test-tensorflow-slow test-tensorflow-unit test-jax \
-	test-recipe-planet test-recipe-dogscats test-torch test-recipe-dog_breeds
+TEST_PASSES := test-tensorflow-slow test-tensorflow-unit test-recipe-dogscats \
+	test-jax test-recipe-planet test-recipe-dog_breeds test-torch
 
 test: install
 	$(MAKE) --no-print-directory -j2 -k --output-sync=target $(TEST_PASSES)
