@@ -33,8 +33,8 @@ demo: install
 # the dogscats smoke run, then planet's, dog breeds' and the torch unit
 # tests; when the slow pass ends, the JAX unit tests. Measured 2026-12-03 on
 # an idle fresh clone (2 cores): slow 9.2, unit 8.5, JAX 6.3, recipes
-# 3.3 + 2.1 + 1.2, torch 0.9 min: 17.0 min in the previous order, about 16
-# in this one (the two-lane bound for these passes is 15.75).
+# 3.3 + 2.1 + 1.2, torch 0.9 min: 17.0 min in the previous order, 16.8 in
+# this one (.ci/run from a fresh clone, install check included).
 # `-k` runs every pass even after a failure; `--output-sync` keeps each
 # pass's report in one piece. PYTEST_ARGS adds options to every pass
 # (.ci/run: --durations=15).
