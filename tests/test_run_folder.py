@@ -35,10 +35,8 @@ def test_cli_refuses_before_reading_any_image(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
     (out / "model.keras").write_bytes(b"the previous model")
-    started = time.perf_counter()
     # The data folder does not even exist: the run folder is checked first.
     assert main(["train", str(tmp_path / "nodata"), "--out", str(out), "--quiet"]) == 2
-    assert time.perf_counter() - started < 5
     err = capsys.readouterr().err
     assert "already holds a run (model.keras)" in err and "--overwrite" in err
     assert (out / "model.keras").read_bytes() == b"the previous model"
