@@ -222,6 +222,24 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
+def _check_pixel_budget(image, path):
+    """Raises if `image` (opened, drafted) would decode to too many pixels.
+
+    The budget is Pillow's own knob, `PIL.Image.MAX_IMAGE_PIXELS` (default
+    89,478,485 pixels: where Pillow only warns; it refuses at twice that).
+    None turns the check off, as it does in Pillow.
+    """
+    budget = Image.MAX_IMAGE_PIXELS
+    width, height = image.size
+    if budget is not None and width * height > budget:
+        raise Image.DecompressionBombError(
+            f"{os.fspath(path)!r} would decode to {width}x{height} = {width * height:,} "
+            f"pixels, over the pixel budget of {budget:,} (PIL.Image.MAX_IMAGE_PIXELS; "
+            "JPEGs count at the reduced scale they are decoded at). Shrink the image, or "
+            "raise PIL.Image.MAX_IMAGE_PIXELS if you trust it and have the memory."
+        )
+
+
 def open_image(path, draft_short_side=None):
     """Opens an image file as an 8-bit RGB Pillow image.
 
@@ -229,6 +247,12 @@ def open_image(path, draft_short_side=None):
     applied, transparent pixels are composited onto white, and grayscale,
     palette, CMYK and 16-bit images are converted to 8-bit RGB (16-bit
     values keep their high byte).
+
+    Never decodes more pixels than `PIL.Image.MAX_IMAGE_PIXELS` (Pillow's
+    decompression-bomb threshold, default about 89.5 Mpixels; set it to
+    change the budget): a JPEG counts at its reduced decoding scale, so a
+    144-Mpixel JPEG read with `draft_short_side=256` decodes at 1/8
+    (2.25 Mpixels); a 144-Mpixel PNG is refused before any pixel is read.
 
     Args:
         path: image file (JPEG, PNG, GIF, BMP, or anything Pillow opens).
@@ -241,13 +265,15 @@ def open_image(path, draft_short_side=None):
 
     Raises:
         OSError: if Pillow cannot decode the file (`PIL.UnidentifiedImageError`
-            is a subclass); `PIL.Image.DecompressionBombError` for images
-            over Pillow's pixel limit.
+            is a subclass).
+        PIL.Image.DecompressionBombError: for an image over the pixel budget
+            (over twice the budget Pillow raises it itself, at `open`).
     """
     with Image.open(path) as image:
         image.seek(0)
         if draft_short_side and image.format == "JPEG":
             image.draft("RGB", (int(draft_short_side), int(draft_short_side)))
+        _check_pixel_budget(image, path)
         image = ImageOps.exif_transpose(image)
         image = _to_rgb(image)
         image.load()
@@ -340,19 +366,32 @@ def frame_images(paths, framing):
     return batch
 
 
-def probe_image(path):
+def probe_image(path, draft_short_side=None):
     """`(width, height)` of an image file, from its header alone.
 
     Cheap (no pixel decoding): used to scan large folders. A file whose
     header reads may still fail to decode later (a truncated JPEG).
 
+    Args:
+        path: image file.
+        draft_short_side: the short side it will be decoded at (see
+            `open_image`), so that the pixel budget counts a large JPEG at
+            its reduced decoding scale; None counts every file in full.
+
+    Returns:
+        `(width, height)` of the full image, pixels.
+
     Raises:
-        OSError: if Pillow cannot identify the file as an image;
-            `PIL.Image.DecompressionBombError` for images over Pillow's
-            pixel limit.
+        OSError: if Pillow cannot identify the file as an image.
+        PIL.Image.DecompressionBombError: for an image over the pixel budget
+            (`PIL.Image.MAX_IMAGE_PIXELS`, see `open_image`).
     """
     with Image.open(path) as image:
-        return image.size
+        size = image.size
+        if draft_short_side and image.format == "JPEG":
+            image.draft("RGB", (int(draft_short_side), int(draft_short_side)))
+        _check_pixel_budget(image, path)
+        return size
 
 
 def load_thumbnail(path, size):

@@ -190,3 +190,48 @@ def test_an_image_over_pillows_pixel_limit_is_skipped_and_named(tmp_path):
     with pytest.warns(UserWarning, match=r"Skipped 1 file(.|\n)*bomb\.png"):
         data = ImageClassifierData.from_paths(root, tfms=tfms_from_model("tiny_cnn", 32), cache=None)
     assert [p for p, _ in data.skipped] == [str(root / "train" / "a" / "bomb.png")]
+
+
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
+def test_pixel_budget_reduces_large_jpegs_and_refuses_other_formats(tmp_path, monkeypatch):
+    """Item 5 of issue 17: never decode more than `Image.MAX_IMAGE_PIXELS`.
+
+    With the budget lowered to 70,000 pixels, a 400x300 (120,000-pixel)
+    image sits where Pillow itself only warns: the JPEG is decoded at 1/4
+    scale (100x75) when 64 pixels are wanted, the PNG is refused, by name,
+    and training's scan keeps the first and lists the second as skipped.
+    """
+    from kertransfer.data import ImageClassifierData
+    from kertransfer.transforms import tfms_from_model
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 70_000)
+    big = _gradient(300, 400)
+    Image.fromarray(big).save(tmp_path / "big.jpg", quality=95)
+    Image.fromarray(big).save(tmp_path / "big.png")
+
+    opened = images.open_image(tmp_path / "big.jpg", draft_short_side=64)
+    assert opened.size == (100, 75)
+    assert images.probe_image(tmp_path / "big.jpg", draft_short_side=64) == (400, 300)
+    for call in (
+        lambda: images.open_image(tmp_path / "big.jpg"),  # no reduced scale asked
+        lambda: images.open_image(tmp_path / "big.png", draft_short_side=64),
+        lambda: images.probe_image(tmp_path / "big.png", draft_short_side=64),
+    ):
+        with pytest.raises(Image.DecompressionBombError, match=r"big\.(jpg|png).*400x300.*70,000"):
+            call()
+    with pytest.raises(ValueError, match=r"big\.png.*pixel budget"):
+        images.frame_images([str(tmp_path / "big.png")], Framing(56))
+    assert images.frame_images([str(tmp_path / "big.jpg")], Framing(56)).shape == (1, 56, 56, 3)
+
+    root = tmp_path / "data"
+    for split in ("train", "valid"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (40, 30), (60 * i, 90, 30)).save(root / split / c / f"{i}.jpg")
+    (root / "train" / "a" / "big.jpg").write_bytes((tmp_path / "big.jpg").read_bytes())
+    (root / "train" / "b" / "big.png").write_bytes((tmp_path / "big.png").read_bytes())
+    with pytest.warns(UserWarning, match=r"Skipped 1 file(.|\n)*big\.png"):
+        data = ImageClassifierData.from_paths(root, tfms=tfms_from_model("tiny_cnn", 32), cache=None)
+    assert [p for p, _ in data.skipped] == [str(root / "train" / "b" / "big.png")]
+    assert str(root / "train" / "a" / "big.jpg") in data.train_paths

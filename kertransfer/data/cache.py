@@ -243,7 +243,7 @@ def check_files(paths, store, num_workers):
             if eager:
                 store.put(path, ImageStore.get(store, path))
             else:
-                probe_image(path)
+                probe_image(path, draft_short_side=store.decode_size)
             return None
         except Exception as e:  # Pillow raises many types on bad files.
             return f"{type(e).__name__}: {e}"
