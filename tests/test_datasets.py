@@ -57,8 +57,7 @@ def test_download_matching_its_pin_is_extracted_and_found_again(monkeypatch, tmp
 
 
 def test_download_not_matching_its_pin_is_deleted_with_a_clear_error(monkeypatch, tmp_path, archive):
-    path, md5 = archive
-    folder = _serve(monkeypatch, tmp_path, path, "0" * 32)
+    folder = _serve(monkeypatch, tmp_path, archive[0], "0" * 32)
     with pytest.raises(ValueError, match=r"dogscats\.tgz does not match its pinned md5 0{32}.*deleted"):
         untar_data("dogscats")
     assert not (folder / "dogscats.tgz").exists()
