@@ -236,10 +236,13 @@ class BatchAugmenter:
     order).
 
     With one generator for the batch (training), the layers run once on the
-    whole batch. With one generator per image (TTA, predictions), each image
-    runs through the layers on its own, so its augmented copy does not
-    depend on the batch size or on its neighbours (slower: a few ms per
-    image and layer).
+    whole batch. With one generator per image, each image runs through the
+    layers on its own, so its augmented copy does not depend on the batch
+    size or on its neighbours (slow: a few ms per image and layer). TTA and
+    predictions use `per_position` instead: the same independence, but the
+    layers' random parameters are drawn once per block of `CHUNK`
+    positions of the epoch and each image takes its own row, so the layers
+    still run vectorised.
 
     Args:
         tfms: the `ImageTransforms` (crop size, random or center crop).
@@ -265,6 +268,61 @@ class BatchAugmenter:
             return np.concatenate([self._augment([im], r) for im, r in zip(images, rng)])
         return self._augment(images, rng)
 
+    CHUNK = 32
+
+    def per_position(self, images, positions, seed, epoch=0):
+        """Augments images by their position in the epoch, not their batch.
+
+        Image `i` is cropped with `numpy.random.default_rng([seed, epoch,
+        positions[i]])`; each layer's random transformation (Keras's
+        `get_random_transformation`) is drawn for the whole block of `CHUNK`
+        positions `positions[i] // CHUNK`, seeded from `(seed, epoch,
+        block)`, and image `i` gets row `positions[i] % CHUNK` of it. So an
+        image's augmented copy depends on its position and the seed alone:
+        any batch size, any worker order gives the same pixels, while the
+        layers run once per block present in the batch (the per-image
+        loop, `__call__` with a list of generators, draws and runs each
+        layer once per image). Layers without `get_random_transformation`
+        run on the block with their own seed generator.
+
+        Args:
+            images: list of uint8 `(h, w, 3)` arrays.
+            positions: int position of each image in the epoch (0-based).
+            seed: int, the batches' seed.
+            epoch: int, the epoch (TTA copies differ by epoch).
+
+        Returns:
+            float32 `(len(images), image_size, image_size, 3)` in [0, 255].
+        """
+        import keras
+
+        positions = np.asarray(positions, dtype="int64")
+        blocks = positions // self.CHUNK
+        outputs = []
+        for block in dict.fromkeys(blocks.tolist()):  # in order of appearance
+            members = np.flatnonzero(blocks == block)
+            rows = positions[members] % self.CHUNK
+            crops = [
+                self.tfms.crop(images[i], np.random.default_rng([seed, epoch, int(positions[i])]))
+                for i in members
+            ]
+            out = keras.ops.convert_to_tensor(np.stack(crops).astype("float32"))
+            # A 4-number key: a stream apart from the per-image crop streams.
+            rng = np.random.default_rng([seed, epoch, block, self.CHUNK])
+            shape = (self.CHUNK, *tuple(out.shape[1:]))
+            for layer in self.layers:
+                layer_seed = int(rng.integers(0, 2**31 - 1))
+                if hasattr(layer, "get_random_transformation") and hasattr(layer, "transform_images"):
+                    whole = layer.get_random_transformation(
+                        keras.ops.zeros(shape), training=True, seed=layer_seed
+                    )
+                    transformation = _take_rows(whole, rows, self.CHUNK)
+                    out = layer.transform_images(out, transformation, training=True)
+                else:
+                    out = layer(out, training=True)
+            outputs.append(keras.ops.convert_to_numpy(keras.ops.clip(out, 0.0, 255.0)))
+        return np.concatenate(outputs).astype("float32")
+
     def _augment(self, images, rng):
         import keras
 
@@ -279,6 +337,32 @@ class BatchAugmenter:
                 out = layer(out, training=True)
         out = keras.ops.clip(out, 0.0, 255.0)
         return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
+
+
+def _take_rows(transformation, rows, batch_size):
+    """Rows `rows` of a Keras layer's random transformation for `batch_size`.
+
+    A transformation (`get_random_transformation`) is a tensor or a dict of
+    them: per-image entries have `batch_size` rows (`flips`, `angle`,
+    `rotation_matrix`, `height_zoom`, ...); `input_shape` and `batch_size`
+    describe the batch; anything else (image height, width) is kept.
+    """
+    import keras
+
+    if isinstance(transformation, dict):
+        taken = {}
+        for key, value in transformation.items():
+            if key == "input_shape" and isinstance(value, (tuple, list)):
+                taken[key] = (len(rows), *tuple(value[1:]))
+            elif key == "batch_size" and isinstance(value, int):
+                taken[key] = len(rows)
+            else:
+                taken[key] = _take_rows(value, rows, batch_size)
+        return taken
+    shape = getattr(transformation, "shape", None)
+    if shape is not None and len(shape) >= 1 and shape[0] == batch_size:
+        return keras.ops.take(transformation, keras.ops.convert_to_tensor(rows), axis=0)
+    return transformation
 
 
 def tfms_from_model(

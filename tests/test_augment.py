@@ -92,9 +92,46 @@ def test_top_down_batch_of_8_gets_different_symmetries(photo):
     assert len(kinds) >= 3  # one batch, several symmetries: drawn per image
 
 
-def test_per_image_seeds_do_not_depend_on_the_batch(tiny_data):
+@pytest.mark.parametrize("chunk", [32, 4])
+def test_per_image_seeds_do_not_depend_on_the_batch(tiny_data, monkeypatch, chunk):
+    # chunk=4: the batches of 7 straddle the blocks of positions whose
+    # random transformations are drawn together.
+    monkeypatch.setattr(BatchAugmenter, "CHUNK", chunk)
     whole = tiny_data.fixed_batches("valid", tfms=tiny_data.train_tfms, augment=True, seed=2, batch_size=16)
     sevens = tiny_data.fixed_batches("valid", tfms=tiny_data.train_tfms, augment=True, seed=2, batch_size=7)
     first16 = whole[0][0]
     by_seven = np.concatenate([sevens[0][0], sevens[1][0], sevens[2][0][:2]])
     np.testing.assert_allclose(by_seven, first16, atol=1e-4)
+
+
+def _standard_layers():
+    from kertransfer.transforms import transforms_basic
+
+    return [
+        keras.layers.RandomZoom((-0.3, 0.0), fill_mode="reflect"),
+        keras.layers.RandomFlip("horizontal_and_vertical"),
+        RandomRot90(),
+        *transforms_basic(max_rotate=30.0, lighting=0.3),
+    ]
+
+
+@pytest.mark.parametrize("layer", _standard_layers(), ids=lambda layer: type(layer).__name__)
+def test_rows_of_a_block_transformation_match_the_layer_on_the_whole_block(layer):
+    """`per_position` takes rows of a block's transformation: for every
+    standard layer, rows 2, 5 and 6 of the layer's own output on all 8
+    images equal the layer run on those 3 images with their rows."""
+    from kertransfer.transforms import _take_rows
+
+    images = np.random.default_rng(0).uniform(0, 255, (8, 24, 24, 3)).astype("float32")
+    whole = layer.get_random_transformation(keras.ops.zeros((8, 24, 24, 3)), training=True, seed=11)
+    rows = np.array([2, 5, 6])
+    # Rows taken first: Keras 3.15's torch `affine_transform` edits the
+    # transform it is given in place, so a transformation serves one call.
+    taken = _take_rows(whole, rows, 8)
+    expected = keras.ops.convert_to_numpy(
+        layer.transform_images(keras.ops.convert_to_tensor(images), whole, training=True)
+    )
+    part = layer.transform_images(keras.ops.convert_to_tensor(images[rows]), taken, training=True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(part), expected[rows], atol=1e-3)
+    # The layer did change pixels (the equality is not the identity's).
+    assert np.abs(expected - images).max() > 1

@@ -166,10 +166,11 @@ class ImageBatches(keras.utils.PyDataset):
             batch index)`.
         max_queue_size: batches prepared ahead when `workers > 1`.
         per_image_seeds: draw each image's crop and augmentation from its
-            own generator, seeded by `(seed, epoch, position in the
-            epoch)`, so an image comes out the same whatever the batch size
-            (TTA, predictions); default: one generator per batch, the
-            augmentation layers vectorised over the batch (training).
+            position in the epoch and the seed alone
+            (`BatchAugmenter.per_position`), so an image comes out the same
+            whatever the batch size (TTA, predictions); default: one
+            generator per batch (training). The layers run vectorised
+            either way.
         batch_multiple: every batch's size is a multiple of this: the
             short last batch is cut down to one (dropped if smaller), as
             training on several devices needs (`kertransfer.distribute`);
@@ -234,14 +235,19 @@ class ImageBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         start = index * self.batch_size
         idx = _cut(self.order[start : start + self.batch_size], self.batch_multiple)
-        if self.per_image_seeds:
-            rng = [
-                np.random.default_rng([self.seed, self.epoch, position])
-                for position in range(start, start + len(idx))
-            ]
+        images = [self.split.image(i) for i in idx]
+        if self.per_image_seeds and self.augmenter is not None:
+            positions = range(start, start + len(idx))
+            x = self.augmenter.per_position(images, positions, self.seed, self.epoch)
         else:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-        x = self.tfms.batch([self.split.image(i) for i in idx], rng, self.augmenter)
+            if self.per_image_seeds:
+                rng = [
+                    np.random.default_rng([self.seed, self.epoch, position])
+                    for position in range(start, start + len(idx))
+                ]
+            else:
+                rng = np.random.default_rng([self.seed, self.epoch, index])
+            x = self.tfms.batch(images, rng, self.augmenter)
         if not self.with_labels:
             return (x,)
         return x, self.split.labels[idx]
