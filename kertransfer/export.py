@@ -529,15 +529,21 @@ def _tf_resize_and_crop(tf, image, framing):
                            [size, size, 3])
 
 
+# The files `serving_default` takes; a bad item gets its own error message.
+_FILE_FORMATS = (  # (name, leading bytes), as `_tf_frame_bytes` accepts them
+    ("JPEG", b"\xff\xd8\xff"), ("PNG", b"\x89PNG"), ("GIF", b"GIF8"),
+    ("BMP", b"BM"))
+# What base64 text of those files starts with: bytes sent without REST's
+# {"b64": ...} wrapper, or base64-encoded twice.
+_BASE64_STARTS = (b"/9j/", b"iVBORw0KGgo", b"R0lGOD", b"Qk")
+_HEX_BYTES = [f"{i:02x}" for i in range(256)]
+
+
 def _tf_frame_bytes(tf, image_bytes, framing):
     """One encoded image -> `(image_size, image_size, 3)` float32 pixels."""
-    head = tf.strings.substr(image_bytes, 0, 4)
     known = tf.reduce_any(tf.stack([
-        tf.equal(tf.strings.substr(head, 0, 3), b"\xff\xd8\xff"),  # JPEG
-        tf.equal(head, b"\x89PNG"),
-        tf.equal(head, b"GIF8"),
-        tf.equal(tf.strings.substr(head, 0, 2), b"BM"),
-    ]))
+        tf.equal(tf.strings.substr(image_bytes, 0, len(magic)), magic)
+        for _, magic in _FILE_FORMATS]))
     check = tf.debugging.Assert(
         known,
         [
@@ -556,6 +562,124 @@ def _tf_frame_bytes(tf, image_bytes, framing):
     with tf.control_dependencies([check]):
         image = _tf_decode(tf, image_bytes, framing)
     return _tf_resize_and_crop(tf, image, framing)
+
+
+def _tf_frame_decodable(tf, image_bytes, framing):
+    """The framed images of the items that decode, and their positions.
+
+    Graph ops cannot catch an error per element, but `tf.data` can: each
+    item is framed by `_tf_frame_bytes` inside `Dataset.map`, and
+    `ignore_errors()` drops the items whose decoding failed (any error
+    status but cancellation; tensorflow/core/kernels/data/experimental/
+    ignore_errors_dataset_op.cc). Each item carries its position, so the
+    survivors are known. `get_single_element()` runs the pipeline as one
+    tensor-in tensor-out op, without an iterator to initialize, which is
+    what it is for at serving time (`tf.data.Dataset.get_single_element`).
+    A blank sentinel keeps the single batch non-empty when no item decodes.
+
+    Returns:
+        `(images, positions)`: float32 `(m, image_size, image_size, 3)` and
+        int32 `(m,)`, in input order, `m <= len(image_bytes)`.
+    """
+    size = framing.image_size
+    count = tf.shape(image_bytes)[0]
+    items = tf.data.Dataset.from_tensor_slices(
+        (tf.range(count), image_bytes))
+    framed = items.map(
+        lambda position, data: (position,
+                                _tf_frame_bytes(tf, data, framing)),
+        num_parallel_calls=10,  # as tf.map_fn's parallel_iterations
+        deterministic=True,
+    ).ignore_errors()
+    sentinel = tf.data.Dataset.from_tensors(
+        (tf.constant(-1, tf.int32), tf.zeros([size, size, 3], tf.float32)))
+    positions, images = framed.concatenate(sentinel).batch(
+        tf.cast(count, tf.int64) + 1).get_single_element()
+    return images[:-1], positions[:-1]
+
+
+def _tf_bytes_error(tf, image_bytes, decoded):
+    """Why each item of a `(batch,)` string tensor was not classified.
+
+    Only string ops that cannot fail on any input (positions clamped to
+    each item's length), so the messages never fail the batch.
+
+    Args:
+        tf: the `tensorflow` module.
+        image_bytes: `tf.string` `(batch,)`, the request.
+        decoded: `tf.bool` `(batch,)`, which items were framed.
+
+    Returns:
+        `tf.string` `(batch,)`: `""` for decoded items; otherwise a message
+        starting with `empty`, `not an image` or `undecodable <FORMAT>`.
+    """
+    length = tf.strings.length(image_bytes)
+    padded = tf.strings.join([image_bytes, b"\0" * 8])
+
+    def tail(num_bytes):  # the last num_bytes bytes (fewer if shorter)
+        return tf.strings.substr(
+            image_bytes, tf.maximum(length - num_bytes, 0),
+            tf.fill(tf.shape(length), num_bytes))
+
+    def hex_bytes(data, num_bytes):  # "ff d8 ff" of each item's first bytes
+        values = tf.io.decode_raw(tf.strings.substr(data, 0, num_bytes),
+                                  tf.uint8)
+        digits = tf.gather(tf.constant(_HEX_BYTES), tf.cast(values, tf.int32))
+        digits = tf.RaggedTensor.from_tensor(
+            digits, lengths=tf.minimum(length, num_bytes))
+        return tf.strings.reduce_join(digits, axis=-1, separator=" ")
+
+    size = tf.strings.as_string(length)
+    format_name = tf.fill(tf.shape(image_bytes), "")
+    for name, magic in reversed(_FILE_FORMATS):
+        format_name = tf.where(
+            tf.equal(tf.strings.substr(padded, 0, len(magic)), magic),
+            name, format_name)
+    base64_text = tf.zeros(tf.shape(image_bytes), tf.bool)
+    for start in _BASE64_STARTS:
+        base64_text |= tf.equal(
+            tf.strings.substr(padded, 0, len(start)), start)
+    # A BMP header's file size: bytes 2-5, little-endian.
+    bmp_size_bytes = tf.reshape(tf.cast(tf.io.decode_raw(
+        tf.strings.substr(padded, 2, 4), tf.uint8), tf.int64), [-1, 4])
+    bmp_declared = tf.reduce_sum(
+        bmp_size_bytes * tf.constant([1, 256, 256 ** 2, 256 ** 3], tf.int64),
+        axis=1)
+    is_format = {name: tf.equal(format_name, name)
+                 for name, _ in _FILE_FORMATS}
+    truncation_hints = [
+        (is_format["JPEG"] & tf.not_equal(tail(2), b"\xff\xd9"),
+         ("; it does not end with the JPEG end-of-image marker ff d9 "
+          "(truncated?)")),
+        (is_format["PNG"] & tf.not_equal(
+            tf.strings.substr(tail(8), 0, 4), b"IEND"),
+         "; it does not end with a PNG IEND chunk (truncated?)"),
+        (is_format["GIF"] & tf.not_equal(tail(1), b"\x3b"),
+         "; it does not end with the GIF trailer byte 3b (truncated?)"),
+        (is_format["BMP"] & (tf.cast(length, tf.int64) < bmp_declared),
+         tf.strings.join(["; it is shorter than the ",
+                          tf.strings.as_string(bmp_declared),
+                          " bytes its header declares (truncated)"])),
+    ]
+    hint = tf.strings.join(
+        [tf.where(found, text, "") for found, text in truncation_hints])
+    not_an_image = tf.strings.join([
+        "not an image: starts with ", hex_bytes(padded, 8), " (", size,
+        " bytes), not like a JPEG, PNG, GIF or BMP file",
+        tf.where(
+            base64_text,
+            "; this looks like base64 text: over REST send {\"b64\": "
+            "\"<base64 of the file>\"} so that the server decodes it, over "
+            "gRPC the file's bytes unchanged", ""),
+    ])
+    undecodable = tf.strings.join([
+        "undecodable ", format_name, ": starts like a ", format_name,
+        " file but does not decode (", size, " bytes)", hint])
+    error = tf.where(tf.equal(format_name, ""), not_an_image, undecodable)
+    error = tf.where(tf.equal(length, 0),
+                     "empty: 0 bytes received, expected the bytes of an "
+                     "image file", error)
+    return tf.where(decoded, "", error)
 
 
 def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
@@ -581,11 +705,23 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
-        images = tf.map_fn(
-            lambda b: _tf_frame_bytes(tf, b, framing), image_bytes,
-            fn_output_signature=framed,
-        )
-        return classify(images)
+        images, positions = _tf_frame_decodable(tf, image_bytes, framing)
+        classified = classify(images)
+        # Row 0 of each output stands for "not classified"; item i takes
+        # row 1 + (its place among the decoded items), or row 0.
+        count = tf.shape(image_bytes)[0]
+        rows = tf.scatter_nd(positions[:, None],
+                             tf.range(1, tf.size(positions) + 1), [count])
+        outputs = {}
+        for key, value in classified.items():
+            shape = tf.concat([[1], tf.shape(value)[1:]], 0)
+            blank = (tf.fill(shape, "") if value.dtype == tf.string
+                     else tf.zeros(shape, value.dtype))
+            outputs[key] = tf.gather(tf.concat([blank, value], 0), rows)
+        decoded = rows > 0
+        outputs["status"] = tf.where(decoded, "ok", "error")
+        outputs["error"] = _tf_bytes_error(tf, image_bytes, decoded)
+        return outputs
 
     @tf.function(input_signature=[
         tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
@@ -648,6 +784,36 @@ def saved_model(
     Both return `probabilities` float32 `(batch, num_classes)`,
     `top_classes` string `(batch, k)` and `top_scores` float32 `(batch, k)`,
     with `k = min(5, num_classes)`, best first.
+
+    `serving_default` judges each item on its own and also returns
+    `status` string `(batch,)`, `"ok"` or `"error"`, and `error` string
+    `(batch,)`, `""` or why the item was not classified. A bad item does
+    not fail the request: the other items are classified as if sent alone,
+    and the bad item's row holds zero probabilities and scores and empty
+    class names (zeros, not NaN: TF Serving's REST API writes NaN as a bare
+    `NaN`, which JSON parsers reject). Each item is decoded inside
+    `tf.data` (`Dataset.map(...).ignore_errors()`, then
+    `get_single_element()`), so whatever makes the decoder fail is caught
+    per item; the message then says what the bytes look like:
+
+    - `empty: ...`: zero bytes.
+    - `not an image: starts with 68 65 6c ... (N bytes), ...`: not the
+      signature of a JPEG, PNG, GIF or BMP file (text, HTML, WebP, ...);
+      base64 text of an image is recognised and the `{"b64": ...}` fix
+      named.
+    - `undecodable JPEG|PNG|GIF|BMP: ...`: the format's signature, but the
+      decoder failed: truncated files (a JPEG cut anywhere, even just
+      its 2-byte end marker; PNG, GIF and BMP files cut inside their image
+      data), broken headers. A missing JPEG end-of-image marker, PNG IEND
+      chunk or GIF trailer, or a BMP shorter than its header declares, is
+      added as the likely cause.
+
+    Damage the decoder tolerates is not an error: a complete JPEG with
+    corrupt entropy-coded data decodes to damaged pixels (libjpeg warns;
+    Pillow, so `kertransfer predict`, reads it too), and a GIF missing only
+    its trailer byte decodes. The request as a whole still fails on what is not
+    per item: an input that is not a 1-D string tensor, or a batch too
+    large for memory.
 
     Args:
         model_or_run_dir: a run folder holding `model.keras` (and
@@ -1138,6 +1304,9 @@ def validate(
     - dynamic and int8 `.tflite`: >= 99% agreement.
     - SavedModel folder <= 1.1x the weights; int8 `.tflite` <= 0.3x the
       fp32 `.tflite` (or the weights when no fp32 file is validated).
+    - `serving_default` decodes every file the reference read (its
+      `status` is `"ok"`); the others are listed in the row's
+      `not_decoded`.
 
     Missed targets give a warning and `"passed": false`, not an error.
 
@@ -1295,11 +1464,12 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
             for p in paths:
                 with open(p, "rb") as f:
                     encoded.append(f.read())
-            probabilities = np.concatenate([
-                serve(image_bytes=tf.constant(encoded[i:i + 32]))[
-                    "probabilities"].numpy()
-                for i in range(0, len(encoded), 32)
-            ])
+            served = [serve(image_bytes=tf.constant(encoded[i:i + 32]))
+                      for i in range(0, len(encoded), 32)]
+            probabilities = np.concatenate(
+                [out["probabilities"].numpy() for out in served])
+            errors = [e.decode() for out in served
+                      for e in out["error"].numpy()]
             timings = []
             for data in encoded[:max_timed_images]:
                 start = time.perf_counter()
@@ -1315,6 +1485,10 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
                 bytes_row["size_bytes"] / weights_bytes, 4)
             bytes_row["size_ratio_of"] = "weights"
             _compare(bytes_row, probabilities, reference, labels)
+            # Files the learner reads but the serving graph refuses.
+            bytes_row["not_decoded"] = [
+                f"{path} ({error})" for path, error in zip(paths, errors)
+                if error]
             bytes_row["median_latency_ms"] = _median_ms(timings[1:])
             bytes_row["targets"] = dict(_targets(None),
                                         size_ratio=LEAN_SAVED_MODEL_RATIO)
@@ -1334,6 +1508,7 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
             row = dict(bytes_row, name="saved_model:predict_images",
                        runtime="tf.saved_model (framed pixels)",
                        targets=_targets(None))
+            del row["not_decoded"]
             _compare(row, probabilities, reference, labels)
             row["median_latency_ms"] = _median_ms(timings[1:])
             rows.append(row)
@@ -1417,6 +1592,10 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
             failures.append(
                 f"size {row['size_ratio']:.2f}x {row['size_ratio_of']} > "
                 f"{targets['size_ratio']}x")
+        if row.get("not_decoded"):
+            failures.append(
+                f"{len(row['not_decoded'])} file(s) that kertransfer.images "
+                "reads were not decoded: " + "; ".join(row["not_decoded"][:3]))
         row["failures"] = failures
         row["passed"] = not failures
         if failures:

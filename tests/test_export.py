@@ -16,6 +16,7 @@ import base64
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -338,17 +339,23 @@ def test_saved_model_cli_shows_both_signatures(exported):
     for output in ("probabilities", "top_classes", "top_scores"):
         assert f"outputs['{output}']" in default
         assert f"outputs['{output}']" in pixels
+    for output in ("status", "error"):  # per item: bytes may not decode
+        assert f"outputs['{output}']" in default
+        assert f"outputs['{output}']" not in pixels
 
 
 @pytest.mark.one_backend
 def test_saved_model_cli_run_on_a_jpeg_matches_keras(run, exported,
                                                      tmp_path):
+    """Through a TF1 session, as TF Serving runs it: a truncated JPEG beside
+    the photo gets its own error; the photo is still classified."""
     # String tensors cannot go through --input_exprs (one argv string, and
     # literal bytes of a photo overflow it); --inputs takes an .npy of
     # Python bytes objects instead.
     with open(run["image"], "rb") as f:
-        np.save(tmp_path / "image_bytes.npy",
-                np.array([f.read()], dtype=object))
+        data = f.read()
+    np.save(tmp_path / "image_bytes.npy",
+            np.array([data, data[:len(data) // 2]], dtype=object))
     _saved_model_cli(
         "run", "--dir", exported["saved_model"], "--tag_set", "serve",
         "--signature_def", "serving_default",
@@ -357,8 +364,13 @@ def test_saved_model_cli_run_on_a_jpeg_matches_keras(run, exported,
     )
     top = np.load(tmp_path / "out" / "top_classes.npy", allow_pickle=True)
     probabilities = np.load(tmp_path / "out" / "probabilities.npy")
-    assert top.shape == (1, 2) and probabilities.shape == (1, 2)
+    status = np.load(tmp_path / "out" / "status.npy", allow_pickle=True)
+    error = np.load(tmp_path / "out" / "error.npy", allow_pickle=True)
+    assert top.shape == (2, 2) and probabilities.shape == (2, 2)
     assert top[0, 0].decode() == run["top_class"]
+    assert status.tolist() == [b"ok", b"error"]
+    assert error[0] == b"" and error[1].startswith(b"undecodable JPEG: ")
+    assert probabilities[1].tolist() == [0.0, 0.0]
 
 
 @pytest.mark.one_backend
@@ -410,8 +422,30 @@ def test_rest_body_feeds_serving_default(run, signatures):
                                run["reference"][:2], atol=1e-5)
 
 
+def _rest_rows(outputs):
+    """TF Serving's REST "row" answer: one {output: value} per item.
+
+    Strings go out as JSON strings; floats as numbers (an independent
+    stand-in for tensorflow_serving/util/json_tensor.cc, not client code).
+    """
+    arrays = {key: value.numpy() for key, value in outputs.items()}
+    rows = []
+    for i in range(len(arrays["status"])):
+        row = {}
+        for key, array in arrays.items():
+            value = array[i]
+            if array.dtype == object:
+                row[key] = (value.decode() if isinstance(value, bytes)
+                            else [v.decode() for v in value])
+            else:
+                row[key] = value.tolist()
+        rows.append(row)
+    return rows
+
+
 @pytest.mark.one_backend
-def test_client_rest_round_trip_with_a_stand_in_server(run, signatures):
+def test_client_rest_round_trip_with_a_stand_in_server(run, signatures,
+                                                       tmp_path, capsys):
     """client.py against a local HTTP stand-in for TF Serving's REST API."""
     import http.server
     import threading
@@ -422,20 +456,14 @@ def test_client_rest_round_trip_with_a_stand_in_server(run, signatures):
         def do_POST(self):
             body = json.loads(self.rfile.read(
                 int(self.headers["Content-Length"])))
-            assert self.path == "/v1/models/tiny:predict"
-            data = [base64.b64decode(i["b64"]) for i in body["instances"]]
-            try:
+            if self.path != "/v1/models/tiny:predict":
+                status, answer = 404, {
+                    "error": f"Servable not found for request: {self.path}"}
+            else:
+                data = [base64.b64decode(i["b64"]) for i in body["instances"]]
                 outputs = signatures[body["signature_name"]](
                     image_bytes=tf.constant(data))
-                status, answer = 200, {"predictions": [
-                    {"probabilities": outputs["probabilities"][i].numpy()
-                     .tolist(),
-                     "top_classes": [c.decode() for c in
-                                     outputs["top_classes"][i].numpy()],
-                     "top_scores": outputs["top_scores"][i].numpy().tolist()}
-                    for i in range(len(data))]}
-            except tf.errors.InvalidArgumentError as error:
-                status, answer = 400, {"error": error.message}
+                status, answer = 200, {"predictions": _rest_rows(outputs)}
             payload = json.dumps(answer).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(payload)))
@@ -447,16 +475,42 @@ def test_client_rest_round_trip_with_a_stand_in_server(run, signatures):
 
     client = _load_kit_module(os.path.join("export", "tf_serving",
                                            "client.py"))
+    with open(run["image"], "rb") as f:
+        data = f.read()
+    truncated = str(tmp_path / "truncated.jpg")
+    with open(truncated, "wb") as f:
+        f.write(data[:len(data) // 2])
     server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}"
     try:
         (prediction,) = client.rest_predict([run["image"]], url, "tiny")
         assert prediction["top_classes"][0] == run["top_class"]
+        assert prediction["status"] == "ok" and prediction["error"] == ""
         assert client.format_predictions([run["image"]], [prediction]) \
             .startswith(f"{run['image']}: {run['top_class']} ")
-        with pytest.raises(RuntimeError, match="raw bytes of a JPEG"):
-            client.rest_predict([__file__], url, "tiny")  # not an image
+
+        # One request, three files: two cannot be decoded, one is classified.
+        paths = [truncated, run["image"], __file__]
+        predictions = client.rest_predict(paths, url, "tiny")
+        assert [client.failed(p) for p in predictions] == [True, False, True]
+        assert predictions[1] == prediction  # as when sent alone
+        lines = client.format_predictions(paths, predictions).splitlines()
+        assert lines[0].startswith(
+            f"{truncated}: error: undecodable JPEG: ")
+        assert lines[1].startswith(f"{run['image']}: {run['top_class']} ")
+        assert lines[2].startswith(
+            f"{__file__}: error: not an image: starts with 22 22 22 ")
+
+        assert client.main(["--rest", url, "--model", "tiny"] + paths) == 1
+        out, err = capsys.readouterr()
+        assert out.splitlines() == lines
+        assert "2 of 3 file(s) could not be classified" in err
+        assert client.main(["--rest", url, "--model", "tiny",
+                            run["image"]]) == 0
+        # A request the server refuses as a whole still raises.
+        with pytest.raises(RuntimeError, match="HTTP 404.*Servable not found"):
+            client.rest_predict([run["image"]], url, "other")
     finally:
         server.shutdown()
         server.server_close()
@@ -482,23 +536,193 @@ def test_grpc_predict_request_feeds_serving_default(run, signatures):
     with open(run["image"], "rb") as f:
         assert received.tolist() == [f.read()]
     outputs = signatures[request.model_spec.signature_name](
-        image_bytes=tf.constant(received))
-    assert outputs["top_classes"].numpy()[0, 0].decode() == run["top_class"]
+        image_bytes=tf.constant(list(received) + [b""]))
+    # What grpc_predict reads back: the response's TensorProtos.
+    answered = {key: tf.make_ndarray(tf.make_tensor_proto(value.numpy()))
+                for key, value in outputs.items()}
+    good, empty = client.predictions_from_outputs(answered)
+    assert good["top_classes"][0] == run["top_class"]
+    assert good["status"] == "ok" and not client.failed(good)
+    np.testing.assert_array_equal(good["probabilities"],
+                                  outputs["probabilities"][0].numpy())
+    assert client.failed(empty) and empty["error"].startswith("empty: ")
+    assert empty["top_classes"] == ["", ""]
+
+
+def _encoded(image, image_format, **options):
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, image_format, **options)
+    return buffer.getvalue()
+
+
+def _bad_items(photo_path):
+    """name -> (bytes that cannot be classified, expected error pattern)."""
+    from PIL import Image
+
+    with open(photo_path, "rb") as f:
+        jpeg = f.read()
+    photo = Image.open(photo_path).convert("RGB")
+    png, gif, bmp = (_encoded(photo, kind) for kind in ("PNG", "GIF", "BMP"))
+    return {
+        "truncated JPEG": (
+            jpeg[:len(jpeg) // 2],
+            (r"^undecodable JPEG: starts like a JPEG file but does not "
+             rf"decode \({len(jpeg) // 2} bytes\); it does not end with the "
+             r"JPEG end-of-image marker ff d9")),
+        "JPEG without its end marker": (
+            jpeg[:-2], r"^undecodable JPEG: .*end-of-image marker ff d9"),
+        "empty": (b"", r"^empty: 0 bytes received"),
+        "text": (b"hello, world\n",
+                 (r"^not an image: starts with 68 65 6c 6c 6f 2c 20 77 "
+                  r"\(13 bytes\), not like a JPEG, PNG, GIF or BMP file$")),
+        "base64 text of the JPEG": (
+            base64.b64encode(jpeg),
+            (r"^not an image: starts with 2f 39 6a 2f .*looks like base64 "
+             r"text: over REST send \{\"b64\"")),
+        "truncated PNG": (png[:len(png) // 2],
+                          r"^undecodable PNG: .*PNG IEND chunk \(truncated"),
+        "truncated GIF": (gif[:len(gif) // 2],
+                          r"^undecodable GIF: .*GIF trailer byte 3b"),
+        "truncated BMP": (
+            bmp[:len(bmp) // 2],
+            (rf"^undecodable BMP: .*shorter than the {len(bmp)} bytes its "
+             r"header declares")),
+    }
 
 
 @pytest.mark.one_backend
-def test_malformed_bytes_give_a_clear_error(run, signatures):
+def test_serving_default_rejects_bad_items_one_by_one(run, signatures,
+                                                      tmp_path):
+    """[good, bad]: the good photo's outputs equal a call with it alone;
+    the bad item gets status "error", a message, zeros and no names."""
     import tensorflow as tf
 
     serve = signatures["serving_default"]
     with open(run["image"], "rb") as f:
-        data = f.read()
-    for bad in (b"not an image", base64.b64encode(data), b""):
-        with pytest.raises(tf.errors.InvalidArgumentError,
-                           match="raw bytes of a JPEG, PNG, GIF or BMP"):
-            serve(image_bytes=tf.constant([data, bad]))
-    with pytest.raises(tf.errors.InvalidArgumentError, match="JPEG"):
-        serve(image_bytes=tf.constant([data[:300]]))  # truncated
+        good = f.read()
+    alone = {k: v.numpy() for k, v in serve(
+        image_bytes=tf.constant([good])).items()}
+    assert alone["status"].tolist() == [b"ok"]
+    assert alone["error"].tolist() == [b""]
+    assert alone["top_classes"][0, 0].decode() == run["top_class"]
+    for name, (bad, expected) in _bad_items(run["image"]).items():
+        # The learner's own path (Pillow) refuses these bytes too.
+        path = tmp_path / "bad.img"
+        path.write_bytes(bad)
+        with pytest.raises(ValueError, match="Cannot read"):
+            frame_images([str(path)], Framing(IMAGE_SIZE))
+        out = {k: v.numpy() for k, v in serve(
+            image_bytes=tf.constant([good, bad])).items()}
+        assert out["status"].tolist() == [b"ok", b"error"], name
+        assert out["error"][0] == b"", name
+        assert re.search(expected, out["error"][1].decode()), (
+            name, out["error"][1])
+        np.testing.assert_allclose(out["probabilities"][0],
+                                   alone["probabilities"][0], atol=1e-6)
+        np.testing.assert_allclose(out["top_scores"][0],
+                                   alone["top_scores"][0], atol=1e-6)
+        assert out["top_classes"][0].tolist() == \
+            alone["top_classes"][0].tolist()
+        assert out["probabilities"][1].tolist() == [0.0, 0.0], name
+        assert out["top_scores"][1].tolist() == [0.0, 0.0], name
+        assert out["top_classes"][1].tolist() == [b"", b""], name
+
+
+@pytest.mark.one_backend
+def test_serving_default_keeps_items_in_place(run, signatures):
+    """Bad items anywhere; all bad; none at all: rows stay with their item."""
+    import tensorflow as tf
+
+    serve = signatures["serving_default"]
+    first, second = run["val_paths"][0], run["val_paths"][-1]
+    goods = []
+    for path in (first, second):
+        with open(path, "rb") as f:
+            goods.append(f.read())
+    out = serve(image_bytes=tf.constant(
+        [b"", goods[0], goods[1][:500], goods[1], b"GIF89a"]))
+    assert out["status"].numpy().tolist() == [
+        b"error", b"ok", b"error", b"ok", b"error"]
+    for row, data in ((1, goods[0]), (3, goods[1])):
+        alone = serve(image_bytes=tf.constant([data]))
+        np.testing.assert_allclose(out["probabilities"][row],
+                                   alone["probabilities"][0], atol=1e-6)
+    assert out["error"][4].numpy().startswith(b"undecodable GIF: ")
+
+    nothing_decodes = serve(image_bytes=tf.constant([b"", goods[0][:99]]))
+    assert nothing_decodes["status"].numpy().tolist() == [b"error"] * 2
+    assert nothing_decodes["probabilities"].shape == (2, 2)
+    assert not np.any(nothing_decodes["probabilities"].numpy())
+
+    no_items = serve(image_bytes=tf.constant([], tf.string))
+    assert no_items["probabilities"].shape == (0, 2)
+    assert no_items["status"].shape == (0,)
+
+
+@pytest.mark.one_backend
+def test_serving_default_all_good_batch_unchanged(run, signatures, tmp_path):
+    """An all-good batch (JPEGs, a GIF, a PNG) is classified exactly as the
+    framing graph plus the classifier give it, with no tf.data in between,
+    and within the export targets of the learner's own path."""
+    import tensorflow as tf
+    from PIL import Image
+
+    png = str(tmp_path / "photo.png")
+    Image.open(run["val_paths"][1]).convert("RGB").save(png)
+    gif = os.path.join(DATA, "train", "ants", "imageNotFound.gif")
+    paths = run["val_paths"][:4] + run["val_paths"][-2:] + [gif, png]
+    encoded = []
+    for path in paths:
+        with open(path, "rb") as f:
+            encoded.append(f.read())
+    out = signatures["serving_default"](image_bytes=tf.constant(encoded))
+    assert out["status"].numpy().tolist() == [b"ok"] * len(paths)
+    assert out["error"].numpy().tolist() == [b""] * len(paths)
+
+    framing = Framing(IMAGE_SIZE)
+    framed = tf.map_fn(
+        lambda data: kexport._tf_frame_bytes(tf, data, framing),
+        tf.constant(encoded),
+        fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3],
+                                          tf.float32))
+    direct = signatures["predict_images"](images=framed)
+    for key in ("probabilities", "top_scores"):
+        np.testing.assert_allclose(out[key].numpy(), direct[key].numpy(),
+                                   atol=1e-6)
+    assert out["top_classes"].numpy().tolist() == \
+        direct["top_classes"].numpy().tolist()
+    keras_probabilities = run["model"].predict(
+        frame_images(paths, framing), verbose=0)
+    np.testing.assert_allclose(out["probabilities"].numpy(),
+                               keras_probabilities, atol=0.02)
+
+
+@pytest.mark.one_backend
+def test_validate_flags_files_serving_cannot_decode(run, exported, tmp_path):
+    """A PNG without its IEND chunk: Pillow reads it, TF's decoder does not.
+
+    The report must say so instead of scoring the file's zero row.
+    """
+    from PIL import Image
+
+    png = _encoded(Image.open(run["image"]).convert("RGB"), "PNG")
+    cut = tmp_path / "no_iend.png"
+    cut.write_bytes(png[:-12])
+    frame_images([str(cut)], Framing(IMAGE_SIZE))  # readable by the learner
+    with pytest.warns(kexport.ExportWarning, match="not decoded"):
+        report = kexport.validate(
+            run["dir"], [exported["saved_model"]],
+            images=[run["image"], str(cut)],
+            report_path=str(tmp_path / "report.json"), print_fn=None)
+    rows = {row["name"]: row for row in report["artifacts"]}
+    served = rows["saved_model:serving_default"]
+    assert not served["passed"] and not report["passed"]
+    (missing,) = served["not_decoded"]
+    assert missing.startswith(f"{cut} (undecodable PNG: ")
+    assert "IEND" in missing
+    assert rows["saved_model:predict_images"]["passed"]
 
 
 # --- LiteRT and the report ---------------------------------------------------

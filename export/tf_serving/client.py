@@ -17,6 +17,11 @@ or resize photos before sending them. Two transports:
   `tensorflow_serving.apis.predict_pb2.PredictRequest` whose `image_bytes`
   input is `tf.make_tensor_proto([file bytes, ...])`.
 
+Each file is judged on its own: a file the server cannot decode (truncated,
+empty, not an image) comes back with `status` `"error"` and an `error`
+message while the other files are classified, and the client prints
+`FILE: error: MESSAGE` for it (exit status 1 when any file failed).
+
 Usage:
 
 ```
@@ -85,12 +90,16 @@ def rest_predict(paths, server="http://localhost:8501", model=DEFAULT_MODEL,
         timeout: seconds.
 
     Returns:
-        A list with, per image, a dict of `probabilities`, `top_classes` and
-        `top_scores` (the server's `predictions`).
+        A list with, per image, a dict of `probabilities`, `top_classes`,
+        `top_scores`, `status` (`"ok"` or `"error"`) and `error` (why the
+        image was not classified, or `""`): the server's `predictions`.
+        SavedModels exported before per-item status have no `status` or
+        `error`; `failed` treats their items as classified.
 
     Raises:
-        RuntimeError: with the server's error message (for example on bytes
-            that are not an image).
+        RuntimeError: with the server's error message when the whole request
+            fails (unknown model or signature, malformed JSON); a bad image
+            only fails its own item.
     """
     body = json.dumps(rest_body(paths)).encode("utf-8")
     request = urllib.request.Request(
@@ -147,8 +156,7 @@ def grpc_predict(paths, server="localhost:8500", model=DEFAULT_MODEL,
         timeout: seconds.
 
     Returns:
-        A list with, per image, a dict of `probabilities`, `top_classes` and
-        `top_scores`, like `rest_predict`.
+        A list with, per image, a dict like `rest_predict`'s.
     """
     import grpc
     import tensorflow as tf
@@ -158,22 +166,60 @@ def grpc_predict(paths, server="localhost:8500", model=DEFAULT_MODEL,
     stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
     response = stub.Predict(grpc_request(paths, model, version),
                             timeout=timeout)
-    outputs = {key: tf.make_ndarray(value)
-               for key, value in response.outputs.items()}
-    return [
-        {
-            "probabilities": outputs["probabilities"][i].tolist(),
-            "top_classes": [c.decode("utf-8")
-                            for c in outputs["top_classes"][i]],
-            "top_scores": outputs["top_scores"][i].tolist(),
-        }
-        for i in range(len(paths))
-    ]
+    return predictions_from_outputs(
+        {key: tf.make_ndarray(value)
+         for key, value in response.outputs.items()})
+
+
+def predictions_from_outputs(outputs):
+    """Per-image dicts from a batch of output arrays (TF Serving's rows).
+
+    Args:
+        outputs: dict of output name -> array with the batch first, as
+            `tf.make_ndarray` returns them from a gRPC `PredictResponse`
+            (strings as bytes).
+
+    Returns:
+        A list with, per image, a dict of the outputs' rows as Python
+        values (strings decoded as UTF-8), the shape of `rest_predict`'s
+        result.
+    """
+
+    def plain(value):
+        value = value.tolist() if hasattr(value, "tolist") else value
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    count = len(next(iter(outputs.values()))) if outputs else 0
+    return [{key: plain(value[i]) for key, value in outputs.items()}
+            for i in range(count)]
+
+
+def failed(prediction):
+    """True when the server could not classify this image (see `error`)."""
+    return prediction.get("status", "ok") != "ok"
 
 
 def format_predictions(paths, predictions):
+    """One line per file: its top classes, or the server's error for it.
+
+    Args:
+        paths: the image files, in request order.
+        predictions: `rest_predict` or `grpc_predict` results, same order.
+
+    Returns:
+        A string: `FILE: ants 97.0%, bees 3.0%` per classified file,
+        `FILE: error: MESSAGE` per file the server could not decode.
+    """
     lines = []
     for path, prediction in zip(paths, predictions):
+        if failed(prediction):
+            lines.append(f"{path}: error: "
+                         f"{prediction.get('error') or 'not classified'}")
+            continue
         ranked = ", ".join(
             f"{name} {score:.1%}" for name, score in
             zip(prediction["top_classes"], prediction["top_scores"])
@@ -183,6 +229,7 @@ def format_predictions(paths, predictions):
 
 
 def main(argv=None):
+    """Command line; exit status 1 when a file could not be classified."""
     parser = argparse.ArgumentParser(
         description="Classify images with a model served by TF Serving.")
     parser.add_argument("images", nargs="+", help="image files")
@@ -203,7 +250,11 @@ def main(argv=None):
         predictions = rest_predict(args.images, args.rest, args.model,
                                    args.version)
     print(format_predictions(args.images, predictions))
-    return 0
+    errors = sum(failed(p) for p in predictions)
+    if errors:
+        print(f"{errors} of {len(predictions)} file(s) could not be "
+              "classified (see the error lines above).", file=sys.stderr)
+    return 1 if errors else 0
 
 
 if __name__ == "__main__":
