@@ -1,31 +1,54 @@
 """kertransfer: the fast.ai transfer-learning workflow on Keras 3.
 
 Works under the TensorFlow, JAX and torch Keras backends. TensorFlow is
-imported only by `kertransfer.export`.
+imported only by `kertransfer.export` (and by Keras itself under its
+TensorFlow backend). The public names below are imported on first use.
 """
 
-from kertransfer import backbones
-from kertransfer.balance import balanced_accuracy
-from kertransfer.balance import balanced_class_weights
-from kertransfer.callbacks import SGDR
-from kertransfer.callbacks import KeepBestWeights
-from kertransfer.callbacks import LRFinder
-from kertransfer.callbacks import TensorBoardLogger
-from kertransfer.data import ImageClassifierData
-from kertransfer.datasets import untar_data
-from kertransfer.fbeta_score import SamplesFBetaScore
-from kertransfer.groups import group_optimizer
-from kertransfer.interpret import ClassificationInterpretation
-from kertransfer.interpret import MultiLabelInterpretation
-from kertransfer.learner import ConvLearner
-from kertransfer.metrics import fbeta
-from kertransfer.metrics import opt_th
-from kertransfer.predict import predict_images
-from kertransfer.report import write_report
-from kertransfer.schedules import sgdr_total_epochs
-from kertransfer.transforms import tfms_from_model
-from kertransfer.transforms import transforms_side_on
-from kertransfer.transforms import transforms_top_down
+import importlib
+
+# Public name -> the module that defines it. Imported on first use (PEP 562),
+# so that `import kertransfer` (and `kertransfer --help`) does not pay for
+# Keras and its backend until a name is used.
+_EXPORTS = {
+    "backbones": "kertransfer.backbones",
+    "balanced_accuracy": "kertransfer.balance",
+    "balanced_class_weights": "kertransfer.balance",
+    "SGDR": "kertransfer.callbacks",
+    "KeepBestWeights": "kertransfer.callbacks",
+    "LRFinder": "kertransfer.callbacks",
+    "TensorBoardLogger": "kertransfer.callbacks",
+    "ImageClassifierData": "kertransfer.data",
+    "untar_data": "kertransfer.datasets",
+    "SamplesFBetaScore": "kertransfer.fbeta_score",
+    "group_optimizer": "kertransfer.groups",
+    "ClassificationInterpretation": "kertransfer.interpret",
+    "MultiLabelInterpretation": "kertransfer.interpret",
+    "ConvLearner": "kertransfer.learner",
+    "fbeta": "kertransfer.metrics",
+    "opt_th": "kertransfer.metrics",
+    "predict_images": "kertransfer.predict",
+    "write_report": "kertransfer.report",
+    "sgdr_total_epochs": "kertransfer.schedules",
+    "tfms_from_model": "kertransfer.transforms",
+    "transforms_side_on": "kertransfer.transforms",
+    "transforms_top_down": "kertransfer.transforms",
+}
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kertransfer' has no attribute {name!r}")
+    imported = importlib.import_module(module)
+    value = imported if module == f"kertransfer.{name}" else getattr(imported, name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __version__ = "0.1.0"
 

@@ -4,6 +4,8 @@ import argparse
 import os
 import sys
 
+from kertransfer import __version__
+
 __all__ = ["main"]
 
 
@@ -124,6 +126,7 @@ def build_parser():
         prog="kertransfer",
         description="fast.ai-style transfer learning on Keras 3 (any backend).",
     )
+    parser.add_argument("--version", action="version", version=f"kertransfer {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="run the fast.ai recipe on an image folder")
     p.add_argument(
