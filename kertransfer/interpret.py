@@ -444,7 +444,7 @@ class ClassificationInterpretation:
 
     # ---------------------------------------------------------------- plot
 
-    def plot_confusion_matrix(self, normalize=False, ax=None, cmap="Blues"):
+    def plot_confusion_matrix(self, normalize=False, ax=None, cmap="Blues", figsize=None):
         """Draws the confusion matrix with the value written in each cell.
 
         Args:
@@ -452,6 +452,8 @@ class ClassificationInterpretation:
                 write proportions instead of counts.
             ax: matplotlib axes to draw on; a new figure if None.
             cmap: matplotlib colormap name.
+            figsize: `(width, height)` in inches of a new figure (default:
+                grows with the number of classes).
 
         Returns:
             The matplotlib axes.
@@ -465,7 +467,7 @@ class ClassificationInterpretation:
         c = self.num_classes
         if ax is None:
             side = min(max(4.0, 0.55 * c + 2.0), 30.0)
-            _, ax = plt.subplots(figsize=(side, side))
+            _, ax = plt.subplots(figsize=figsize or (side, side))
         vmax = 1.0 if normalize else max(1.0, float(values.max()))
         ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax)
         fontsize = max(4.0, min(10.0, 160.0 / c))
@@ -489,7 +491,7 @@ class ClassificationInterpretation:
         )
         return ax
 
-    def plot_images(self, idxs, title=None, ncols=4, size=224):
+    def plot_images(self, idxs, title=None, ncols=4, size=224, figsize=None):
         """Grid of the validation images at `idxs`.
 
         Each image is titled with its actual class, predicted class, the
@@ -504,6 +506,8 @@ class ClassificationInterpretation:
             title: optional figure title.
             ncols: images per row.
             size: thumbnail size in pixels (longest side).
+            figsize: `(width, height)` in inches (default: 2.8 x 3.2 per
+                image), as fastai's `plot_top_losses(k, figsize=...)`.
 
         Returns:
             The matplotlib figure.
@@ -533,7 +537,7 @@ class ClassificationInterpretation:
         ncols = max(1, min(int(ncols), idxs.size))
         nrows = math.ceil(idxs.size / ncols)
         fig, axes = plt.subplots(
-            nrows, ncols, figsize=(2.8 * ncols, 3.2 * nrows), squeeze=False
+            nrows, ncols, figsize=figsize or (2.8 * ncols, 3.2 * nrows), squeeze=False
         )
         for ax in axes.flat:
             ax.axis("off")
@@ -562,32 +566,32 @@ class ClassificationInterpretation:
             f"loss: {self.losses[i]:.2f}"
         )
 
-    def plot_top_losses(self, k=9, ncols=4):
+    def plot_top_losses(self, k=9, ncols=4, figsize=None):
         """Images with the highest loss (fastai v2 `plot_top_losses`).
 
         Returns:
             The matplotlib figure.
         """
         idxs = self.top_losses(k).indices
-        return self.plot_images(idxs, title=f"Top {k} losses", ncols=ncols)
+        return self.plot_images(idxs, title=f"Top {k} losses", ncols=ncols, figsize=figsize)
 
-    def plot_most_correct(self, cls, k=4, ncols=4):
+    def plot_most_correct(self, cls, k=4, ncols=4, figsize=None):
         """Images of `most_correct(cls, k)`; returns the figure."""
         name = self.class_names[self.class_index(cls)]
         return self.plot_images(self.most_correct(cls, k),
-                                title=f"Most correct {name}", ncols=ncols)
+                                title=f"Most correct {name}", ncols=ncols, figsize=figsize)
 
-    def plot_most_incorrect(self, cls, k=4, ncols=4):
+    def plot_most_incorrect(self, cls, k=4, ncols=4, figsize=None):
         """Images of `most_incorrect(cls, k)`; returns the figure."""
         name = self.class_names[self.class_index(cls)]
         return self.plot_images(self.most_incorrect(cls, k),
-                                title=f"Most incorrect {name}", ncols=ncols)
+                                title=f"Most incorrect {name}", ncols=ncols, figsize=figsize)
 
-    def plot_most_uncertain(self, cls, k=4, ncols=4):
+    def plot_most_uncertain(self, cls, k=4, ncols=4, figsize=None):
         """Images of `most_uncertain(cls, k)`; returns the figure."""
         name = self.class_names[self.class_index(cls)]
         return self.plot_images(self.most_uncertain(cls, k),
-                                title=f"Most uncertain {name}", ncols=ncols)
+                                title=f"Most uncertain {name}", ncols=ncols, figsize=figsize)
 
 
 class MultiLabelInterpretation:

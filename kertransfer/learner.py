@@ -566,7 +566,7 @@ class ConvLearner:
         return probs, targets
 
     @_in_scope
-    def TTA(self, n_aug=4, split="valid", seed=0, beta=None):
+    def TTA(self, n_aug=4, split="valid", seed=0, beta=None, return_all=False):
         """Test-time augmentation (fast.ai v0.7 `learn.TTA`).
 
         Averages the probabilities of the original (center-cropped) images
@@ -582,16 +582,24 @@ class ConvLearner:
                 predictions), or the weight in [0, 1] of the un-augmented
                 prediction against the mean of the augmented ones (fast.ai v2
                 `Learner.tta`, default there 0.25).
+            return_all: return each copy's probabilities, `(n_aug + 1, n,
+                num_classes)`, the original first, instead of their mean
+                (fast.ai v0.7 returned this stack, as log-probabilities:
+                its `np.mean(np.exp(log_preds), 0)` is `probs.mean(0)`
+                here).
 
         Returns:
-            `(probs, targets)` as in `predict`.
+            `(probs, targets)` as in `predict`; with `return_all`, `probs`
+            is `(n_aug + 1, n, num_classes)`.
 
         Raises:
             ValueError: on `n_aug < 0`, `beta` outside [0, 1], or `beta`
                 with `n_aug=0`.
         """
         probs, targets = self.predict(split)
-        blended = tta_probs(self.model, self.data, n_aug, split, seed, probs=probs, beta=beta)
+        blended = tta_probs(
+            self.model, self.data, n_aug, split, seed, probs=probs, beta=beta, return_all=return_all
+        )
         return blended, targets
 
     def set_data(self, data):

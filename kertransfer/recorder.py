@@ -49,11 +49,11 @@ def suggest_lrs(lrs, smoothed_losses, skip_start=None, skip_end=None):
     return SuggestedLRs(min_div10, steepest)
 
 
-def _axes(ax):
+def _axes(ax, figsize=None):
     if ax is None:
         import matplotlib.pyplot as plt
 
-        _, ax = plt.subplots(figsize=(6, 4))
+        _, ax = plt.subplots(figsize=figsize or (6, 4))
     return ax
 
 
@@ -77,17 +77,18 @@ class LRFindResult:
         """`SuggestedLRs(min_div10, steepest)`; see `suggest_lrs`."""
         return suggest_lrs(self.lrs, self.smoothed_losses)
 
-    def plot(self, ax=None, mark=None):
+    def plot(self, ax=None, mark=None, figsize=None):
         """Smoothed loss against LR (log x axis), with suggestions marked.
 
         Args:
             ax: matplotlib axes, or None for a new figure.
             mark: optional LR to mark as "chosen".
+            figsize: `(width, height)` in inches of a new figure.
 
         Returns:
             The axes.
         """
-        ax = _axes(ax)
+        ax = _axes(ax, figsize)
         ax.plot(self.lrs, self.smoothed_losses, label="smoothed loss")
         ax.set_xscale("log")
         ax.set_xlabel("learning rate (log scale)")
@@ -101,6 +102,29 @@ class LRFindResult:
         if mark is not None:
             ax.axvline(mark, color="tab:red", label=f"chosen = {mark:.2g}")
         ax.legend()
+        return ax
+
+    def plot_lr(self, ax=None, figsize=None):
+        """The LR of each batch of the test, rising exponentially.
+
+        fast.ai v0.7's `learn.sched.plot_lr()` right after `lr_find()`.
+
+        Returns:
+            The axes.
+        """
+        ax = _axes(ax, figsize)
+        ax.plot(self.lrs)
+        ax.set_yscale("log")
+        ax.set_xlabel("batch")
+        ax.set_ylabel("learning rate (log scale)")
+        return ax
+
+    def plot_loss(self, ax=None, figsize=None):
+        """The raw training loss of each batch of the test. Returns the axes."""
+        ax = _axes(ax, figsize)
+        ax.plot(self.losses)
+        ax.set_xlabel("batch")
+        ax.set_ylabel("training loss")
         return ax
 
     def to_dict(self):
@@ -130,9 +154,9 @@ class FitRecord:
         self.steps_per_epoch = steps_per_epoch
         self.stage = stage
 
-    def plot_lr(self, ax=None):
+    def plot_lr(self, ax=None, figsize=None):
         """LR of each group per batch (restarts show as jumps). Returns axes."""
-        ax = _axes(ax)
+        ax = _axes(ax, figsize)
         for g, name in enumerate(self.group_names):
             ax.plot(self.lr_history[:, g], label=name)
         ax.set_xlabel("batch")
@@ -141,9 +165,9 @@ class FitRecord:
         ax.legend()
         return ax
 
-    def plot_loss(self, ax=None):
+    def plot_loss(self, ax=None, figsize=None):
         """Raw training loss per batch. Returns the axes."""
-        ax = _axes(ax)
+        ax = _axes(ax, figsize)
         ax.plot(self.batch_losses)
         ax.set_xlabel("batch")
         ax.set_ylabel("training loss")

@@ -14,7 +14,7 @@ from kertransfer.distribute import predict_padded
 __all__ = ["tta_probs"]
 
 
-def tta_probs(model, data, n_aug=4, split="valid", seed=0, probs=None, beta=None):
+def tta_probs(model, data, n_aug=4, split="valid", seed=0, probs=None, beta=None, return_all=False):
     """Mean of the model's probabilities over the original and augmented images.
 
     The original images get the validation transforms (center crop); copy
@@ -44,14 +44,19 @@ def tta_probs(model, data, n_aug=4, split="valid", seed=0, probs=None, beta=None
             computed, `(n, num_classes)`; None computes them.
         beta: None for the plain mean over all `n_aug + 1` predictions, or
             the weight in [0, 1] of the un-augmented prediction (fast.ai v2).
+        return_all: return every copy's probabilities instead of their
+            mean, the original first: what fast.ai v0.7's `TTA()` returned
+            (as log-probabilities there; probabilities here, so
+            `probs.mean(0)` is the TTA prediction).
 
     Returns:
         float32 array `(n, num_classes)`: the mean over `n_aug + 1`
-        predictions of each image (or the `beta` blend).
+        predictions of each image (or the `beta` blend); with `return_all`,
+        `(n_aug + 1, n, num_classes)`.
 
     Raises:
         ValueError: if `n_aug` is not an integer >= 0, or `beta` is not in
-            [0, 1], or `beta` is given with `n_aug=0`.
+            [0, 1], or `beta` is given with `n_aug=0` or with `return_all`.
 
     Example:
 
@@ -77,16 +82,22 @@ def tta_probs(model, data, n_aug=4, split="valid", seed=0, probs=None, beta=None
             "augmented copies, so it needs n_aug >= 1. Received n_aug=0; "
             "pass beta=None or n_aug >= 1."
         )
+    if beta is not None and return_all:
+        raise ValueError(
+            "return_all returns every copy's probabilities, so there is no blend "
+            "for beta to weight: pass one of beta= and return_all=True."
+        )
     if probs is None:
         probs = predict_padded(model, data.fixed_batches(split))
-    orig = np.asarray(probs, dtype="float64")
-    augmented = np.zeros_like(orig)
+    copies = [np.asarray(probs, dtype="float64")]
     for i in range(int(n_aug)):
         batches = data.fixed_batches(
             split, tfms=data.train_tfms, augment=True, seed=seed + i
         )
-        augmented += predict_padded(model, batches)
+        copies.append(np.asarray(predict_padded(model, batches), dtype="float64"))
+    if return_all:
+        return np.stack(copies).astype("float32")
     if beta is None:
-        return ((orig + augmented) / (int(n_aug) + 1)).astype("float32")
-    aug_mean = augmented / int(n_aug)
-    return (beta * orig + (1 - beta) * aug_mean).astype("float32")
+        return np.mean(copies, axis=0).astype("float32")
+    aug_mean = np.mean(copies[1:], axis=0)
+    return (beta * copies[0] + (1 - beta) * aug_mean).astype("float32")

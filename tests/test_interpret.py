@@ -319,8 +319,9 @@ def test_plot_confusion_matrix_writes_counts(interp, tmp_path):
     ],
 )
 def test_image_plots_are_not_blank(interp, tmp_path, method, args):
-    fig = getattr(interp, method)(*args)
+    fig = getattr(interp, method)(*args, figsize=(9, 4))  # fastai's keyword
     assert isinstance(fig, matplotlib.figure.Figure)
+    assert tuple(fig.get_size_inches()) == (9, 4)
     images = [ax for ax in fig.axes if ax.images]
     assert len(images) == (3 if method == "plot_most_incorrect" else 4)
     titles = [ax.get_title() for ax in images]

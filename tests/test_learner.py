@@ -94,6 +94,14 @@ def test_lr_find_restores_weights(tiny_data):
         np.testing.assert_array_equal(a, b)
     ax = result.plot()
     assert ax.get_xscale() == "log"
+    # fast.ai v0.7's order: lr_find(), then sched.plot_lr() (the ramp).
+    assert learn.sched is result
+    (line,) = learn.sched.plot_lr(figsize=(3, 2)).get_lines()
+    np.testing.assert_allclose(line.get_ydata(), result.lrs)
+    assert np.all(np.diff(result.lrs) > 0)
+    assert tuple(line.figure.get_size_inches()) == (3, 2)
+    (line,) = learn.sched.plot_loss().get_lines()
+    np.testing.assert_allclose(line.get_ydata(), result.losses)
 
 
 def test_fit_sgdr_epochs_and_differential_lrs(tiny_data):

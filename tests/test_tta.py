@@ -45,6 +45,12 @@ def test_tta_beta_blends_original_with_augmented_mean(tiny_data):
     np.testing.assert_allclose(mean, (plain + np.sum(copies, 0)) / 4, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(learn.TTA(n_aug=3, seed=3, beta=1.0)[0], plain, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(learn.TTA(n_aug=3, seed=3, beta=0.0)[0], aug_mean, rtol=1e-5, atol=1e-6)
+    # return_all: fast.ai v0.7's stack of every copy, the original first.
+    stack, _ = learn.TTA(n_aug=3, seed=3, return_all=True)
+    assert stack.shape == (4, *plain.shape)
+    np.testing.assert_allclose(stack, np.stack([plain, *copies]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="one of beta= and return_all=True"):
+        learn.TTA(n_aug=3, beta=0.25, return_all=True)
 
 
 def test_tta_averages_any_probabilities(tiny_data):
