@@ -57,6 +57,17 @@ def _axes(ax, figsize=None):
     return ax
 
 
+def _plot_per_batch(values, ax, figsize, ylabel, log=False):
+    """One value per batch (an LR or a loss), on `ax` or a new figure."""
+    ax = _axes(ax, figsize)
+    ax.plot(values)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("batch")
+    ax.set_ylabel(ylabel)
+    return ax
+
+
 class LRFindResult:
     """Result of `ConvLearner.lr_find`: `learn.sched` after it.
 
@@ -112,20 +123,11 @@ class LRFindResult:
         Returns:
             The axes.
         """
-        ax = _axes(ax, figsize)
-        ax.plot(self.lrs)
-        ax.set_yscale("log")
-        ax.set_xlabel("batch")
-        ax.set_ylabel("learning rate (log scale)")
-        return ax
+        return _plot_per_batch(self.lrs, ax, figsize, "learning rate (log scale)", log=True)
 
     def plot_loss(self, ax=None, figsize=None):
         """The raw training loss of each batch of the test. Returns the axes."""
-        ax = _axes(ax, figsize)
-        ax.plot(self.losses)
-        ax.set_xlabel("batch")
-        ax.set_ylabel("training loss")
-        return ax
+        return _plot_per_batch(self.losses, ax, figsize, "training loss")
 
     def to_dict(self):
         return {
@@ -167,8 +169,4 @@ class FitRecord:
 
     def plot_loss(self, ax=None, figsize=None):
         """Raw training loss per batch. Returns the axes."""
-        ax = _axes(ax, figsize)
-        ax.plot(self.batch_losses)
-        ax.set_xlabel("batch")
-        ax.set_ylabel("training loss")
-        return ax
+        return _plot_per_batch(self.batch_losses, ax, figsize, "training loss")

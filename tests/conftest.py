@@ -115,6 +115,20 @@ def write_synthetic_images(root, layout, size=48, seed=0, formats=("jpg", "png")
     return root
 
 
+def write_bomb_png(path, side=20000):
+    """A small PNG whose header claims `side` x `side` pixels (over Pillow's limit)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    path = pathlib.Path(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
 @pytest.fixture(scope="session")
 def synthetic_folder(tmp_path_factory):
     """fast.ai layout of small synthetic images: 48 train and 8 valid per class."""

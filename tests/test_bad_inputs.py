@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_bomb_png
+from conftest import write_synthetic_images
 from kertransfer import images
 from kertransfer.data import ImageClassifierData
 from kertransfer.transforms import tfms_from_model
@@ -20,18 +22,6 @@ from kertransfer.transforms import tfms_from_model
 pytestmark = pytest.mark.one_backend
 
 RED = (220, 20, 30)
-
-
-def _bomb_png(path, side=20000):
-    """A PNG whose header claims side x side pixels (over Pillow's limit)."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
 
 
 def _corpus(folder):
@@ -85,7 +75,7 @@ def _corpus(folder):
     # Skipped, whatever the cache: nothing in them reads as an image.
     (folder / "zero_bytes.jpg").write_bytes(b"")
     (folder / "text.jpg").write_text("not an image, just text\n")
-    _bomb_png(folder / "huge.png")
+    write_bomb_png(folder / "huge.png")
     os.symlink(folder / "gone.jpg", folder / "dangling.jpg")
     (folder / "a_folder").mkdir()
     Image.new("RGB", (8, 8)).save(folder / "a_folder" / "inside.jpg")
@@ -110,13 +100,7 @@ def _corpus(folder):
 
 
 def _dataset(root):
-    for split in ("train", "valid"):
-        for c in ("a", "b"):
-            if split == "train" and c == "a":
-                continue
-            (root / split / c).mkdir(parents=True)
-            for i in range(2):
-                Image.new("RGB", (40, 30), (60 * i, 90, 30)).save(root / split / c / f"{i}.jpg")
+    write_synthetic_images(root, {"train/b": 2, "valid/a": 2, "valid/b": 2}, size=40)
     return _corpus(root / "train" / "a")
 
 

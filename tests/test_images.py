@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_bomb_png
+from conftest import write_synthetic_images
 from kertransfer import images
 from kertransfer.images import Framing
 
@@ -156,24 +158,11 @@ def test_thumbnail_is_upright_and_bounded(tmp_path):
     assert thumb.shape == (50, 15, 3)  # turned to portrait, then shrunk
 
 
-def _bomb_png(path, side=20000):
-    """A PNG whose header claims side x side pixels (over Pillow's limit)."""
-    import struct
-    import zlib
-
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
-    return path
-
-
 def test_an_image_over_pillows_pixel_limit_is_skipped_and_named(tmp_path):
     from kertransfer.data import ImageClassifierData
     from kertransfer.transforms import tfms_from_model
 
-    bomb = _bomb_png(tmp_path / "bomb.png")
+    bomb = write_bomb_png(tmp_path / "bomb.png")
     with pytest.raises(Image.DecompressionBombError):
         Image.open(bomb)
     # Export's reader (int8 calibration and validation skip on ValueError).
@@ -181,11 +170,7 @@ def test_an_image_over_pillows_pixel_limit_is_skipped_and_named(tmp_path):
         images.frame_images([str(bomb)], Framing(32))
     # Training's scan lists it as skipped.
     root = tmp_path / "data"
-    for split in ("train", "valid"):
-        for c in ("a", "b"):
-            (root / split / c).mkdir(parents=True)
-            for i in range(2):
-                Image.new("RGB", (40, 30), (60 * i, 90, 30)).save(root / split / c / f"{i}.jpg")
+    write_synthetic_images(root, {"train/a": 2, "train/b": 2, "valid/a": 2, "valid/b": 2}, size=40)
     (root / "train" / "a" / "bomb.png").write_bytes(bomb.read_bytes())
     with pytest.warns(UserWarning, match=r"Skipped 1 file(.|\n)*bomb\.png"):
         data = ImageClassifierData.from_paths(root, tfms=tfms_from_model("tiny_cnn", 32), cache=None)
@@ -224,11 +209,7 @@ def test_pixel_budget_reduces_large_jpegs_and_refuses_other_formats(tmp_path, mo
     assert images.frame_images([str(tmp_path / "big.jpg")], Framing(56)).shape == (1, 56, 56, 3)
 
     root = tmp_path / "data"
-    for split in ("train", "valid"):
-        for c in ("a", "b"):
-            (root / split / c).mkdir(parents=True)
-            for i in range(2):
-                Image.new("RGB", (40, 30), (60 * i, 90, 30)).save(root / split / c / f"{i}.jpg")
+    write_synthetic_images(root, {"train/a": 2, "train/b": 2, "valid/a": 2, "valid/b": 2}, size=40)
     (root / "train" / "a" / "big.jpg").write_bytes((tmp_path / "big.jpg").read_bytes())
     (root / "train" / "b" / "big.png").write_bytes((tmp_path / "big.png").read_bytes())
     with pytest.warns(UserWarning, match=r"Skipped 1 file(.|\n)*big\.png"):
