@@ -40,6 +40,7 @@ import warnings
 import keras
 import numpy as np
 
+import kertransfer
 from kertransfer import images as images_lib
 from kertransfer.images import IMAGE_EXTENSIONS
 from kertransfer.images import Framing
@@ -304,8 +305,10 @@ def _delegate(function_name, model_or_run_dir, **kwargs):
             )
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        # The folder holding this `kertransfer` package, first on the path:
+        # the child imports the same code as this process.
         package_root = os.path.dirname(
-            os.path.dirname(os.path.abspath(__file__))
+            os.path.dirname(os.path.abspath(kertransfer.__file__))
         )
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (package_root, env.get("PYTHONPATH")) if p
