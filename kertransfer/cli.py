@@ -6,7 +6,7 @@ import sys
 
 from kertransfer import __version__
 
-__all__ = ["main"]
+__all__ = ["export_main", "main"]
 
 
 def _positive_int(text):
@@ -99,6 +99,37 @@ def _train_args(p):
     )
 
 
+def _export_args(p):
+    p.add_argument("run_dir", help="run folder holding model.keras")
+    p.add_argument(
+        "--formats",
+        default="saved_model,tflite",
+        help="comma-separated subset of saved_model,tflite,onnx (default: saved_model,tflite; onnx needs tf2onnx)",
+    )
+    p.add_argument(
+        "--quantize",
+        default="",
+        help="comma-separated extra .tflite variants: float16,dynamic,int8 or 'all' (the fp32 .tflite is always "
+        "written)",
+    )
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export)")
+    p.add_argument("--name", default="kertransfer", help="TF Serving model name (default: kertransfer)")
+    p.add_argument("--version", type=int, default=1, help="TF Serving version folder (default: 1)")
+    p.add_argument(
+        "--representative-images",
+        default=None,
+        help="folder of training images to calibrate int8 (default: metrics.json train_dir/data_dir, else "
+        "validation images)",
+    )
+    p.add_argument(
+        "--images",
+        default=None,
+        help="folder of validation images, one sub-folder per class (default: predictions.npz in RUN_DIR)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing SavedModel version")
+    p.add_argument("--strict", action="store_true", help="exit with status 1 if a target is missed")
+
+
 def _config(args):
     from kertransfer.train import TrainConfig
 
@@ -158,11 +189,13 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="TTA augmentation seed (default 0)")
     p = sub.add_parser("report", help="rebuild report.html of a run folder")
     p.add_argument("run_dir", help="folder written by `kertransfer train`")
-    sub.add_parser(
+    p = sub.add_parser(
         "export",
         help="SavedModel (TF Serving) / LiteRT / ONNX from a run folder, validated",
-        add_help=False,
+        description="Export a trained run folder as a TF Serving SavedModel and LiteRT .tflite files, and "
+        "validate them against the Keras model (writes export_report.json).",
     )
+    _export_args(p)
     return parser
 
 
@@ -206,16 +239,63 @@ def _predict(args):
     return 0
 
 
+def _export(args):
+    """`kertransfer export`: the exports, their report table, an exit status."""
+    from kertransfer.export import QUANTIZATIONS, export
+
+    quantize = [q.strip() for q in args.quantize.split(",") if q.strip()]
+    if quantize == ["all"]:
+        quantize = list(QUANTIZATIONS[1:])
+    try:
+        report = export(
+            args.run_dir,
+            out_dir=args.out,
+            formats=args.formats,
+            quantize=quantize,
+            name=args.name,
+            version=args.version,
+            representative_images=args.representative_images,
+            images=args.images,
+            overwrite=args.overwrite,
+            print_fn=print,
+        )
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
+        print(f"kertransfer export: error: {error}", file=sys.stderr)
+        return 2
+    if not report["passed"]:
+        print("Some exports miss their targets (see the table above).", file=sys.stderr)
+        return 1 if args.strict else 0
+    return 0
+
+
+def export_main(argv=None):
+    """Command line: `kertransfer export RUN_DIR [options]`.
+
+    Args:
+        argv: list of arguments after `export` (default: `sys.argv[1:]`).
+
+    Returns:
+        Exit status: 0 on success, 1 if `--strict` and a target was missed,
+        2 on invalid arguments or a failed export.
+
+    Example:
+
+    ```
+    kertransfer export runs/ants --formats saved_model,tflite \\
+        --quantize int8 --representative-images data/hymenoptera/train
+    ```
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    return main(["export", *argv])
+
+
 def main(argv=None):
     """Entry point of the `kertransfer` command."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["export"]:
-        # Its own parser (`kertransfer export --help`); TF-only code.
-        from kertransfer.export import export_main
-
-        return export_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "export":  # its own errors and exit status
+        return _export(args)
     try:
         if args.command == "predict":
             return _predict(args)

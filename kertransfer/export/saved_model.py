@@ -26,7 +26,6 @@ Sources:
   https://ai.google.dev/edge/litert/models/post_training_quantization
 """
 
-import argparse
 import json
 import logging
 import os
@@ -52,7 +51,6 @@ __all__ = [
     "ExportWarning",
     "QUANTIZATIONS",
     "export",
-    "export_main",
     "format_report",
     "onnx",
     "saved_model",
@@ -1674,7 +1672,7 @@ def format_report(report):
 
 
 # ---------------------------------------------------------------------------
-# Everything at once, and the command line.
+# Everything at once.
 # ---------------------------------------------------------------------------
 
 
@@ -1795,92 +1793,3 @@ def export(
         run_dir, artifacts, images=images,
         report_path=os.path.join(out_dir, REPORT_NAME), print_fn=print_fn,
     )
-
-
-def _parser():
-    parser = argparse.ArgumentParser(
-        prog="kertransfer export",
-        description=(
-            "Export a trained run folder as a TF Serving SavedModel and "
-            "LiteRT .tflite files, and validate them against the Keras "
-            "model (writes export_report.json)."
-        ),
-    )
-    parser.add_argument("run_dir", help="run folder holding model.keras")
-    parser.add_argument(
-        "--formats", default="saved_model,tflite",
-        help="comma-separated subset of saved_model,tflite,onnx "
-             "(default: saved_model,tflite; onnx needs tf2onnx)")
-    parser.add_argument(
-        "--quantize", default="",
-        help="comma-separated extra .tflite variants: float16,dynamic,int8 "
-             "or 'all' (the fp32 .tflite is always written)")
-    parser.add_argument("--out", default=None,
-                        help="output folder (default: RUN_DIR/export)")
-    parser.add_argument("--name", default="kertransfer",
-                        help="TF Serving model name (default: kertransfer)")
-    parser.add_argument("--version", type=int, default=1,
-                        help="TF Serving version folder (default: 1)")
-    parser.add_argument(
-        "--representative-images", default=None,
-        help="folder of training images to calibrate int8 (default: "
-             "metrics.json train_dir/data_dir, else validation images)")
-    parser.add_argument(
-        "--images", default=None,
-        help="folder of validation images, one sub-folder per class "
-             "(default: predictions.npz in RUN_DIR)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace an existing SavedModel version")
-    parser.add_argument("--strict", action="store_true",
-                        help="exit with status 1 if a target is missed")
-    return parser
-
-
-def export_main(argv=None):
-    """Command line: `kertransfer export RUN_DIR [options]`.
-
-    Args:
-        argv: list of arguments after `export` (default: `sys.argv[1:]`).
-
-    Returns:
-        Exit status: 0 on success, 1 if `--strict` and a target was missed,
-        2 on invalid arguments or a failed export.
-
-    Example:
-
-    ```
-    kertransfer export runs/ants --formats saved_model,tflite \\
-        --quantize int8 --representative-images data/hymenoptera/train
-    ```
-    """
-    args = _parser().parse_args(argv)
-    quantize = [q.strip() for q in args.quantize.split(",") if q.strip()]
-    if quantize == ["all"]:
-        quantize = list(QUANTIZATIONS[1:])
-    try:
-        report = export(
-            args.run_dir, out_dir=args.out, formats=args.formats,
-            quantize=quantize, name=args.name, version=args.version,
-            representative_images=args.representative_images,
-            images=args.images, overwrite=args.overwrite, print_fn=print,
-        )
-    except (ValueError, FileNotFoundError, FileExistsError,
-            ImportError) as error:
-        print(f"kertransfer export: error: {error}", file=sys.stderr)
-        return 2
-    if not report["passed"]:
-        print("Some exports miss their targets (see the table above).",
-              file=sys.stderr)
-        return 1 if args.strict else 0
-    return 0
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["--_call"]:
-        return _serve_call(argv[1], argv[2])
-    return export_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
