@@ -1,16 +1,66 @@
-"""Deployment exports: TF Serving SavedModel, LiteRT, ONNX, validation."""
+"""Deployment exports: TF Serving SavedModel, LiteRT flatbuffers, a report.
+
+A trained run folder (`model.keras`, `metrics.json`, `predictions.npz`)
+becomes:
+
+```
+OUT/
+  serving/NAME/VERSION/     TF Serving layout (saved_model.pb, variables/)
+  litert/model.tflite       fp32, plus model_float16/_dynamic/_int8.tflite
+  litert/labels.txt         one class name per line, output order
+  export_report.json        agreement, accuracy, size and latency per file
+```
+
+One module per format, as Keras's own `keras/src/export/`:
+
+- `saved_model.py`: `saved_model`, the TF Serving SavedModel; its image
+  decode graph (`kertransfer.images` in TF ops) is `tf_images.py`.
+- `litert.py`: `tflite`, LiteRT files and their quantizations.
+- `onnx.py`: `onnx`, through Keras's `model.export`.
+- `validate.py`: `validate` (one runner per format, against
+  `kertransfer.predict`) and `format_report`.
+- `pipeline.py`: `export`, every requested format then `validate`.
+- `bridge.py`: the TensorFlow subprocess; `_common.py`: the model, class
+  names, framing and image files every export reads.
+
+The command line, `kertransfer export`, is `kertransfer.cli.export_main`.
+
+Everything here needs TensorFlow (SavedModel and the LiteRT converter are
+TF-only), but nothing imports it at module level. When the current Keras
+backend is JAX or torch, each public function re-runs itself in a
+subprocess with `KERAS_BACKEND=tensorflow` (`python -m kertransfer.export`),
+which loads the `.keras` file with `compile=False`: a model trained under
+any backend exports the same way.
+"""
 
 from kertransfer.cli import export_main
-from kertransfer.export.saved_model import QUANTIZATIONS
-from kertransfer.export.saved_model import ExportWarning
-from kertransfer.export.saved_model import _tf_exif_orientation
-from kertransfer.export.saved_model import _tf_frame_bytes
-from kertransfer.export.saved_model import export
-from kertransfer.export.saved_model import format_report
-from kertransfer.export.saved_model import onnx
+from kertransfer.export._common import QUANTIZATIONS
+from kertransfer.export._common import REPORT_NAME  # noqa: F401
+from kertransfer.export._common import ExportWarning
+from kertransfer.export.litert import tflite
+from kertransfer.export.onnx import onnx
+from kertransfer.export.pipeline import FORMATS  # noqa: F401
+from kertransfer.export.pipeline import export
+from kertransfer.export.saved_model import TOP_K  # noqa: F401
 from kertransfer.export.saved_model import saved_model
-from kertransfer.export.saved_model import tflite
-from kertransfer.export.saved_model import validate
+from kertransfer.export.tf_images import _tf_exif_orientation  # noqa: F401
+from kertransfer.export.tf_images import _tf_frame_bytes  # noqa: F401
+from kertransfer.export.validate import AGREEMENT_TARGETS  # noqa: F401
+from kertransfer.export.validate import INT8_SIZE_RATIO  # noqa: F401
+from kertransfer.export.validate import LEAN_SAVED_MODEL_RATIO  # noqa: F401
+from kertransfer.export.validate import MAX_PROB_DIFF_TARGETS  # noqa: F401
+from kertransfer.export.validate import format_report
+from kertransfer.export.validate import validate
+
+# The `noqa` names are not in `__all__` but were module attributes of the
+# single `kertransfer/export.py`, so they stay reachable here; tests call the
+# two `_tf_*` decode helpers as `kertransfer.export._tf_*`.
+#
+# `saved_model`, `onnx` and `validate` name both a function and the module
+# defining it. The functions imported above are the package's attributes:
+# every submodule is loaded by then, and a loaded module is not bound again.
+# So `kertransfer.export.saved_model(...)` is the function; reach a module's
+# other names with `from kertransfer.export.saved_model import ...`.
 
 __all__ = [
     "QUANTIZATIONS",

@@ -1,0 +1,237 @@
+"""What every export shares: the model, its class names, its framing, images.
+
+Each exporter takes a trained run folder (`model.keras`, `metrics.json`,
+`preprocessing.json`, `predictions.npz`), a `.keras` file or a
+`keras.Model`; the helpers here load the model and resolve its class names
+and its framing (`kertransfer.images.Framing`) the same way for every
+format, and list the image files to calibrate or validate on.
+TensorFlow is imported only by `_import_tensorflow`, when a function needs it.
+"""
+
+import json
+import os
+import warnings
+
+import keras
+import numpy as np
+
+from kertransfer import images as images_lib
+from kertransfer.images import IMAGE_EXTENSIONS
+from kertransfer.images import Framing
+from kertransfer.images import find_images
+from kertransfer.run_folder import load_model_file
+
+
+class ExportWarning(UserWarning):
+    """A missed export target, or a fallback worth knowing about."""
+
+
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+REPORT_NAME = "export_report.json"
+
+
+_TF_HINT = (
+    "Exports need TensorFlow installed (any Keras backend may be active). "
+    "Install it with `pip install 'kertransfer[tensorflow]'`."
+)
+
+
+def _import_tensorflow():
+    try:
+        import tensorflow as tf
+    except ImportError as error:
+        raise ImportError(_TF_HINT) from error
+    return tf
+
+
+def _on_tensorflow():
+    """Whether the Keras backend is TensorFlow (else: `bridge._delegate`)."""
+    return keras.backend.backend() == "tensorflow"
+
+
+# ---------------------------------------------------------------------------
+# Image files. `kertransfer.images` is the one decode path (Pillow);
+# `tf_images.py` reproduces it in the SavedModel's graph.
+# ---------------------------------------------------------------------------
+
+
+def _check_image_size(image_size):
+    if isinstance(image_size, bool) or not isinstance(
+        image_size, (int, np.integer)
+    ):
+        raise ValueError(
+            "image_size must be a positive int (pixels). "
+            f"Received image_size={image_size!r}."
+        )
+    if image_size <= 0:
+        raise ValueError(
+            f"image_size must be positive. Received image_size={image_size}."
+        )
+    return int(image_size)
+
+
+def _list_images(images):
+    """A folder (searched recursively), one file, or a list -> list of str."""
+    if isinstance(images, (str, os.PathLike)):
+        images = os.fspath(images)
+        if os.path.isdir(images):
+            found = find_images(images)
+            if not found:
+                raise ValueError(
+                    f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
+                    f"{images!r}. Pass a folder of images or a list of paths."
+                )
+            return found
+        if os.path.isfile(images):
+            return [images]
+        raise FileNotFoundError(
+            f"Expected an image folder, an image file or a list of paths. "
+            f"Received {images!r}, which does not exist."
+        )
+    paths = [os.fspath(p) for p in images]
+    if not paths:
+        raise ValueError("Received an empty list of images.")
+    return paths
+
+
+def _labels_from_folders(paths, class_names):
+    """Class index from each image's parent folder name, or None."""
+    index = {name: i for i, name in enumerate(class_names)}
+    labels = [index.get(os.path.basename(os.path.dirname(p))) for p in paths]
+    return None if None in labels else np.asarray(labels, np.int64)
+
+
+# ---------------------------------------------------------------------------
+# Run folders and models.
+# ---------------------------------------------------------------------------
+
+
+def _read_metrics(run_dir):
+    path = os.path.join(run_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _model_path(model_or_run_dir):
+    path = os.fspath(model_or_run_dir)
+    if os.path.isdir(path):
+        model_path = os.path.join(path, "model.keras")
+        if not os.path.isfile(model_path):
+            raise FileNotFoundError(
+                f"No model.keras in the run folder {path!r}. Pass a run "
+                "folder written by the trainer, a .keras file or a model."
+            )
+        return model_path, path
+    if os.path.isfile(path) and path.endswith(".keras"):
+        return path, os.path.dirname(os.path.abspath(path))
+    raise FileNotFoundError(
+        "Expected a run folder holding model.keras, a .keras file or a "
+        f"keras.Model. Received {path!r}."
+    )
+
+
+def _load_model(model_or_run_dir):
+    """-> (model, run_dir or None, model_path or None). TF backend only."""
+    if isinstance(model_or_run_dir, keras.Model):
+        return model_or_run_dir, None, None
+    model_path, run_dir = _model_path(model_or_run_dir)
+    return load_model_file(model_path), run_dir, model_path
+
+
+def _resolve_meta(model, run_dir, class_names, image_size):
+    """-> (class_names, framing, metrics) from arguments, the run, the model.
+
+    The framing (`kertransfer.images.Framing`) is the run's own
+    (`preprocessing.json`, else `metrics.json`), so the exports frame
+    photos exactly as validation did; an explicit `image_size` keeps the
+    run's `crop_pct`.
+    """
+    from kertransfer.predict import run_framing
+
+    metrics = _read_metrics(run_dir) if run_dir else {}
+    num_classes = model.output_shape[-1]
+    if class_names is None:
+        class_names = metrics.get("classes")
+    if class_names is None:
+        class_names = [str(i) for i in range(num_classes)]
+        warnings.warn(
+            "No class names given and no metrics.json with 'classes'; "
+            f"using {class_names[:3]}... Pass class_names=[...] to embed "
+            "real names.",
+            ExportWarning,
+            stacklevel=3,
+        )
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"The model outputs {num_classes} classes but "
+            f"{len(class_names)} class names were given ({class_names}). "
+            "Pass one name per output unit, in output order."
+        )
+    model_size = model.input_shape[1]
+    run_has_size = bool(run_dir) and (
+        "image_size" in metrics
+        or os.path.isfile(os.path.join(run_dir, images_lib.PREPROCESSING_FILE)))
+    framing = run_framing(run_dir, metrics) if run_has_size else None
+    if image_size is None:
+        image_size = framing.image_size if framing else model_size
+    if image_size is None:
+        raise ValueError(
+            "The model has no fixed input size and no image_size was given. "
+            "Pass image_size=<pixels>."
+        )
+    image_size = _check_image_size(image_size)
+    if model_size is not None and model_size != image_size:
+        raise ValueError(
+            f"image_size={image_size} does not match the model input "
+            f"{model.input_shape}. Pass image_size={model_size}."
+        )
+    crop_pct = framing.crop_pct if framing else images_lib.DEFAULT_CROP_PCT
+    return class_names, Framing(image_size, crop_pct), metrics
+
+
+def _unique_variables(model):
+    """The model's backing `tf.Variable`s, each once."""
+    seen, variables = set(), []
+    for variable in model.variables:
+        value = getattr(variable, "value", variable)
+        if id(value) not in seen:
+            seen.add(id(value))
+            variables.append(value)
+    return variables
+
+
+def _validation_set(run_dir, images, labels, class_names):
+    """-> (paths, labels or None)."""
+    if images is None:
+        npz = os.path.join(run_dir or "", "predictions.npz")
+        if not run_dir or not os.path.isfile(npz):
+            raise ValueError(
+                "No validation images: pass images=<folder or list of "
+                "paths> (`--images`), or a run folder with predictions.npz."
+            )
+        with np.load(npz, allow_pickle=False) as data:
+            paths = [str(p) for p in data["paths"]]
+            if labels is None and "targets" in data:
+                labels = data["targets"]
+        paths = [
+            p if os.path.isabs(p) or os.path.exists(p)
+            else os.path.join(run_dir, p)
+            for p in paths
+        ]
+    else:
+        paths = _list_images(images)
+    if labels is None:
+        labels = _labels_from_folders(paths, class_names)
+    if labels is not None:
+        labels = np.asarray(labels).astype(np.int64)
+        if labels.ndim == 2:  # one-hot targets
+            labels = labels.argmax(-1)
+        if len(labels) != len(paths):
+            raise ValueError(
+                f"Received {len(labels)} labels for {len(paths)} images. "
+                "Pass one integer label per image."
+            )
+    return paths, labels
