@@ -390,7 +390,8 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
             f"{config.batch_size // replicas.devices} images per device")
     # Resuming: the weights and random generators of the last step done
     # (nothing on a new run).
-    progress.restore(learn.model)
+    with replicas.scope():
+        progress.restore(learn.model)
     learn.history = [dict(row) for row in progress.meta["history"]]
     model_path = os.path.join(out_dir, "model.keras")
 

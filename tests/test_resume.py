@@ -55,7 +55,7 @@ def _unfrozen_learner(data):
 def test_fit_interrupted_then_called_again_ends_as_an_uninterrupted_fit(tiny_data, tmp_path):
     """`learn.fit(..., backup_dir=...)`: the second call continues the first."""
     lrs = np.array([1e-3, 3e-3, 1e-2])
-    kwargs = dict(cycle_len=1, cycle_mult=2, keep_best=True, best_baseline=10.0, verbose=0)
+    kwargs = {"cycle_len": 1, "cycle_mult": 2, "keep_best": True, "best_baseline": 10.0, "verbose": 0}
     reference = _unfrozen_learner(tiny_data)
     reference.fit(lrs, 2, **kwargs)
 
@@ -69,13 +69,13 @@ def test_fit_interrupted_then_called_again_ends_as_an_uninterrupted_fit(tiny_dat
     learn.fit(lrs, 2, backup_dir=backup, **kwargs)
 
     assert [r["epoch"] for r in learn.history] == [1, 2, 3]
-    for got, want in zip(learn.history, reference.history):
+    for got, want in zip(learn.history, reference.history, strict=True):
         for key in ("loss", "val_loss", "accuracy", "best"):
             assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
     # The SGDR schedule went on where it was: the LRs of all 3 epochs, restarts included.
     np.testing.assert_allclose(learn.sched.lr_history, reference.sched.lr_history, rtol=1e-12)
     assert len(learn.sched.batch_losses) == len(reference.sched.batch_losses)
-    for got, want in zip(learn.model.get_weights(), reference.model.get_weights()):
+    for got, want in zip(learn.model.get_weights(), reference.model.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     assert not backup.exists()  # deleted once the fit completed
 
@@ -148,7 +148,7 @@ def _watch(proc, run, kill_when=None):
             proc.send_signal(signal.SIGKILL)
             break
         time.sleep(0.01)
-    out, err = proc.communicate()
+    _, err = proc.communicate()
     return seen, err
 
 
@@ -206,7 +206,7 @@ def test_main_job_killed_twice_in_the_unfrozen_stage_resumes_to_the_same_model(t
     want, got = _history(reference), _history(run)
     assert [r["epoch"] for r in got] == ["1", "2", "3", "4", "5"]  # each once, none missing
     assert [r["stage"] for r in got] == [r["stage"] for r in want]
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         for key in ("loss", "val_loss", "accuracy", "val_accuracy"):
             assert float(g[key]) == pytest.approx(float(w[key]), rel=1e-5), (g["epoch"], key)
         assert g["best"] == w["best"]
@@ -221,6 +221,7 @@ def test_main_job_killed_twice_in_the_unfrozen_stage_resumes_to_the_same_model(t
         for a, b in zip(
             load_model_file(run / "model.keras").get_weights(),
             load_model_file(reference / "model.keras").get_weights(),
+            strict=True,
         )
     ]
     print(f"max weight difference, resumed vs uninterrupted: {max(diffs):.3g}")

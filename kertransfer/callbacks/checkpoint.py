@@ -83,7 +83,7 @@ def assign_arrays(variables, arrays, prefix, source):
             f"{source} holds {len(saved)} {prefix} variables; this model has {len(variables)}. "
             "It was written by another model or configuration: resume with the same one, or start anew."
         )
-    for v, key in zip(variables, saved):
+    for v, key in zip(variables, saved, strict=True):
         value = arrays[key]
         if tuple(value.shape) != tuple(v.shape):
             raise ValueError(
@@ -118,10 +118,10 @@ class FitCheckpoint(keras.callbacks.Callback):
 
     This callback writes one `.npz` per epoch (every variable of the model
     and of its optimizer, and the arrays of `stateful` callbacks) under a new
-    name, then `fit.json` (epoch count, `fit_args`, NumPy's and Python's
-    global generator states, epoch logs, the JSON state of `stateful`
-    callbacks, such as a recorder of the epoch logs; torch's generator
-    under the torch backend), renamed into place: that rename commits the epoch
+    name, then `fit.json` (epoch count, `fit_args`, the global generator
+    states: NumPy's, Python's, and torch's under the torch backend; the JSON
+    part of the `stateful` callbacks' states, e.g. a recorder of the epoch
+    logs), renamed into place: that rename commits the epoch
     (`kertransfer.run_folder.write_state`).
 
     On `on_train_begin` an existing backup is restored. The caller passes
@@ -189,7 +189,12 @@ class FitCheckpoint(keras.callbacks.Callback):
         assign_arrays(self.model.variables, arrays, "model", self._json)
         if optimizer is not None:
             assign_arrays(optimizer.variables, arrays, "optimizer", self._json)
-        for i, (obj, saved) in enumerate(zip(self.stateful, meta["stateful"])):
+        if len(meta["stateful"]) != len(self.stateful):
+            raise ValueError(
+                f"{self._json} holds the states of {len(meta['stateful'])} callbacks; this fit "
+                f"has {len(self.stateful)} with state_dict(). Resume with the callbacks it started with."
+            )
+        for i, (obj, saved) in enumerate(zip(self.stateful, meta["stateful"], strict=True)):
             state = dict(saved)
             for key, count in meta["stateful_arrays"][i].items():
                 state[key] = [arrays[f"stateful{i}/{key}/{j}"] for j in range(count)]
