@@ -92,11 +92,55 @@ def _train_args(p):
         "--batch-size is the global batch and must divide by the device count (default none)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument(
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
         "--overwrite",
         action="store_true",
         help="replace the run in --out if there is one (default: refuse a folder holding a run)",
     )
+    how.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the killed run in --out from its last complete epoch, with the settings "
+        "it started with (other flags are not needed; one that differs is an error); the steps "
+        "done are skipped. A finished run is left as it is. Not with --overwrite",
+    )
+
+
+# Flags that do not change what is trained: allowed with --resume.
+_RUN_FLAGS = {"command", "data_dir", "out", "dataset", "quiet", "overwrite", "resume"}
+
+
+def _given_flags(parser, argv):
+    """Destinations of the options typed in `argv` (not their defaults)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train_parser = sub.choices[argv[0]]
+    saved = {a.dest: a.default for a in train_parser._actions}
+    try:
+        for action in train_parser._actions:
+            action.default = argparse.SUPPRESS
+        given = vars(parser.parse_args(argv))
+    finally:
+        for action in train_parser._actions:
+            action.default = saved[action.dest]
+    return set(given)
+
+
+def _check_resume_flags(args, given, progress):
+    """Raises if a flag typed with --resume differs from the run's setting."""
+    config = vars(_config(args))
+    field = {"tta": "n_aug"}
+    differ = []
+    for dest in sorted(given - _RUN_FLAGS):
+        name = field.get(dest, dest)
+        if config[name] != progress.meta["config"].get(name):
+            flag = "--" + dest.replace("_", "-")
+            differ.append(f"{flag}: the run has {progress.meta['config'].get(name)!r}, received {config[name]!r}")
+    if differ:
+        raise ValueError(
+            f"--resume continues the run in {args.out} with the settings it started with; "
+            f"{'; '.join(differ)}. Leave these flags out, or start a new run (another --out, or --overwrite)."
+        )
 
 
 def _export_args(p):
@@ -308,16 +352,30 @@ def main(argv=None):
         from kertransfer.train import train
 
         config = _config(args)
+        if args.command == "train":
+            args.out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data_dir)))
+        if args.resume:
+            from kertransfer.progress import RunProgress
+
+            # Before any download or image: a folder that is not a run, a
+            # finished run, or other settings.
+            progress = RunProgress.load(args.out)
+            if progress.finished:
+                print(f"kertransfer: the run in {args.out} is finished; nothing to resume.", file=sys.stderr)
+                return 0
+            _check_resume_flags(args, _given_flags(parser, argv), progress)
+            config = None  # the run's own
+        elif args.command == "demo":
+            check_out_dir(args.out, args.overwrite, flag="--overwrite")  # before any download
         if args.command == "demo":
             from kertransfer.datasets import untar_data
 
-            check_out_dir(args.out, args.overwrite, flag="--overwrite")  # before any download
             data_dir = untar_data(args.dataset)
         else:
             data_dir = args.data_dir
-        out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(data_dir)))
-        check_out_dir(out, args.overwrite, flag="--overwrite")
-        train(data_dir, out, config, verbose=0 if args.quiet else 1, overwrite=args.overwrite)
+        if not args.resume:
+            check_out_dir(args.out, args.overwrite, flag="--overwrite")
+        train(data_dir, args.out, config, verbose=0 if args.quiet else 1, overwrite=args.overwrite, resume=args.resume)
     except (OSError, ValueError, ImportError) as e:  # OSError: FileNotFoundError, CSV
         print(f"kertransfer: error: {e}", file=sys.stderr)
         return 2

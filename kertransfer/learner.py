@@ -9,6 +9,7 @@ fresh optimizers (Keras needs a recompile whenever `trainable` changes).
 
 import functools
 import hashlib
+import json
 import logging
 import math
 import os
@@ -24,6 +25,7 @@ from kertransfer.backbones import get_backbone
 from kertransfer.balance import resolve_class_weight
 from kertransfer.callbacks import LRFinder
 from kertransfer.callbacks import SGDR
+from kertransfer.callbacks import FitCheckpoint
 from kertransfer.callbacks import KeepBestWeights
 from kertransfer.data import FeatureBatches
 from kertransfer.data.cache import load_checked
@@ -97,20 +99,46 @@ def _in_scope(method):
     return wrapper
 
 
-class _BatchLosses(keras.callbacks.Callback):
-    """Records raw per-batch training losses from Keras's running means."""
+class _FitLog(keras.callbacks.Callback):
+    """Records raw per-batch training losses (from Keras's running means)
+    and each epoch's logs and seconds; `FitCheckpoint` saves its state."""
 
     def __init__(self):
         super().__init__()
         self.losses = []
+        self.epochs = []
 
     def on_epoch_begin(self, epoch, logs=None):
         self._prev = 0.0
+        self._start = time.time()
 
     def on_train_batch_end(self, batch, logs=None):
         mean = float(logs["loss"])
         self.losses.append((batch + 1) * mean - batch * self._prev)
         self._prev = mean
+
+    def on_epoch_end(self, epoch, logs=None):
+        row = {k: float(v) for k, v in (logs or {}).items()}
+        row["seconds"] = time.time() - self._start
+        self.epochs.append(row)
+
+    def state_dict(self):
+        return {"losses": self.losses, "epochs": self.epochs}
+
+    def load_state_dict(self, state):
+        self.losses, self.epochs = list(state["losses"]), list(state["epochs"])
+
+
+def _check_same_fit(backup_dir, saved, wanted):
+    """Raises if the backup in `backup_dir` was written by another fit."""
+    keys = [k for k in wanted if k != "data_seed"]
+    differ = [k for k in keys if json.dumps(saved.get(k)) != json.dumps(wanted[k])]
+    if differ:
+        detail = ", ".join(f"{k}: backup {saved.get(k)!r}, now {wanted[k]!r}" for k in differ)
+        raise ValueError(
+            f"{backup_dir} holds the backup of a different fit ({detail}). Call fit with the "
+            "arguments it was started with to continue it, or delete the folder to start anew."
+        )
 
 
 class ConvLearner:
@@ -476,6 +504,7 @@ class ConvLearner:
         stage=None,
         verbose=1,
         class_weight=None,
+        backup_dir=None,
     ):
         """Trains with SGDR, one LR per layer group (fast.ai `fit`).
 
@@ -506,24 +535,61 @@ class ConvLearner:
                 `model.fit(class_weight=...)`); an alternative to
                 `ImageClassifierData.from_paths(..., oversample=True)` for
                 unbalanced classes. Single-label data only.
+            backup_dir: None, or a folder where the fit backs itself up at
+                the end of every epoch (`kertransfer.callbacks.FitCheckpoint`:
+                weights, optimizer state, SGDR position, data order, random
+                generators, best weights, epoch logs, and the state of any
+                of `callbacks` with `state_dict()`/`load_state_dict()`;
+                written atomically). If it holds the backup of an
+                interrupted call with the same arguments, this call
+                continues after its last complete epoch and ends as the
+                uninterrupted fit would have; the backup is deleted when the
+                fit completes. Like `keras.callbacks.BackupAndRestore`.
 
         Returns:
-            The `keras.callbacks.History` of the fit.
+            The `keras.callbacks.History` of the `model.fit` call (when
+            resumed, of the epochs it ran; `learn.history` has them all).
 
         Raises:
-            ValueError: on bad `lrs`/cycle arguments, a bad `class_weight`, or
-                if all is frozen.
+            ValueError: on bad `lrs`/cycle arguments, a bad `class_weight`,
+                if all is frozen, or if `backup_dir` holds the backup of a
+                different fit.
+
+        Example:
+
+        ```python
+        learn.unfreeze()
+        # Killed during it? The same call again continues where it stopped.
+        learn.fit(np.array([1e-4, 1e-3, 1e-2]), 3, cycle_len=1, cycle_mult=2,
+                  backup_dir="runs/mine/backup")
+        ```
         """
         epochs = schedules.sgdr_total_epochs(n_cycle, cycle_len, cycle_mult)
         weights = resolve_class_weight(
             class_weight, self.data.train_labels, self.data.num_classes
         )
         base = schedules.expand_lrs(lrs, len(self.layer_groups))
-        model, train, valid, steps, kwargs = self._train_inputs()
+        resumed = FitCheckpoint.read(backup_dir) if backup_dir else None
+        model, train, valid, steps, kwargs = self._train_inputs(
+            seed=resumed["fit_args"]["data_seed"] if resumed else None
+        )
         active = self._compile(model, base)
+        fit_args = {
+            "stage": stage, "epochs": epochs, "lrs": [float(x) for x in base],
+            "cycle_len": cycle_len, "cycle_mult": cycle_mult, "active_groups": active,
+            "precompute": self.precompute, "keep_best": bool(keep_best),
+            "steps_per_epoch": steps, "data_seed": int(train.seed),
+        }
+        initial_epoch = 0
+        if resumed:
+            _check_same_fit(backup_dir, resumed["fit_args"], fit_args)
+            initial_epoch = int(resumed["epoch"])
+            # The data order goes on from where it was: one reshuffle per epoch done.
+            for _ in range(initial_epoch):
+                train.on_epoch_end()
         sgdr = SGDR([base[i] for i in active], steps, cycle_len, cycle_mult)
-        losses = _BatchLosses()
-        cbs = [sgdr, losses]
+        log = _FitLog()
+        cbs = [sgdr, log]
         if self.distribution.devices > 1:
             # Keras's validation would need every batch to divide by the
             # devices; this pads and trims, and runs before KeepBestWeights.
@@ -533,21 +599,27 @@ class ConvLearner:
         best = KeepBestWeights(baseline=best_baseline) if keep_best else None
         if best:
             cbs.append(best)
-        start = time.time()
+        cbs += list(callbacks)
+        if backup_dir:
+            # Callbacks with a state (the log, the best weights, any of
+            # `callbacks` with `state_dict`) are backed up with the model.
+            stateful = [c for c in cbs if hasattr(c, "state_dict") and hasattr(c, "load_state_dict")]
+            # Last: what it saves includes everything the epoch changed.
+            cbs.append(FitCheckpoint(backup_dir, fit_args, stateful=stateful))
         hist = model.fit(
-            train, validation_data=valid, epochs=epochs, callbacks=cbs + list(callbacks),
-            verbose=verbose, class_weight=weights, shuffle=False,  # see lr_find
+            train, validation_data=valid, epochs=epochs, callbacks=cbs,
+            initial_epoch=initial_epoch, verbose=verbose, class_weight=weights,
+            shuffle=False,  # see lr_find
         )
-        seconds = time.time() - start
-        self.sched = FitRecord(sgdr.lr_history, [self.group_names[i] for i in active], losses.losses, steps, stage)
+        self.sched = FitRecord(sgdr.lr_history, [self.group_names[i] for i in active], log.losses, steps, stage)
         first = len(self.history)
-        for e in range(len(hist.history["loss"])):
+        for e, logs in enumerate(log.epochs):
             row = {"epoch": first + e + 1, "stage": stage or "fit"}
-            row.update({k: float(v[e]) for k, v in hist.history.items()})
+            row.update({k: v for k, v in logs.items() if k != "seconds"})
             row["lr"] = max(base[i] for i in active)
             row["precompute"] = self.precompute
             row["best"] = bool(best and best.best_epoch == e)
-            row["seconds"] = seconds / epochs
+            row["seconds"] = logs["seconds"]
             self.history.append(row)
         return hist
 

@@ -156,6 +156,16 @@ class FitRecord:
         self.steps_per_epoch = steps_per_epoch
         self.stage = stage
 
+    def to_dict(self):
+        """JSON-able fields; `FitRecord(**record.to_dict())` rebuilds it."""
+        return {
+            "lr_history": self.lr_history.tolist(),
+            "group_names": self.group_names,
+            "batch_losses": [float(x) for x in self.batch_losses],
+            "steps_per_epoch": self.steps_per_epoch,
+            "stage": self.stage,
+        }
+
     def plot_lr(self, ax=None, figsize=None):
         """LR of each group per batch (restarts show as jumps). Returns axes."""
         ax = _axes(ax, figsize)

@@ -6,6 +6,7 @@ import logging
 import os
 import time
 
+import keras
 import numpy as np
 
 from kertransfer.callbacks import TensorBoardLogger
@@ -13,6 +14,9 @@ from kertransfer.data import ImageClassifierData
 from kertransfer.distribute import resolve_distribution
 from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
+from kertransfer.progress import RunProgress
+from kertransfer.recorder import FitRecord
+from kertransfer.recorder import LRFindResult
 from kertransfer.run_folder import atomic_path
 from kertransfer.run_folder import check_out_dir
 from kertransfer.transforms import tfms_from_model
@@ -142,6 +146,34 @@ def _trainable_group_names(learn):
     return [learn.group_names[i] for i in trainable_groups(learn.layer_groups)]
 
 
+class _SaveModel(keras.callbacks.Callback):
+    """Writes `model.keras` at each epoch's end, atomically.
+
+    The learner's current weights, or with `best` (a validation loss to
+    beat), the best so far: only an epoch with a lower `val_loss` is saved.
+    Its state (`best`) resumes with the fit (`FitCheckpoint`).
+    """
+
+    def __init__(self, learn, path, best=None):
+        super().__init__()
+        self.learn, self.path, self.best = learn, path, best
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.best is not None:
+            loss = float((logs or {}).get("val_loss", np.nan))
+            if not loss < self.best:  # NaN never wins
+                return
+            self.best = loss
+        with atomic_path(self.path) as tmp:
+            self.learn.save(tmp)
+
+    def state_dict(self):
+        return {"best": self.best}
+
+    def load_state_dict(self, state):
+        self.best = state["best"]
+
+
 def _savefig(ax_or_fig, path):
     fig = getattr(ax_or_fig, "figure", ax_or_fig)
     fig.tight_layout()
@@ -202,7 +234,7 @@ def _plot_losses(history, path):
     _savefig(ax, path)
 
 
-def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
+def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=False):
     """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
 
     Steps: (1) precompute=True; (2) `lr_find`, choose the LR (min/10,
@@ -223,38 +255,92 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
     global and per-device batch size); with
     `config.tensorboard`, TensorBoard event files (`train/`, `validation/`).
 
+    Resuming. While it runs, the job keeps `progress.json` (the steps done,
+    their results) and `checkpoint/` (the model after the last step; the
+    fit in progress backed up at every epoch's end: weights, optimizer
+    state, SGDR position, data order, random generators, best weights);
+    see `kertransfer.progress.RunProgress`. `model.keras` is rewritten at
+    every epoch's end (the current weights; in the unfrozen stage the best
+    so far), so from the end of the first epoch on the folder always holds
+    a loadable model. After a kill (even `kill -9`), `resume=True`
+    (`kertransfer train DATA --out RUN --resume`) continues from the last
+    complete epoch: finished steps are skipped (their results loaded), the
+    interrupted fit continues at its epoch with the same LR schedule and
+    data order, and `history.csv` has every epoch once. With the same seed
+    the resumed run ends with the weights of an uninterrupted one (up to
+    floating-point noise). The time lost to the kill is not counted in
+    `stage_seconds`; `metrics["resumed"]` counts the resumes. A finished
+    run leaves `progress.json` (`"finished": true`) and no `checkpoint/`.
+
     Args:
         data_dir: fast.ai-layout folder (`train/<class>/*`, `valid|val/...`).
         out_dir: run folder (created). Every file is written under a
             temporary name and renamed into place
             (`kertransfer.run_folder.atomic_path`): a run killed while
             saving leaves the previous files whole.
-        config: `TrainConfig`.
+        config: `TrainConfig`. With `resume`, None uses the run's own; a
+            config given must equal it.
         verbose: 1 shows Keras progress bars.
         overwrite: allow an `out_dir` that already holds a run; its files
             are replaced as the new run writes them.
+        resume: continue the run in `out_dir` (see above). A finished run
+            is left as it is (its metrics are returned). Not together with
+            `overwrite`, which starts a new run there.
 
     Returns:
         The metrics dict (also in `metrics.json`).
 
     Raises:
-        FileExistsError: if `out_dir` holds a run and `overwrite` is False
-            (checked before any data is read).
+        FileExistsError: if `out_dir` holds a run and neither `overwrite`
+            nor `resume` is set (checked before any data is read).
+        FileNotFoundError: with `resume`, if `out_dir` is not a run folder
+            that can be resumed (no `progress.json`), before any work.
         ImportError: with `config.tensorboard` but no TensorFlow/TensorBoard.
         ValueError: on a bad `config.distribute`, or a `config.batch_size`
             that does not divide by its device count (before any data is
-            read).
+            read); with `resume`, on `overwrite` too, on a `config` or
+            `data_dir` other than the run's, or images that changed since
+            the run started.
+
+    Example:
+
+    ```python
+    config = TrainConfig(image_size=224, seed=0)
+    train("data/dogscats", "runs/dogscats", config)
+    # killed? then:
+    train("data/dogscats", "runs/dogscats", resume=True)
+    ```
     """
     import matplotlib
 
     matplotlib.use("Agg")
-    config = config or TrainConfig()
+    wall = time.time()
+
+    def say(msg):
+        if verbose:
+            print(f"[kertransfer] {msg}", flush=True)
+
     # Before anything is read or built: a bad switch or batch, or a run
-    # folder holding a run, fails fast.
+    # folder holding a run (or, resuming, not holding one), fails fast.
+    if resume:
+        if overwrite:
+            raise ValueError(
+                "resume=True (--resume) continues the run in out_dir and overwrite=True "
+                "(--overwrite) replaces it with a new one: pass one of them."
+            )
+        progress = RunProgress.load(out_dir)
+        if progress.finished:
+            say(f"the run in {out_dir} is finished; nothing to resume")
+            with open(os.path.join(out_dir, "metrics.json")) as f:
+                return json.load(f)
+        if config is None:
+            config = TrainConfig(**progress.meta["config"])
+        progress.check_same(config, data_dir)
+    config = config or TrainConfig()
     replicas = resolve_distribution(config.distribute)
     replicas.check_batch_size(config.batch_size)
-    check_out_dir(out_dir, overwrite)
-    wall = time.time()
+    if not resume:
+        check_out_dir(out_dir, overwrite)
     stage_seconds = {}
 
     def timed(name, fn, *args, **kwargs):
@@ -263,19 +349,15 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
         stage_seconds[name] = stage_seconds.get(name, 0.0) + round(time.time() - t, 2)
         return result
 
-    def say(msg):
-        if verbose:
-            print(f"[kertransfer] {msg}", flush=True)
-
     if config.seed is not None:
-        import keras
-
         keras.utils.set_random_seed(int(config.seed))
     callbacks = []
     log_dir = None
+    tensorboard = None
     if config.tensorboard:
         log_dir = os.path.join(out_dir, "tensorboard") if config.tensorboard is True else os.fspath(config.tensorboard)
-        callbacks.append(TensorBoardLogger(log_dir, group_names=lambda: _trainable_group_names(learn)))
+        tensorboard = TensorBoardLogger(log_dir, group_names=lambda: _trainable_group_names(learn))
+        callbacks.append(tensorboard)
     tfms = tfms_from_model(config.arch, config.image_size)
     data = timed(
         "load_data",
@@ -286,6 +368,16 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
         val_pct=config.val_pct,
         cache=config.cache,
     )
+    fingerprints = {split: data.fingerprint(split) for split in ("train", "valid")}
+    if resume:
+        progress.check_data(fingerprints)
+        progress.count_resume()
+        for name, seconds in progress.meta["stage_seconds"].items():
+            stage_seconds[name] = stage_seconds.get(name, 0.0) + seconds
+        wall -= progress.meta["wall_seconds"]
+        say(f"resuming {out_dir}: done {', '.join(progress.meta['stages']) or 'nothing yet'}")
+    else:
+        progress = RunProgress.start(out_dir, config, data_dir, fingerprints)
     say(f"{len(data.train_paths)} train / {len(data.valid_paths)} valid images, classes {data.classes}, skipped {len(data.skipped)}")
     # What the model sees in the augmented stages (fast.ai `plots` of aug_tfms).
     data.plot_augmented(n=6, path=os.path.join(out_dir, "augmented.png"), images=[0, len(data.train_paths) - 1])
@@ -296,25 +388,50 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
     if replicas.devices > 1:
         say(f"data parallel: {replicas.engine} over {replicas.devices} devices, "
             f"{config.batch_size // replicas.devices} images per device")
+    # Resuming: the weights and random generators of the last step done
+    # (nothing on a new run).
+    with replicas.scope():
+        progress.restore(learn.model)
+    learn.history = [dict(row) for row in progress.meta["history"]]
+    model_path = os.path.join(out_dir, "model.keras")
+
+    def commit(name, result):
+        progress.commit(name, result, learn.model, learn.history, stage_seconds, time.time() - wall)
+
+    def fit_stage(name, lrs, n_cycle, save_best=None, **kwargs):
+        """One fit, backed up every epoch, skipped when done; its FitRecord."""
+        if progress.done(name):
+            return FitRecord(**progress.result(name)["record"])
+        if tensorboard is not None:
+            tensorboard.epochs_logged = len(learn.history)
+        saver = _SaveModel(learn, model_path, best=save_best)
+        timed(
+            name, learn.fit, lrs, n_cycle, stage=name, callbacks=[*callbacks, saver],
+            verbose=verbose, backup_dir=progress.backup_dir(name), **kwargs,
+        )
+        commit(name, {"record": learn.sched.to_dict()})
+        return learn.sched
 
     # (1)-(2): precompute, find the head LR.
-    finder = timed("lr_find", learn.lr_find)
-    lr = _choose_lr(finder, config.max_lr, floor=config.max_lr / 100) or config.max_lr
-    _savefig(finder.plot(mark=lr), os.path.join(out_dir, "lr_find.png"))
+    if progress.done("lr_find"):
+        finder, lr = LRFindResult(**progress.result("lr_find")["finder"]), progress.result("lr_find")["lr"]
+    else:
+        finder = timed("lr_find", learn.lr_find)
+        lr = _choose_lr(finder, config.max_lr, floor=config.max_lr / 100) or config.max_lr
+        _savefig(finder.plot(mark=lr), os.path.join(out_dir, "lr_find.png"))
+        commit("lr_find", {"lr": lr, "finder": finder.to_dict()})
     say(f"lr_find -> lr={lr:.3g}")
     records = []
     lrs_used = {}
 
     # (3) head on precomputed activations.
-    timed("head_precomputed", learn.fit, lr, config.head_epochs, stage="head_precomputed", callbacks=callbacks, verbose=verbose)
-    records.append(learn.sched)
+    records.append(fit_stage("head_precomputed", lr, config.head_epochs))
     lrs_used["head_precomputed"] = [lr]
 
     # (4) head with augmentation, SGDR cycle_len=1.
     learn.precompute = False
     if config.aug_epochs:
-        timed("head_augmented", learn.fit, lr, config.aug_epochs, cycle_len=1, stage="head_augmented", callbacks=callbacks, verbose=verbose)
-        records.append(learn.sched)
+        records.append(fit_stage("head_augmented", lr, config.aug_epochs, cycle_len=1))
         lrs_used["head_augmented"] = [lr]
 
     # (5)-(8) unfreeze, differential LRs, lr_find again, SGDR with cycle_mult=2.
@@ -322,30 +439,28 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
     learn.unfreeze()
     n_groups = len(learn.layer_groups)
     ratios = [config.group_ratio ** -(n_groups - 1 - i) for i in range(n_groups)]
-    finder2 = timed("lr_find_unfrozen", learn.lr_find, group_ratios=ratios)
-    lr2 = _choose_lr(finder2, lr, floor=lr / 10) or lr
-    _savefig(finder2.plot(mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
+    if progress.done("lr_find_unfrozen"):
+        found = progress.result("lr_find_unfrozen")
+        finder2, lr2, start_loss = LRFindResult(**found["finder"]), found["lr"], found["start_loss"]
+    else:
+        finder2 = timed("lr_find_unfrozen", learn.lr_find, group_ratios=ratios)
+        lr2 = _choose_lr(finder2, lr, floor=lr / 10) or lr
+        _savefig(finder2.plot(mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
+        # The best weights by validation loss include those the stage starts
+        # from: on a small dataset, fine-tuning the body can make things worse
+        # (or diverge), and then the run keeps the trained head.
+        start_probs, targets = timed("evaluate", learn.predict)
+        start_loss = _valid_loss(start_probs, targets)
+        commit("lr_find_unfrozen", {"lr": lr2, "finder": finder2.to_dict(), "start_loss": start_loss})
     lrs = [lr2 * r for r in ratios]
     say(f"unfrozen lr_find -> lrs={[float(f'{x:.3g}') for x in lrs]}")
-    # The best weights by validation loss include those the stage starts
-    # from: on a small dataset, fine-tuning the body can make things worse
-    # (or diverge), and then the run keeps the trained head.
-    start_probs, targets = timed("evaluate", learn.predict)
-    start_loss = _valid_loss(start_probs, targets)
-    timed(
-        "unfrozen",
-        learn.fit,
-        np.array(lrs),
-        config.unfrozen_cycles,
-        cycle_len=1,
-        cycle_mult=2,
-        keep_best=True,
-        best_baseline=start_loss,
-        stage="unfrozen",
-        callbacks=callbacks,
-        verbose=verbose,
-    )
-    records.append(learn.sched)
+    # model.keras holds the weights the stage starts from; an epoch replaces
+    # it only when it beats them (and every earlier one).
+    records.append(fit_stage(
+        "unfrozen", np.array(lrs), config.unfrozen_cycles, cycle_len=1, cycle_mult=2,
+        keep_best=True, best_baseline=start_loss,
+        save_best=start_loss if np.isfinite(start_loss) else np.inf,
+    ))
     lrs_used["unfrozen"] = lrs
     unfrozen = [r for r in learn.history if r["stage"] == "unfrozen"]
     # No row marked best: the starting weights won, or (all NaN) the last stayed.
@@ -384,6 +499,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
         "epochs": len(learn.history),
         "dataset": data.summary(),
         "stage_seconds": stage_seconds,
+        "resumed": progress.meta["resumes"],
     }
     if log_dir is not None:
         metrics["tensorboard"] = os.path.abspath(log_dir)
@@ -391,7 +507,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
     say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
 
     # Write the run folder.
-    with atomic_path(os.path.join(out_dir, "model.keras")) as tmp:
+    with atomic_path(model_path) as tmp:
         learn.save(tmp)
     # How a photo becomes a model input: read by predict, export, serving.
     data.valid_tfms.framing.save(out_dir)
@@ -418,5 +534,6 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False):
     from kertransfer.report import write_report
 
     report = write_report(out_dir)
+    progress.finish()
     say(f"wrote {out_dir} in {metrics['wall_seconds']} s; report: {report}")
     return metrics

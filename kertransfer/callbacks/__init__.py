@@ -1,12 +1,14 @@
 """Thin Keras callbacks for the fast.ai training loop."""
 
 from kertransfer.callbacks.best import KeepBestWeights
+from kertransfer.callbacks.checkpoint import FitCheckpoint
 from kertransfer.callbacks.lr_finder import LRFinder
 from kertransfer.callbacks.lr_finder import raw_batch_losses
 from kertransfer.callbacks.sgdr import SGDR
 from kertransfer.callbacks.tensorboard import TensorBoardLogger
 
 __all__ = [
+    "FitCheckpoint",
     "KeepBestWeights",
     "LRFinder",
     "SGDR",

@@ -25,6 +25,9 @@ class KeepBestWeights(keras.callbacks.Callback):
         best, best_epoch: the best value and its 0-based epoch (None when
             the starting weights won).
 
+    `state_dict()` / `load_state_dict()` carry the best value, epoch and
+    weights over to a resumed fit (`FitCheckpoint`).
+
     Raises:
         ValueError: if `mode` is not "min"/"max"; `KeyError` at epoch end if
             `monitor` is not in the logs (e.g. no validation data).
@@ -53,6 +56,16 @@ class KeepBestWeights(keras.callbacks.Callback):
         if better:
             self.best, self.best_epoch = value, epoch
             self.best_weights = self.model.get_weights()
+
+    def state_dict(self):
+        """The best value, its epoch and weights (for `FitCheckpoint`)."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+
+    def load_state_dict(self, state):
+        """Restores what `state_dict` returned."""
+        self.best, self.best_epoch = float(state["best"]), state["best_epoch"]
+        weights = state["best_weights"]
+        self.best_weights = None if weights is None else list(weights)
 
     def on_train_end(self, logs=None):
         if self.best_weights is not None:

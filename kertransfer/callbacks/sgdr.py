@@ -18,7 +18,9 @@ class SGDR(keras.callbacks.Callback):
     (Loshchilov & Hutter 2017, "SGDR"; fast.ai v0.7 `fit(lrs, n_cycle,
     cycle_len, cycle_mult)`). Without `cycle_len` the LR stays at its base.
     Run `model.fit` for `schedules.sgdr_total_epochs(n_cycle, cycle_len,
-    cycle_mult)` epochs.
+    cycle_mult)` epochs. The LR is a function of the position in the fit,
+    `epoch * steps_per_epoch + batch`, so a fit resumed at `initial_epoch`
+    (`FitCheckpoint`) continues the schedule where it stopped.
 
     Per-group LRs need a `keras.optimizers.MultiOptimizer` whose
     sub-optimizers are in layer-group order (see
@@ -31,7 +33,8 @@ class SGDR(keras.callbacks.Callback):
         cycle_mult: growth factor of the cycle length.
 
     Attributes:
-        lr_history: list of per-batch lists of the LRs set, one per group.
+        lr_history: list of per-batch lists of the LRs set, one per group
+            (from the fit's first batch, also when it resumed later).
 
     Raises:
         ValueError: in `on_train_begin`, if the number of LRs does not match
@@ -66,11 +69,21 @@ class SGDR(keras.callbacks.Callback):
         self.base_lrs = schedules.expand_lrs(self.lrs, n)
         self.step = 0
 
-    def on_train_batch_begin(self, batch, logs=None):
+    def _lrs(self, step):
         mult = schedules.sgdr_multiplier(
-            self.step, self.steps_per_epoch, self.cycle_len, self.cycle_mult
+            step, self.steps_per_epoch, self.cycle_len, self.cycle_mult
         )
-        lrs = [lr * mult for lr in self.base_lrs]
+        return [lr * mult for lr in self.base_lrs]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.step = epoch * self.steps_per_epoch
+        # A resumed fit starts after its first epochs: their LRs were those
+        # of the schedule.
+        while len(self.lr_history) < self.step:
+            self.lr_history.append(self._lrs(len(self.lr_history)))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        lrs = self._lrs(self.step)
         set_learning_rates(self.model, lrs)
         self.lr_history.append(lrs)
         self.step += 1

@@ -56,6 +56,12 @@ class TensorBoardLogger(keras.callbacks.TensorBoard):
         **kwargs: passed to `keras.callbacks.TensorBoard` (`write_graph`
             defaults to False here).
 
+    Attributes:
+        epochs_logged: epochs logged so far over all fits; epoch `e` of the
+            next fit is logged at step `epochs_logged + e` (a fit resumed at
+            `initial_epoch` keeps its steps). A job that resumes sets it to
+            the epochs of the fits it skips.
+
     Raises:
         ImportError: if TensorFlow or TensorBoard is not installed.
 
@@ -76,11 +82,15 @@ class TensorBoardLogger(keras.callbacks.TensorBoard):
         super().__init__(log_dir=str(log_dir), **kwargs)
         self.group_names = group_names
         self.epochs_logged = 0
+        self._fit_start = 0
         self._names = None
         self._lr_sums = None
         self._lr_batches = 0
 
     def on_train_begin(self, logs=None):
+        # Epoch `e` of this fit is step `start + e`: a fit resumed at
+        # `initial_epoch` logs at the steps it would have had.
+        self._fit_start = self.epochs_logged
         names = self.group_names() if callable(self.group_names) else self.group_names
         self._names = None if names is None else [str(n) for n in names]
         super().on_train_begin(logs)
@@ -119,5 +129,6 @@ class TensorBoardLogger(keras.callbacks.TensorBoard):
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})  # a copy: History keeps its own keys
         logs.update(self.group_learning_rates())
-        super().on_epoch_end(self.epochs_logged, logs)
-        self.epochs_logged += 1
+        step = self._fit_start + epoch
+        super().on_epoch_end(step, logs)
+        self.epochs_logged = step + 1

@@ -290,6 +290,7 @@ class FeatureBatches(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.batch_multiple = _check_multiple(batch_multiple, self.batch_size)
+        self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
         if shuffle:
             self.rng.shuffle(self.order)
