@@ -368,6 +368,15 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         val_pct=config.val_pct,
         cache=config.cache,
     )
+    n_train = len(data.train_index)
+    if n_train // config.batch_size < 2:
+        # lr_find needs two full batches; say so before the model is built.
+        raise ValueError(
+            f"batch_size={config.batch_size} (--batch-size) needs at least "
+            f"{2 * config.batch_size} training images (two batches for lr_find); "
+            f"{data_dir} has {n_train}. Use --batch-size {max(1, n_train // 2)} or less, "
+            "or add images."
+        )
     fingerprints = {split: data.fingerprint(split) for split in ("train", "valid")}
     if resume:
         progress.check_data(fingerprints)

@@ -132,6 +132,22 @@ def test_one_class_and_bad_config_fail_before_any_decode(tmp_path, capsys, monke
             TrainConfig(**kwargs)
 
 
+@pytest.mark.one_backend
+def test_batch_size_larger_than_half_the_data_fails_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    import kertransfer.train as train_module
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("built the model before checking the batch size")
+
+    monkeypatch.setattr(train_module.ConvLearner, "pretrained", no_build)
+    write_synthetic_images(tmp_path / "small", {"train/ants": 6, "train/bees": 6, "valid/ants": 2, "valid/bees": 2})
+    argv = ["train", str(tmp_path / "small"), "--out", str(tmp_path / "run"), "--quiet", "--batch-size", "8"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "batch_size=8 (--batch-size) needs at least 16 training images" in err
+    assert "has 12. Use --batch-size 6 or less" in err
+
+
 @pytest.mark.slow
 def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path):
     """`train --tensorboard` logs every stage; report.html shows the real matrix."""
