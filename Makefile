@@ -30,11 +30,12 @@ demo: install
 # order that makes both lanes end together: the TensorFlow end-to-end tests
 # (`slow`) beside the TensorFlow unit tests (with the `one_backend` checks,
 # the multi-device subprocess tests among them); when the unit pass ends,
-# the dogscats smoke run, then planet's, dog breeds' and the torch unit
-# tests; when the slow pass ends, the JAX unit tests. Measured 2026-12-03 on
-# an idle fresh clone (2 cores): slow 9.2, unit 8.5, JAX 6.3, recipes
-# 3.3 + 2.1 + 1.2, torch 0.9 min: 17.0 min in the previous order, 16.8 in
-# this one (.ci/run from a fresh clone, install check included).
+# the JAX unit tests; when the slow pass ends, the recipes' smoke runs and
+# the torch unit tests. Measured 2026-12-03 on an idle fresh clone (2
+# cores, .ci/run at d8760e4): slow 12.0, unit 10.6, JAX 6.9, recipes 1.0 +
+# 2.1 + 1.0, torch 1.2 min; 19.6 min in all with a 2-minute install, in
+# the previous order (JAX after the dogscats smoke); this order should end
+# both lanes near 17.5 min.
 # `-k` runs every pass even after a failure; `--output-sync` keeps each
 # pass's report in one piece. PYTEST_ARGS adds options to every pass
 # (.ci/run: --durations=15).
@@ -46,8 +47,8 @@ PYTEST := $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 UNIT := -m "not slow and not one_backend"
 ONE_THREAD := OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
 RECIPES := planet dogscats dog_breeds
-TEST_PASSES := test-tensorflow-slow test-tensorflow-unit test-recipe-dogscats \
-	test-jax test-recipe-planet test-recipe-dog_breeds test-torch
+TEST_PASSES := test-tensorflow-slow test-tensorflow-unit test-jax \
+	test-recipe-dogscats test-recipe-planet test-recipe-dog_breeds test-torch
 
 test: install
 	$(MAKE) --no-print-directory -j2 -k --output-sync=target $(TEST_PASSES)
