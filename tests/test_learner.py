@@ -173,3 +173,31 @@ def test_save_and_load_roundtrip(tiny_data, tmp_path):
             assert "layers" in h5
     with pytest.raises(FileNotFoundError):
         other.load(tmp_path / "missing")
+
+
+def test_fits_after_the_first_reuse_the_compiled_step_with_a_fresh_optimizer(tiny_data):
+    """`lr_find` then two fits with the trainable set unchanged: the train
+    step is compiled once (TensorFlow, JAX), and the result equals a learner
+    that compiles anew for every fit (a fresh optimizer each time)."""
+
+    def run(recompile):
+        keras.utils.set_random_seed(3)
+        learn = _learner(tiny_data, precompute=False)
+        learn.unfreeze()
+        learn.lr_find(min_steps=4)
+        functions = []
+        for _ in range(2):
+            if recompile:
+                learn._compiled.clear()
+            learn.fit([1e-4, 1e-3, 1e-2], 1, verbose=0)
+            functions.append(learn.model.train_function)
+        return learn, functions
+
+    reused, functions = run(recompile=False)
+    fresh, fresh_functions = run(recompile=True)
+    if keras.backend.backend() in ("tensorflow", "jax"):
+        assert functions[0] is functions[1]
+    assert fresh_functions[0] is not fresh_functions[1]
+    assert [r["loss"] for r in reused.history] == pytest.approx([r["loss"] for r in fresh.history], rel=1e-6)
+    for a, b in zip(reused.model.get_weights(), fresh.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
