@@ -135,18 +135,3 @@ def test_rows_of_a_block_transformation_match_the_layer_on_the_whole_block(layer
     np.testing.assert_allclose(keras.ops.convert_to_numpy(part), expected[rows], atol=1e-3)
     # The layer did change pixels (the equality is not the identity's).
     assert np.abs(expected - images).max() > 1
-
-
-def test_batches_without_randomness_draw_no_seed(tiny_data):
-    """Validation, prediction and precompute batches leave NumPy's global
-    stream alone, so a seeded run repeats whether or not its activations
-    were cached; augmented or shuffled batches draw their seed from it."""
-    np.random.seed(0)
-    expected = np.random.randint(0, 2**31 - 1, size=3)
-    np.random.seed(0)
-    tiny_data.fixed_batches("valid")
-    tiny_data.valid_batches()
-    np.testing.assert_array_equal(np.random.randint(0, 2**31 - 1, size=3), expected)
-    np.random.seed(0)
-    tiny_data.train_batches()
-    assert not np.array_equal(np.random.randint(0, 2**31 - 1, size=3), expected)

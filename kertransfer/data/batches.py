@@ -204,13 +204,7 @@ class ImageBatches(keras.utils.PyDataset):
         self.per_image_seeds = per_image_seeds
         self.batch_multiple = _check_multiple(batch_multiple, self.batch_size)
         self.with_labels = with_labels and split.labels is not None
-        if seed is None and not (shuffle or augment or tfms.random_crop):
-            # Nothing random (validation, prediction, precompute): no draw,
-            # so the global generator's stream does not depend on how many
-            # such passes ran (e.g. whether precomputed activations were
-            # cached), and a seeded run repeats either way.
-            seed = 0
-        elif seed is None:
+        if seed is None:
             # Drawn from NumPy's global generator, so that
             # `keras.utils.set_random_seed` (which seeds it) makes a whole
             # run reproducible, as fast.ai's `set_seed` does.
