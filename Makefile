@@ -32,10 +32,10 @@ demo: install
 # the multi-device subprocess tests among them); when the unit pass ends,
 # the JAX unit tests; when the slow pass ends, the recipes' smoke runs and
 # the torch unit tests. Measured 2026-12-03 on an idle fresh clone (2
-# cores, .ci/run at d8760e4): slow 12.0, unit 10.6, JAX 6.9, recipes 1.0 +
-# 2.1 + 1.0, torch 1.2 min; 19.6 min in all with a 2-minute install, in
-# the previous order (JAX after the dogscats smoke); this order should end
-# both lanes near 17.5 min.
+# cores, .ci/run at 070f71a, reinstall included): slow 11.1, unit 7.9, JAX
+# 7.2, recipes 1.1 + 1.6 + 1.0, torch 1.1 min: 16.8 min in all (19.6 at
+# d8760e4, before fits stopped recompiling and with JAX after the dogscats
+# smoke).
 # `-k` runs every pass even after a failure; `--output-sync` keeps each
 # pass's report in one piece. PYTEST_ARGS adds options to every pass
 # (.ci/run: --durations=15).
