@@ -190,6 +190,8 @@ class ConvLearner:
         ]
         self.group_names = [f"group{i}" for i in range(len(self.layer_groups) - 1)] + ["head"]
         self._precompute = False
+        # id(model) -> (trainable variable ids, optimizer, its fresh state).
+        self._compiled = {}
         self._bn_freeze = False
         self._features = {}
         self.sched = None
@@ -439,8 +441,7 @@ class ConvLearner:
         """
         active = trainable_groups(self.layer_groups)
         key = tuple(id(v) for v in model.trainable_variables)
-        compiled = self.__dict__.setdefault("_compiled", {})  # id(model) -> state
-        cached = compiled.get(id(model))
+        cached = self._compiled.get(id(model))
         reuse = keras.backend.backend() in ("tensorflow", "jax")
         if reuse and cached is not None and cached[0] == key and model.optimizer is cached[1]:
             optimizer, fresh = cached[1], cached[2]
@@ -453,7 +454,7 @@ class ConvLearner:
         model.compile(optimizer=optimizer, loss=self._loss, metrics=self._metrics())
         optimizer.build(model.trainable_variables)
         fresh = [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
-        compiled[id(model)] = (key, optimizer, fresh)
+        self._compiled[id(model)] = (key, optimizer, fresh)
         return active
 
     @_in_scope

@@ -207,10 +207,10 @@ class ImageTransforms:
             images: list of uint8 `(h, w, 3)` decoded images.
             rng: the randomness: one `numpy.random.Generator` for the whole
                 batch (crop offsets and augmentation parameters drawn from
-                it in turn: training), or a list with one generator per
-                image (each image's crop and augmentation come from its own
-                generator alone, so an image comes out the same in any
-                batch: TTA and `kertransfer predict --tta`).
+                it in turn: training), or, for crops only, a list with one
+                generator per image (an image is cropped the same in any
+                batch; augmented copies that do not depend on the batch
+                come from `BatchAugmenter.per_position`).
             augmenter: a `BatchAugmenter`, or None for crops only.
 
         Returns:
@@ -235,14 +235,10 @@ class BatchAugmenter:
     (their own seed generator: deterministic only when batches are made in
     order).
 
-    With one generator for the batch (training), the layers run once on the
-    whole batch. With one generator per image, each image runs through the
-    layers on its own, so its augmented copy does not depend on the batch
-    size or on its neighbours (slow: a few ms per image and layer). TTA and
-    predictions use `per_position` instead: the same independence, but the
-    layers' random parameters are drawn once per block of `CHUNK`
-    positions of the epoch and each image takes its own row, so the layers
-    still run vectorised.
+    Called with one generator for the batch (training), the layers run
+    once on the whole batch. TTA and predictions use `per_position`, where
+    an image's augmented copy depends on its position in the epoch, not on
+    the batch size or its neighbours, and the layers still run vectorised.
 
     Args:
         tfms: the `ImageTransforms` (crop size, random or center crop).
@@ -258,14 +254,19 @@ class BatchAugmenter:
 
         Args:
             images: list of uint8 `(h, w, 3)` arrays.
-            rng: a `numpy.random.Generator` for the batch, or a list of one
-                generator per image (see `ImageTransforms.batch`).
+            rng: a `numpy.random.Generator` for the batch.
 
         Returns:
             float32 `(len(images), image_size, image_size, 3)` in [0, 255].
+
+        Raises:
+            TypeError: for a list of generators (per image: `per_position`).
         """
         if isinstance(rng, (list, tuple)):
-            return np.concatenate([self._augment([im], r) for im, r in zip(images, rng)])
+            raise TypeError(
+                "BatchAugmenter takes one generator for the batch; for copies that do "
+                "not depend on the batch, use per_position(images, positions, seed)."
+            )
         return self._augment(images, rng)
 
     CHUNK = 32
@@ -309,12 +310,13 @@ class BatchAugmenter:
             out = keras.ops.convert_to_tensor(np.stack(crops).astype("float32"))
             # A 4-number key: a stream apart from the per-image crop streams.
             rng = np.random.default_rng([seed, epoch, block, self.CHUNK])
-            shape = (self.CHUNK, *tuple(out.shape[1:]))
+            # Only its shape matters to the draws: the whole block's.
+            block_shape = keras.ops.zeros((self.CHUNK, *tuple(out.shape[1:])))
             for layer in self.layers:
                 layer_seed = int(rng.integers(0, 2**31 - 1))
                 if hasattr(layer, "get_random_transformation") and hasattr(layer, "transform_images"):
                     whole = layer.get_random_transformation(
-                        keras.ops.zeros(shape), training=True, seed=layer_seed
+                        block_shape, training=True, seed=layer_seed
                     )
                     transformation = _take_rows(whole, rows, self.CHUNK)
                     out = layer.transform_images(out, transformation, training=True)
