@@ -12,9 +12,16 @@ distribution layer of its own:
   to `synchronized=True`, so their batch statistics are those of the whole
   batch, as on one device.
 - torch: Keras 3.15 has no `keras.distribution` for torch: an error says so.
-- One process for now: a distribution over several processes or workers
-  (`keras.distribution.initialize()`, `MultiWorkerMirroredStrategy`) is
-  refused with a clear error.
+- Several processes (hosts), JAX: `keras.distribution.initialize()` joins
+  them (`KERAS_DISTRIBUTION_JOB_ADDRESSES`, `KERAS_DISTRIBUTION_NUM_PROCESSES`,
+  `KERAS_DISTRIBUTION_PROCESS_ID`; `resolve_distribution("data_parallel")`
+  calls it when these are set), and `DataParallel` spans every device of
+  every process. Each process feeds its own slice of every global batch
+  (`Replicas.shard`; the distribution's `auto_shard_dataset` is off) and
+  predictions are gathered back on every process (`predict_padded`), so
+  every process holds the same weights and outputs; only process 0 writes
+  files (`Replicas.is_chief`). TensorFlow's `MultiWorkerMirroredStrategy`
+  is refused with a clear error for now.
 
 Batch sizes are global: a batch of 32 on 4 devices is 8 images per device,
 and the results match one device with the same batch. Every batch must
@@ -30,6 +37,8 @@ Source: Keras 3 distribution guide
 """
 
 import contextlib
+import math
+import os
 import warnings
 
 import keras
@@ -65,22 +74,45 @@ class Replicas:
         engine: `"none"` (one device), `"keras.distribution"` (JAX) or
             `"tf.distribute"` (TensorFlow).
         devices: devices each global batch is split over (1 for `"none"`).
-        processes: processes taking part (1 on one machine).
+        processes: processes taking part (1 on one machine); `devices`
+            counts the devices of all of them.
         handle: the `keras.distribution.Distribution` or
             `tf.distribute.Strategy`, or None.
+        process_index: this process's index among `processes` (0-based).
 
     Attributes:
-        engine, devices, processes, handle: as given.
+        engine, devices, processes, handle, process_index: as given.
     """
 
-    def __init__(self, engine="none", devices=1, processes=1, handle=None):
+    def __init__(
+        self, engine="none", devices=1, processes=1, handle=None, process_index=0
+    ):
         self.engine = engine
         self.devices = int(devices)
         self.processes = int(processes)
         self.handle = handle
+        self.process_index = int(process_index)
 
     def __repr__(self):
         return f"Replicas(engine={self.engine!r}, devices={self.devices}, processes={self.processes})"
+
+    @property
+    def is_chief(self):
+        """True in the process that writes files (process 0; the only one on one host)."""
+        return self.process_index == 0
+
+    def shard(self, batches):
+        """This process's slice of every batch of `batches` (a `PyDataset`).
+
+        With one process, `batches` itself. With `P` processes, process `p`
+        gets rows `[p * b / P, (p + 1) * b / P)` of each batch of `b` rows
+        (`b` divides by the devices, hence by `P`): what
+        `jax.make_array_from_process_local_data` expects, so the global
+        batch the model trains on is the one-process batch.
+        """
+        if self.processes == 1:
+            return batches
+        return _ProcessSlices(batches, self.process_index, self.processes)
 
     def scope(self):
         """A context manager making this distribution current (no-op for one device)."""
@@ -128,16 +160,52 @@ def _from_keras_distribution(dist):
         )
     import jax
 
-    if jax.process_count() > 1:
-        # Each process would feed its own share of every batch; kertransfer's
-        # batches, padding and trimming are global so far.
+    if jax.process_count() > 1 and dist.auto_shard_dataset:
+        # Keras would shard only tf.data datasets; kertransfer's batches are
+        # PyDatasets that each process slices itself (`Replicas.shard`).
         raise ValueError(
-            f"kertransfer trains data-parallel in one process so far; this "
-            f"distribution spans {jax.process_count()} processes "
-            "(keras.distribution.initialize). Run one process over all its local "
-            "devices instead."
+            f"This distribution spans {jax.process_count()} processes and has "
+            "auto_shard_dataset=True; kertransfer feeds each process its own slice "
+            "of every batch. Create it with keras.distribution.DataParallel("
+            "auto_shard_dataset=False), or pass distribution='data_parallel'."
         )
-    return Replicas("keras.distribution", _batch_axis_size(dist), jax.process_count(), dist)
+    return Replicas(
+        "keras.distribution",
+        _batch_axis_size(dist),
+        jax.process_count(),
+        dist,
+        process_index=jax.process_index(),
+    )
+
+
+_PROCESS_ENV = (
+    "KERAS_DISTRIBUTION_JOB_ADDRESSES",
+    "KERAS_DISTRIBUTION_NUM_PROCESSES",
+    "KERAS_DISTRIBUTION_PROCESS_ID",
+)
+
+
+def _join_processes():
+    """Calls `keras.distribution.initialize()` when its variables ask for several processes.
+
+    Must run before JAX computes anything; a second call (already joined) is
+    a no-op.
+    """
+    if int(os.environ.get("KERAS_DISTRIBUTION_NUM_PROCESSES", "1") or 1) <= 1:
+        return
+    import jax
+
+    if jax.distributed.is_initialized():
+        return
+    missing = [name for name in _PROCESS_ENV if not os.environ.get(name)]
+    if missing:
+        raise ValueError(
+            f"KERAS_DISTRIBUTION_NUM_PROCESSES={os.environ['KERAS_DISTRIBUTION_NUM_PROCESSES']} "
+            f"asks for several processes, but {', '.join(missing)} is not set. Set all "
+            f"of {', '.join(_PROCESS_ENV)} (the same addresses on every process, "
+            "process 0's first), or unset them for one process."
+        )
+    keras.distribution.initialize()
 
 
 def _from_strategy(strategy):
@@ -152,9 +220,10 @@ def _from_strategy(strategy):
         workers = max(1, len(resolver.cluster_spec().as_dict().get("worker", [])))
     if workers > 1:
         raise ValueError(
-            f"kertransfer trains data-parallel in one process so far; this strategy "
-            f"spans {workers} workers. Use MirroredStrategy over the local devices "
-            "(distribution='data_parallel')."
+            f"This strategy spans {workers} workers: kertransfer trains on several "
+            "processes with JAX only so far (KERAS_BACKEND=jax, "
+            "keras.distribution.initialize()). On TensorFlow use MirroredStrategy over "
+            "one host's devices (distribution='data_parallel')."
         )
     return Replicas("tf.distribute", strategy.num_replicas_in_sync, workers, strategy)
 
@@ -234,12 +303,23 @@ def resolve_distribution(distribution=None):
     if distribution == "data_parallel":
         backend = keras.backend.backend()
         if backend == "jax":
-            return _from_keras_distribution(keras.distribution.DataParallel())
+            _join_processes()
+            import jax
+
+            return _from_keras_distribution(
+                keras.distribution.DataParallel(
+                    auto_shard_dataset=jax.process_count() == 1
+                )
+            )
         if backend == "tensorflow":
             import tensorflow as tf
 
-            devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
-            return _from_strategy(tf.distribute.MirroredStrategy([d.name for d in devices]))
+            devices = tf.config.list_logical_devices(
+                "GPU"
+            ) or tf.config.list_logical_devices("CPU")
+            return _from_strategy(
+                tf.distribute.MirroredStrategy([d.name for d in devices])
+            )
         raise ValueError(
             f"distribution='data_parallel' is not available on the {backend} "
             f"backend: Keras {keras.__version__} has no keras.distribution for it. "
@@ -284,7 +364,11 @@ def warn_replicated_dropout(model):
     and results differ from one device. JAX `DataParallel` draws one mask
     for the global batch and matches one device.
     """
-    rates = [layer.rate for layer in _layers(model) if isinstance(layer, keras.layers.Dropout) and layer.rate > 0]
+    rates = [
+        layer.rate
+        for layer in _layers(model)
+        if isinstance(layer, keras.layers.Dropout) and layer.rate > 0
+    ]
     if rates:
         warnings.warn(
             f"{len(rates)} Dropout layer(s) with rate > 0 under tf.distribute: Keras "
@@ -304,7 +388,9 @@ def portable_config(config):
     """
     if isinstance(config, dict):
         out = {k: portable_config(v) for k, v in config.items()}
-        if out.get("class_name") == "BatchNormalization" and isinstance(out.get("config"), dict):
+        if out.get("class_name") == "BatchNormalization" and isinstance(
+            out.get("config"), dict
+        ):
             out["config"]["synchronized"] = False
         return out
     if isinstance(config, list):
@@ -315,9 +401,9 @@ def portable_config(config):
 def replica_count(model=None):
     """Devices each batch is split over in the current context (1 if none).
 
-    JAX: the batch axis of the current `keras.distribution`; TensorFlow: the
-    replicas of `model.distribute_strategy` (the strategy it was built
-    under), or of the current strategy.
+    JAX: the batch axis of the current `keras.distribution` (every process's
+    devices); TensorFlow: the replicas of `model.distribute_strategy` (the
+    strategy it was built under), or of the current strategy.
     """
     backend = keras.backend.backend()
     if backend == "jax":
@@ -333,10 +419,70 @@ def replica_count(model=None):
     return 1
 
 
-class _PaddedBatches(keras.utils.PyDataset):
-    """The inputs of `batches`, each batch padded to a multiple of `multiple` rows."""
+def _process_share():
+    """`(index, count)` of this process among those sharing the current distribution."""
+    if (
+        keras.backend.backend() == "jax"
+        and keras.distribution.distribution() is not None
+    ):
+        import jax
 
-    def __init__(self, batches, multiple):
+        return jax.process_index(), jax.process_count()
+    return 0, 1
+
+
+def _slice(x, index, count):
+    """Rows `[index * n / count, (index + 1) * n / count)` of `x` (`n` divides by `count`)."""
+    share = len(x) // count
+    return x[index * share : (index + 1) * share]
+
+
+class _ProcessSlices(keras.utils.PyDataset):
+    """Process `index`'s slice of every batch of `batches` (see `Replicas.shard`)."""
+
+    def __init__(self, batches, index, count):
+        super().__init__(
+            workers=getattr(batches, "workers", 1),
+            use_multiprocessing=False,
+            max_queue_size=getattr(batches, "max_queue_size", 10),
+        )
+        self.batches = batches
+        self.index = index
+        self.count = count
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        item = self.batches[index]
+        if len(item[0]) % self.count:
+            raise ValueError(
+                f"Batch {index} has {len(item[0])} rows, which do not divide by the "
+                f"{self.count} processes; cut batches to a multiple of the device "
+                "count (ImageBatches(batch_multiple=...))."
+            )
+        return tuple(
+            None if part is None else _slice(part, self.index, self.count)
+            for part in item
+        )
+
+    def on_epoch_end(self):
+        self.batches.on_epoch_end()
+
+    def __getattr__(self, name):
+        # The wrapped batches' own attributes (batch_size, epoch, ...).
+        if name == "batches":
+            raise AttributeError(name)
+        return getattr(self.batches, name)
+
+
+class _PaddedBatches(keras.utils.PyDataset):
+    """The inputs of `batches`, each batch padded to a multiple of `multiple` rows.
+
+    With several processes, each gets its slice of every padded batch.
+    """
+
+    def __init__(self, batches, multiple, process=(0, 1)):
         super().__init__(
             workers=getattr(batches, "workers", 1),
             use_multiprocessing=False,
@@ -344,6 +490,7 @@ class _PaddedBatches(keras.utils.PyDataset):
         )
         self.batches = batches
         self.multiple = multiple
+        self.process = process
         self.sizes = {}
 
     def __len__(self):
@@ -352,7 +499,22 @@ class _PaddedBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         x = np.asarray(self.batches[index][0])
         self.sizes[index] = len(x)
-        return (_pad(x, self.multiple),)
+        return (_slice(_pad(x, self.multiple), *self.process),)
+
+
+class _ArrayBatches(keras.utils.PyDataset):
+    """Batches of `batch_size` rows of an array, as `(x,)` items."""
+
+    def __init__(self, x, batch_size):
+        super().__init__()
+        self.x = x
+        self.batch_size = int(batch_size)
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        return (self.x[index * self.batch_size : (index + 1) * self.batch_size],)
 
 
 def _pad(x, multiple):
@@ -361,14 +523,46 @@ def _pad(x, multiple):
     return np.concatenate([x, np.repeat(x[-1:], pad, axis=0)]) if pad else x
 
 
+@contextlib.contextmanager
+def _gathered_predictions(model):
+    """Makes `model.predict` return every process's rows on every process.
+
+    Under a distribution over several processes the predictions of a batch
+    are one global array whose rows live on other hosts too; NumPy cannot
+    read it ("spans non-addressable devices"). The model's predict step is
+    wrapped so that each batch's outputs are gathered
+    (`jax.experimental.multihost_utils.process_allgather`) before Keras
+    concatenates them.
+    """
+    from jax.experimental import multihost_utils
+
+    model.make_predict_function()
+    inner = model.predict_function
+
+    def gathered(state, iterator):
+        outputs, state = inner(state, iterator)
+        outputs = keras.tree.map_structure(
+            lambda out: multihost_utils.process_allgather(out, tiled=True), outputs
+        )
+        return outputs, state
+
+    model.predict_function = gathered
+    try:
+        yield
+    finally:
+        model.predict_function = inner
+
+
 def predict_padded(model, x, batch_size=None):
     """`model.predict` that works whatever the device count: pads, then trims.
 
     Under a distribution every batch must divide by the device count
     (JAX raises `IndivisibleError`). Each batch is padded with copies of its
     last row to a multiple of `replica_count(model)` and the padding's
-    outputs are dropped, so the result equals one device's. Outside a
-    distribution this is plain `model.predict`.
+    outputs are dropped, so the result equals one device's. With several
+    processes each feeds its slice of every padded batch and gets back the
+    whole: every process returns all `n` rows. Outside a distribution this
+    is plain `model.predict`.
 
     Args:
         model: a `keras.Model`.
@@ -386,20 +580,26 @@ def predict_padded(model, x, batch_size=None):
     multiple = replica_count(model)
     if multiple == 1:
         return model.predict(x, batch_size=batch_size, verbose=0)
-    if isinstance(x, keras.utils.PyDataset):
-        padded = _PaddedBatches(x, multiple)
+    process = _process_share()
+    if not isinstance(x, keras.utils.PyDataset):
+        if batch_size is None:
+            batch_size = -(-32 // multiple) * multiple
+        Replicas(devices=multiple).check_batch_size(batch_size)
+        if process[1] == 1:
+            x = np.asarray(x)
+            return model.predict(_pad(x, multiple), batch_size=batch_size, verbose=0)[
+                : len(x)
+            ]
+        x = _ArrayBatches(np.asarray(x), batch_size)
+    padded = _PaddedBatches(x, multiple, process)
+    with _gathered_predictions(model) if process[1] > 1 else contextlib.nullcontext():
         out = model.predict(padded, verbose=0)
-        parts, row = [], 0
-        for index in range(len(padded)):
-            size = padded.sizes[index]
-            parts.append(out[row : row + size])
-            row += size + (-size % multiple)
-        return np.concatenate(parts)
-    if batch_size is None:
-        batch_size = -(-32 // multiple) * multiple
-    Replicas(devices=multiple).check_batch_size(batch_size)
-    x = np.asarray(x)
-    return model.predict(_pad(x, multiple), batch_size=batch_size, verbose=0)[: len(x)]
+    parts, row = [], 0
+    for index in range(len(padded)):
+        size = padded.sizes[index]
+        parts.append(out[row : row + size])
+        row += size + (-size % multiple)
+    return np.concatenate(parts)
 
 
 class PaddedValidation(keras.callbacks.Callback):
@@ -436,4 +636,6 @@ class PaddedValidation(keras.callbacks.Callback):
         logs["val_loss"] = float(keras.ops.convert_to_numpy(keras.ops.mean(loss)))
         for metric in self.metrics():
             metric.update_state(self.labels, probs)
-            logs[f"val_{metric.name}"] = float(keras.ops.convert_to_numpy(metric.result()))
+            logs[f"val_{metric.name}"] = float(
+                keras.ops.convert_to_numpy(metric.result())
+            )

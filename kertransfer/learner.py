@@ -516,7 +516,10 @@ class ConvLearner:
             # shuffle=False: the batches shuffle themselves, seeded; Keras's
             # extra shuffle of the batch order draws from Python's global
             # generator, which distributed runs advance differently.
-            model.fit(train, epochs=1, callbacks=[finder], verbose=verbose, shuffle=False)
+            model.fit(
+                self.distribution.shard(train), epochs=1, callbacks=[finder], verbose=verbose,
+                shuffle=False,
+            )
         finally:
             self.model.set_weights(saved)
         self.sched = LRFindResult(finder.lrs[: len(finder.losses)], finder.losses, finder.smoothed_losses, bs)
@@ -638,7 +641,7 @@ class ConvLearner:
             # Last: what it saves includes everything the epoch changed.
             cbs.append(FitCheckpoint(backup_dir, fit_args, stateful=stateful))
         hist = model.fit(
-            train, validation_data=valid, epochs=epochs, callbacks=cbs,
+            self.distribution.shard(train), validation_data=valid, epochs=epochs, callbacks=cbs,
             initial_epoch=initial_epoch, verbose=verbose, class_weight=weights,
             shuffle=False,  # see lr_find
         )

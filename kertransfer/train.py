@@ -4,6 +4,8 @@ import csv
 import json
 import logging
 import os
+import shutil
+import tempfile
 import time
 
 import keras
@@ -234,7 +236,7 @@ def _plot_losses(history, path):
     _savefig(ax, path)
 
 
-def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=False):
+def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=False, *, _scratch=False):
     """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
 
     Steps: (1) precompute=True; (2) `lr_find`, choose the LR (min/10,
@@ -252,7 +254,8 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     `tta_probs`, `targets`, `paths`), `lr_find.png`,
     `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`, `augmented.png`
     (`metrics.json` records the `distribution`: engine, devices, processes,
-    global and per-device batch size); with
+    global and per-device batch size; with several processes only process
+    0 writes `out_dir`, the others a scratch folder they delete); with
     `config.tensorboard`, TensorBoard event files (`train/`, `validation/`).
 
     Resuming. While it runs, the job keeps `progress.json` (the steps done,
@@ -339,6 +342,19 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     config = config or TrainConfig()
     replicas = resolve_distribution(config.distribute)
     replicas.check_batch_size(config.batch_size)
+    if replicas.processes > 1 and resume:
+        raise ValueError(
+            f"resume=True (--resume) is not supported with {replicas.processes} "
+            "processes yet: restart the run without it, or resume on one process."
+        )
+    if not replicas.is_chief and not _scratch:
+        # Only process 0 writes the run folder; the others train beside it,
+        # writing into a scratch folder deleted at the end.
+        scratch = tempfile.mkdtemp(prefix=f"kertransfer-process{replicas.process_index}-")
+        try:
+            return train(data_dir, os.path.join(scratch, "run"), config, verbose=0, _scratch=True)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     if not resume:
         check_out_dir(out_dir, overwrite)
     stage_seconds = {}

@@ -8,6 +8,15 @@ device count must be fixed before JAX or TensorFlow starts:
     KERAS_BACKEND=tensorflow python tests/distributed_workflow.py \
         DATA_DIR OUT.json --tf-cpus 2 none data_parallel
 
+Several processes on one machine (JAX): each of N processes runs
+
+    KERAS_BACKEND=jax python tests/distributed_workflow.py DATA_DIR OUT.json \
+        --process I N 127.0.0.1:PORT --dump RUN.npz data_parallel
+
+(`keras.distribution.initialize` joins them before anything else);
+`--dump` saves the first named run's arrays (weights, TTA probabilities,
+curves) for a comparison across processes.
+
 Each named run does precompute, lr_find, a head fit, unfreeze,
 `fit(lrs, 2, cycle_len=1, cycle_mult=2, keep_best=True)`, TTA and save, from the same seed and the same global batch of 16. The first run is
 the reference (one device); OUT.json gets each later run's largest
@@ -110,12 +119,27 @@ def main(argv):
             cpu, [tf.config.LogicalDeviceConfiguration()] * int(names[1])
         )
         names = names[2:]
+    dump = None
+    if names[:1] == ["--process"]:
+        import keras
+
+        index, count, address = int(names[1]), int(names[2]), names[3]
+        keras.distribution.initialize(address, count, index)
+        names = names[4:]
+    if names[:1] == ["--dump"]:
+        dump = names[1]
+        names = names[2:]
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name in names:
             work = os.path.join(tmp, name)
             os.makedirs(work)
             results[name] = workflow(data_dir, _distribution(name), work, ps)
+    if dump:  # the first run's arrays
+        run = results[names[0]]
+        arrays = {f"w{i}": w for i, w in enumerate(run["weights"])}
+        arrays.update({k: run[k] for k in ("tta", "val_loss", "val_accuracy", "finder_losses")})
+        np.savez(dump, **arrays)
     ref = results[names[0]]
     report = {}
     for name in names:

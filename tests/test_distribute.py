@@ -3,15 +3,17 @@
 The multi-device checks run `tests/distributed_workflow.py` in a subprocess,
 because the device count is fixed when JAX or TensorFlow starts: JAX with 4
 virtual CPU devices (`JAX_NUM_CPU_DEVICES`; runs on 2 and on 4 of them) and
-TensorFlow with 2 logical CPUs. Each compares the whole tiny workflow
-(precompute, lr_find, head fit, unfreeze, SGDR with cycle_mult=2,
-KeepBestWeights, TTA, save) with the same run on one device in the same
-process, on a validation set of 15 images (divides by neither 2 nor 4).
+TensorFlow with 2 logical CPUs, and JAX with 2 processes on 127.0.0.1.
+Each compares the whole tiny workflow (precompute, lr_find, head fit,
+unfreeze, SGDR with cycle_mult=2, KeepBestWeights, TTA, save) with the same
+run on one device, on a validation set of 15 images (divides by neither 2
+nor 4).
 """
 
 import json
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -41,16 +43,30 @@ def odd_valid_folder(tmp_path_factory):
     )
 
 
-def _run_workflow(backend, data_dir, out, args, env_extra):
+def _env(backend, extra=()):
     env = dict(os.environ)
-    env.update(env_extra)
+    env.update(extra)
     env["KERAS_BACKEND"] = backend
     # This checkout's kertransfer, whichever one the venv was installed from.
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    command = [sys.executable, str(ROOT / "tests" / "distributed_workflow.py"), str(data_dir), str(out), *args]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=900)
+    return env
+
+
+def _workflow_command(data_dir, out, args):
+    return [sys.executable, str(ROOT / "tests" / "distributed_workflow.py"), str(data_dir), str(out), *args]
+
+
+def _run_workflow(backend, data_dir, out, args, env_extra):
+    command = _workflow_command(data_dir, out, args)
+    result = subprocess.run(command, capture_output=True, text=True, env=_env(backend, env_extra), timeout=900)
     assert result.returncode == 0, result.stderr[-4000:]
     return json.loads(pathlib.Path(out).read_text())
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _check_matches_one_device(report, name, engine, devices):
@@ -68,17 +84,6 @@ def _check_matches_one_device(report, name, engine, devices):
 
 
 @pytest.mark.one_backend
-def test_jax_data_parallel_matches_one_device(odd_valid_folder, tmp_path):
-    report = _run_workflow(
-        "jax", odd_valid_folder, tmp_path / "jax.json", ["none", "dp2", "data_parallel"],
-        {"JAX_NUM_CPU_DEVICES": "4"},
-    )
-    assert report["none"]["distribution"]["engine"] == "none"
-    _check_matches_one_device(report, "dp2", "keras.distribution", 2)
-    _check_matches_one_device(report, "data_parallel", "keras.distribution", 4)
-
-
-@pytest.mark.one_backend
 def test_tensorflow_mirrored_matches_one_device(odd_valid_folder, tmp_path):
     # ps=0: Keras's TensorFlow dropout repeats its mask on every replica
     # (`warn_replicated_dropout`), so only a dropout-free head can match.
@@ -87,6 +92,59 @@ def test_tensorflow_mirrored_matches_one_device(odd_valid_folder, tmp_path):
         ["--ps", "0", "--tf-cpus", "2", "none", "data_parallel"], {},
     )
     _check_matches_one_device(report, "data_parallel", "tf.distribute", 2)
+
+
+@pytest.mark.one_backend
+def test_jax_data_parallel_matches_one_device(odd_valid_folder, tmp_path):
+    # One process with 4 virtual CPU devices: one device, then
+    # DataParallel over 2 and over 4 of them. Beside it, two processes on
+    # 127.0.0.1 (keras.distribution.initialize), one CPU device each: every
+    # process feeds its half of each global batch of 16 and gets back every
+    # prediction; both must end with the one-device run's weights, LR finder
+    # curve, validation losses and TTA probabilities.
+    address = f"127.0.0.1:{_free_port()}"
+    env = _env("jax", {"JAX_NUM_CPU_DEVICES": "1"})
+    procs = [
+        subprocess.Popen(
+            _workflow_command(
+                odd_valid_folder, tmp_path / f"p{i}.json",
+                ["--process", str(i), "2", address, "--dump", str(tmp_path / f"p{i}.npz"), "data_parallel"],
+            ),
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        report = _run_workflow(
+            "jax", odd_valid_folder, tmp_path / "jax.json",
+            ["--dump", str(tmp_path / "one.npz"), "none", "dp2", "data_parallel"],
+            {"JAX_NUM_CPU_DEVICES": "4"},
+        )
+        outputs = [p.communicate(timeout=900)[0] for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert report["none"]["distribution"]["engine"] == "none"
+    _check_matches_one_device(report, "dp2", "keras.distribution", 2)
+    _check_matches_one_device(report, "data_parallel", "keras.distribution", 4)
+
+    for p, output in zip(procs, outputs):
+        assert p.returncode == 0, output[-4000:]
+    one = np.load(tmp_path / "one.npz")
+    for i in range(2):
+        report = json.loads((tmp_path / f"p{i}.json").read_text())["data_parallel"]
+        assert report["distribution"] == {
+            "engine": "keras.distribution", "devices": 2, "processes": 2,
+            "global_batch_size": 16, "per_device_batch_size": 8,
+        }
+        assert report["n_valid"] == 15 and report["epochs"] == 4
+        assert report["trained_max_abs_change"] > 0.1
+        assert not report["saved_synchronized"] and report["reload_max_abs_diff"] == 0.0
+        run = np.load(tmp_path / f"p{i}.npz")
+        assert sorted(run.files) == sorted(one.files)
+        for key in one.files:
+            assert np.shape(run[key]) == np.shape(one[key]), key
+            assert np.max(np.abs(run[key] - one[key])) <= TOLERANCE, (i, key)
 
 
 # ------------------------------------------------------- in-process checks
