@@ -11,7 +11,19 @@ distribution layer of its own:
   logical CPU devices when there is no GPU. BatchNorm layers are switched
   to `synchronized=True`, so their batch statistics are those of the whole
   batch, as on one device.
-- torch: Keras 3.15 has no `keras.distribution` for torch: an error says so.
+- torch: Keras 3.15 has no `keras.distribution` for torch. Under
+  `torch.distributed` (one process per device, started by `torchrun`, which
+  sets `RANK`, `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`; the process
+  group is initialised here if the launcher did not), each process trains
+  its own copy of the model on its slice of every batch and the gradients
+  are averaged over the processes (`all_reduce`) before each optimizer
+  step, as `DistributedDataParallel` does; logged losses and metrics are
+  averaged too, and BatchNorm moving statistics are broadcast from process
+  0 after each batch (DDP's `broadcast_buffers`). Predictions run whole on
+  every process (identical copies). As with DDP without `SyncBatchNorm`,
+  BatchNorm layers that train normalise with their process's slice's
+  statistics, so results differ from one device's unless none trains.
+  Outside `torch.distributed` an error names the supported ways.
 - Several processes (hosts), JAX: `keras.distribution.initialize()` joins
   them (`KERAS_DISTRIBUTION_JOB_ADDRESSES`, `KERAS_DISTRIBUTION_NUM_PROCESSES`,
   `KERAS_DISTRIBUTION_PROCESS_ID`; `resolve_distribution("data_parallel")`
@@ -59,8 +71,9 @@ DISTRIBUTIONS = ("none", "data_parallel")
 _HOW = (
     "Use distribution='data_parallel' (`kertransfer train --distribute "
     "data_parallel`) with KERAS_BACKEND=jax (keras.distribution.DataParallel) "
-    "or KERAS_BACKEND=tensorflow (tf.distribute.MirroredStrategy), or "
-    "distribution='none' for one device."
+    "or KERAS_BACKEND=tensorflow (tf.distribute.MirroredStrategy), or with "
+    "KERAS_BACKEND=torch under torch.distributed (start one process per device "
+    "with `torchrun --nproc-per-node N`), or distribution='none' for one device."
 )
 
 
@@ -71,8 +84,8 @@ class Replicas:
     compiling, fitting, predicting) inside `scope()`.
 
     Args:
-        engine: `"none"` (one device), `"keras.distribution"` (JAX) or
-            `"tf.distribute"` (TensorFlow).
+        engine: `"none"` (one device), `"keras.distribution"` (JAX),
+            `"tf.distribute"` (TensorFlow) or `"torch.distributed"`.
         devices: devices each global batch is split over (1 for `"none"`).
         processes: processes taking part (1 on one machine); `devices`
             counts the devices of all of them.
@@ -100,6 +113,20 @@ class Replicas:
     def is_chief(self):
         """True in the process that writes files (process 0; the only one on one host)."""
         return self.process_index == 0
+
+    def callbacks(self):
+        """Callbacks a fit needs under this distribution, to put first (`TorchDataParallel` on torch)."""
+        return (
+            [TorchDataParallel()]
+            if self.engine == "torch.distributed" and self.processes > 1
+            else []
+        )
+
+    def prepare_optimizer(self, optimizer):
+        """`optimizer`, made to average gradients over the processes on torch."""
+        if self.engine == "torch.distributed" and self.processes > 1:
+            return all_reduce_gradients(optimizer)
+        return optimizer
 
     def shard(self, batches):
         """This process's slice of every batch of `batches` (a `PyDataset`).
@@ -228,6 +255,115 @@ def _from_strategy(strategy):
     return Replicas("tf.distribute", strategy.num_replicas_in_sync, workers, strategy)
 
 
+def _from_torch_distributed():
+    """`Replicas` over the `torch.distributed` process group (initialised from torchrun's variables)."""
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if (
+            int(os.environ.get("WORLD_SIZE", "0") or 0) < 1
+            or "MASTER_ADDR" not in os.environ
+        ):
+            raise ValueError(
+                f"distribution='data_parallel' on the torch backend needs "
+                f"torch.distributed: Keras {keras.__version__} has no "
+                f"keras.distribution for torch. {_HOW}"
+            )
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    world = dist.get_world_size()
+    return Replicas(
+        "torch.distributed", world, world, None, process_index=dist.get_rank()
+    )
+
+
+def all_reduce_gradients(optimizer):
+    """Makes `optimizer` average its gradients over the `torch.distributed` processes.
+
+    Keras's torch train step computes each process's gradients on its slice
+    of the batch and calls `optimizer.apply(gradients, variables)`; this
+    wraps `apply` so that the gradients are first summed over the processes
+    in one `all_reduce` (flattened together, as `DistributedDataParallel`'s
+    buckets) and divided by their number: every process then takes the
+    step one device would take with the whole batch. Idempotent.
+    """
+    if getattr(optimizer, "_kertransfer_all_reduce", False):
+        return optimizer
+    import torch
+    import torch.distributed as dist
+
+    inner = optimizer.apply
+
+    def apply(grads, trainable_variables=None):
+        present = [g for g in grads if g is not None]
+        if present:
+            flat = torch.cat([g.reshape(-1) for g in present])
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            offset = 0
+            for g in present:
+                g.copy_(flat[offset : offset + g.numel()].view_as(g))
+                offset += g.numel()
+        return inner(grads, trainable_variables)
+
+    optimizer.apply = apply
+    optimizer._kertransfer_all_reduce = True
+    return optimizer
+
+
+class TorchDataParallel(keras.callbacks.Callback):
+    """Keeps the `torch.distributed` processes of a fit in step, as `DistributedDataParallel` does.
+
+    After each training batch: the model's non-trainable variables
+    (BatchNorm moving statistics, computed by each process on its slice)
+    are broadcast from process 0, as DDP's `broadcast_buffers=True` does,
+    so every process holds the same model and predicts alike; and the
+    numbers in the batch and epoch logs (each process's loss and metrics on
+    its slice) are averaged, which with equal slices is the whole batch's
+    running mean, so `LRFinder`, `SGDR`, `KeepBestWeights` and the progress
+    bar see the same values on every process. Place it first.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        import torch
+        import torch.distributed as dist
+
+        values = [v.value for v in self.model.non_trainable_variables]
+        if values:
+            with torch.no_grad():
+                flat = torch.cat([v.reshape(-1) for v in values])
+                dist.broadcast(flat, src=0)
+                offset = 0
+                for v in values:
+                    v.copy_(flat[offset : offset + v.numel()].view_as(v))
+                    offset += v.numel()
+        _average_logs(logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        _average_logs(logs)
+
+
+def _average_logs(logs):
+    """The numbers in `logs`, averaged in place over the `torch.distributed` processes."""
+    if not logs:
+        return
+    import torch
+    import torch.distributed as dist
+
+    keys = sorted(
+        k
+        for k, v in logs.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    )
+    if not keys:
+        return
+    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64)
+    dist.all_reduce(values)
+    values /= dist.get_world_size()
+    for k, v in zip(keys, values.tolist()):
+        logs[k] = v
+
+
 def _ambient():
     """The user's current `keras.distribution` (JAX) or strategy scope (TF), or None."""
     backend = keras.backend.backend()
@@ -320,6 +456,8 @@ def resolve_distribution(distribution=None):
             return _from_strategy(
                 tf.distribute.MirroredStrategy([d.name for d in devices])
             )
+        if backend == "torch":
+            return _from_torch_distributed()
         raise ValueError(
             f"distribution='data_parallel' is not available on the {backend} "
             f"backend: Keras {keras.__version__} has no keras.distribution for it. "

@@ -453,6 +453,7 @@ class ConvLearner:
         optimizer, active = group_optimizer(self.layer_groups, self.opt_fn, lrs)
         model.compile(optimizer=optimizer, loss=self._loss, metrics=self._metrics())
         optimizer.build(model.trainable_variables)
+        self.distribution.prepare_optimizer(optimizer)
         fresh = [keras.ops.convert_to_numpy(v) for v in optimizer.variables]
         self._compiled[id(model)] = (key, optimizer, fresh)
         return active
@@ -517,7 +518,8 @@ class ConvLearner:
             # extra shuffle of the batch order draws from Python's global
             # generator, which distributed runs advance differently.
             model.fit(
-                self.distribution.shard(train), epochs=1, callbacks=[finder], verbose=verbose,
+                self.distribution.shard(train), epochs=1,
+                callbacks=[*self.distribution.callbacks(), finder], verbose=verbose,
                 shuffle=False,
             )
         finally:
@@ -630,6 +632,7 @@ class ConvLearner:
             labels = self.data.valid_labels
             cbs.insert(0, PaddedValidation(valid, labels, self._loss, self._metrics))
             valid = None
+        cbs[:0] = self.distribution.callbacks()
         best = KeepBestWeights(baseline=best_baseline) if keep_best else None
         if best:
             cbs.append(best)

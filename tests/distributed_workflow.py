@@ -13,7 +13,8 @@ Several processes on one machine (JAX): each of N processes runs
     KERAS_BACKEND=jax python tests/distributed_workflow.py DATA_DIR OUT.json \
         --process I N 127.0.0.1:PORT --dump RUN.npz data_parallel
 
-(`keras.distribution.initialize` joins them before anything else);
+(`keras.distribution.initialize` joins them before anything else; under
+KERAS_BACKEND=torch, `torch.distributed.init_process_group("gloo")`);
 `--dump` saves the first named run's arrays (weights, TTA probabilities,
 curves) for a comparison across processes.
 
@@ -43,7 +44,7 @@ def _distribution(name):
     return name
 
 
-def workflow(data_dir, distribution, work, ps=0.5):
+def workflow(data_dir, distribution, work, ps=0.5, bn_freeze=False):
     """Runs the workflow; returns its weights, TTA probabilities and curves."""
     import keras
 
@@ -61,6 +62,7 @@ def workflow(data_dir, distribution, work, ps=0.5):
     learn = ConvLearner.pretrained(
         "tiny_cnn", data, weights=None, ps=ps, xtra_fc=(16,), distribution=distribution
     )
+    learn.bn_freeze(bn_freeze)
     start = [np.asarray(w, "float64") for w in learn.model.get_weights()]
     finder = learn.lr_find(min_steps=8)
     learn.fit(1e-2, 1, verbose=0)
@@ -89,10 +91,14 @@ def workflow(data_dir, distribution, work, ps=0.5):
 
 def _variable_devices(variable):
     """Devices holding a copy of a Keras variable (JAX sharding, TF mirrored values)."""
+    import keras
+
     value = variable._value  # the backend's own variable or array
     sharding = getattr(value, "sharding", None)
     if sharding is not None:
         return len(sharding.device_set)
+    if keras.backend.backend() == "torch":
+        return 1  # each process holds its own copy
     return len(getattr(value, "values", (value,)))
 
 
@@ -111,6 +117,9 @@ def main(argv):
     if names[:1] == ["--ps"]:
         ps = float(names[1])
         names = names[2:]
+    bn_freeze = names[:1] == ["--bn-freeze"]
+    if bn_freeze:
+        names = names[1:]
     if names[:1] == ["--tf-cpus"]:
         import tensorflow as tf
 
@@ -124,7 +133,12 @@ def main(argv):
         import keras
 
         index, count, address = int(names[1]), int(names[2]), names[3]
-        keras.distribution.initialize(address, count, index)
+        if keras.backend.backend() == "torch":
+            import torch.distributed as dist
+
+            dist.init_process_group("gloo", init_method=f"tcp://{address}", rank=index, world_size=count)
+        else:
+            keras.distribution.initialize(address, count, index)
         names = names[4:]
     if names[:1] == ["--dump"]:
         dump = names[1]
@@ -134,7 +148,7 @@ def main(argv):
         for name in names:
             work = os.path.join(tmp, name)
             os.makedirs(work)
-            results[name] = workflow(data_dir, _distribution(name), work, ps)
+            results[name] = workflow(data_dir, _distribution(name), work, ps, bn_freeze)
     if dump:  # the first run's arrays
         run = results[names[0]]
         arrays = {f"w{i}": w for i, w in enumerate(run["weights"])}
