@@ -329,6 +329,21 @@ def test_lr_finder_in_plain_fit_restores_weights_and_optimizer_state():
     for got, want in zip(_optimizer_arrays(model), opt_state, strict=True):
         np.testing.assert_array_equal(got, want)
 
+    # A fit that raises never gets to on_train_end: `restore_snapshot()` in a
+    # `finally` (as `ConvLearner.lr_find` does) puts the start back.
+    def interrupt(batch, logs):
+        if batch == 2:
+            raise KeyboardInterrupt
+
+    finder = LRFinder(1e-3, 10.0, num_steps=8)
+    stop = keras.callbacks.LambdaCallback(on_train_batch_end=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[finder, stop])
+    assert not np.allclose(model.get_weights()[0], weights[0])
+    assert finder.restore_snapshot() and not finder.restore_snapshot()
+    for got, want in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+
 
 @pytest.mark.parametrize(
     "callback",
