@@ -121,8 +121,9 @@ class _FitLog(BatchLosses):
         return {"losses": self.losses, "sizes": self.sizes, "epochs": self.epochs}
 
     def load_state_dict(self, state):
-        self.losses, self.sizes = list(state["losses"]), list(state["sizes"])
-        self.epochs = list(state["epochs"])
+        self.losses, self.epochs = list(state["losses"]), list(state["epochs"])
+        # Backups written before batch sizes were recorded have none.
+        self.sizes = list(state.get("sizes", [None] * len(self.losses)))
 
 
 def _check_same_fit(backup_dir, saved, wanted):
