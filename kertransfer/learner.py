@@ -23,6 +23,7 @@ from kertransfer.backbones import assign_layer_groups
 from kertransfer.backbones import cache_dir
 from kertransfer.backbones import get_backbone
 from kertransfer.balance import resolve_class_weight
+from kertransfer.callbacks import BatchLosses
 from kertransfer.callbacks import LRFinder
 from kertransfer.callbacks import SGDR
 from kertransfer.callbacks import FitCheckpoint
@@ -99,23 +100,17 @@ def _in_scope(method):
     return wrapper
 
 
-class _FitLog(keras.callbacks.Callback):
-    """Records raw per-batch training losses (from Keras's running means)
-    and each epoch's logs and seconds; `FitCheckpoint` saves its state."""
+class _FitLog(BatchLosses):
+    """Records each batch's training loss (`BatchLosses`) and each epoch's
+    logs and seconds; `FitCheckpoint` saves its state."""
 
     def __init__(self):
         super().__init__()
-        self.losses = []
         self.epochs = []
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._prev = 0.0
+        super().on_epoch_begin(epoch, logs)
         self._start = time.time()
-
-    def on_train_batch_end(self, batch, logs=None):
-        mean = float(logs["loss"])
-        self.losses.append((batch + 1) * mean - batch * self._prev)
-        self._prev = mean
 
     def on_epoch_end(self, epoch, logs=None):
         row = {k: float(v) for k, v in (logs or {}).items()}
@@ -123,10 +118,12 @@ class _FitLog(keras.callbacks.Callback):
         self.epochs.append(row)
 
     def state_dict(self):
-        return {"losses": self.losses, "epochs": self.epochs}
+        return {"losses": self.losses, "sizes": self.sizes, "epochs": self.epochs}
 
     def load_state_dict(self, state):
         self.losses, self.epochs = list(state["losses"]), list(state["epochs"])
+        # Backups written before batch sizes were recorded have none.
+        self.sizes = list(state.get("sizes", [None] * len(self.losses)))
 
 
 def _check_same_fit(backup_dir, saved, wanted):
@@ -450,7 +447,7 @@ class ConvLearner:
             for sub, i in zip(optimizer.optimizers, active):
                 sub.learning_rate = lrs[i]
             return active
-        optimizer, active = group_optimizer(self.layer_groups, self.opt_fn, lrs)
+        optimizer, active = group_optimizer(self.layer_groups, self.opt_fn, lrs, names=self.group_names)
         model.compile(optimizer=optimizer, loss=self._loss, metrics=self._metrics())
         optimizer.build(model.trainable_variables)
         self.distribution.prepare_optimizer(optimizer)
@@ -489,7 +486,6 @@ class ConvLearner:
             bs = min(bs, max(16, n_train // min_steps))
             devices = self.distribution.devices
             bs = max(devices, bs // devices * devices)  # global: divides by the devices
-        saved = self.model.get_weights()
         model, train, _, steps, kwargs = self._train_inputs(batch_size=bs, drop_last=True, seed=0)
         if steps < 2:
             raise ValueError(
@@ -512,7 +508,9 @@ class ConvLearner:
             ratios = schedules.expand_lrs(group_ratios, len(self.layer_groups))
             ratios = [ratios[i] for i in trainable_groups(self.layer_groups)]
         self._compile(model, [start_lr] * len(self.layer_groups))
-        finder = LRFinder(start_lr, end_lr, num_steps=steps, group_scales=ratios)
+        # restore=True: the finder puts back the weights and optimizer
+        # variables of its start when the fit ends.
+        finder = LRFinder(start_lr, end_lr, num_steps=steps, group_scales=ratios, restore=True)
         try:
             # shuffle=False: the batches shuffle themselves, seeded; Keras's
             # extra shuffle of the batch order draws from Python's global
@@ -523,7 +521,7 @@ class ConvLearner:
                 shuffle=False,
             )
         finally:
-            self.model.set_weights(saved)
+            finder.restore_snapshot()  # Keras skips on_train_end when a fit raises
         self.sched = LRFindResult(finder.lrs[: len(finder.losses)], finder.losses, finder.smoothed_losses, bs)
         return self.sched
 

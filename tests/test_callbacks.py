@@ -1,13 +1,24 @@
-"""Per-group learning rates really drive each group's update, on every backend."""
+"""Callbacks on plain `model.fit`, on every backend: per-group LRs really
+drive each group's update, SGDR follows its closed form at any
+`steps_per_execution`, batch losses are exact, LRFinder leaves no trace."""
+
+import pathlib
+import re
 
 import keras
 import numpy as np
 import pytest
 
 from kertransfer.callbacks import SGDR
+from kertransfer.callbacks import BatchLosses
 from kertransfer.callbacks import KeepBestWeights
 from kertransfer.callbacks import LRFinder
+from kertransfer.callbacks import raw_batch_losses
 from kertransfer.groups import group_optimizer
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+# Keras 3.15's torch trainer refuses steps_per_execution > 1.
+SPE = 1 if keras.backend.backend() == "torch" else 3
 
 
 def _tiny_model():
@@ -17,7 +28,11 @@ def _tiny_model():
     x = keras.layers.Dense(5, activation="tanh", name="g1")(x)
     out = keras.layers.Dense(3, activation="softmax", name="head")(x)
     model = keras.Model(inputs, out)
-    groups = [[model.get_layer("g0")], [model.get_layer("g1")], [model.get_layer("head")]]
+    groups = [
+        [model.get_layer("g0")],
+        [model.get_layer("g1")],
+        [model.get_layer("head")],
+    ]
     return model, groups
 
 
@@ -27,18 +42,30 @@ def _keep_best_setup(seed, lr):
     x = rng.normal(size=(32, 6)).astype("float32")
     y = rng.integers(0, 3, size=32).astype("int32")
     model, _ = _tiny_model()
-    model.compile(optimizer=keras.optimizers.SGD(lr), loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(lr), loss="sparse_categorical_crossentropy"
+    )
     return model, x, y
 
 
 def _one_step_deltas(lrs, x, y, initial):
     model, groups = _tiny_model()
     model.set_weights(initial)
-    opt, active = group_optimizer(groups, lambda learning_rate: keras.optimizers.SGD(learning_rate), [0.0] * 3)
+    opt, active = group_optimizer(
+        groups, lambda learning_rate: keras.optimizers.SGD(learning_rate), [0.0] * 3
+    )
     assert active == [0, 1, 2]
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
     # The LRs are set by the SGDR callback (constant: no cycle_len) per batch.
-    model.fit(x, y, batch_size=len(x), epochs=1, verbose=0, shuffle=False, callbacks=[SGDR(lrs, steps_per_epoch=1)])
+    model.fit(
+        x,
+        y,
+        batch_size=len(x),
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[SGDR(lrs, steps_per_epoch=1)],
+    )
     return [
         model.get_layer(name).get_weights()[0] - initial[i * 2]
         for i, name in enumerate(["g0", "g1", "head"])
@@ -67,7 +94,9 @@ def test_sgdr_callback_schedule_over_restarts():
     x = rng.normal(size=(8, 6)).astype("float32")
     y = rng.integers(0, 3, size=8).astype("int32")
     model, groups = _tiny_model()
-    opt, _ = group_optimizer(groups, lambda learning_rate: keras.optimizers.SGD(learning_rate), [0.0] * 3)
+    opt, _ = group_optimizer(
+        groups, lambda learning_rate: keras.optimizers.SGD(learning_rate), [0.0] * 3
+    )
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
     seen = []
 
@@ -75,7 +104,12 @@ def test_sgdr_callback_schedule_over_restarts():
         def on_train_batch_end(self, batch, logs=None):
             if keras.backend.backend() == "jax":
                 self.model.jax_state_sync()
-            seen.append([float(keras.ops.convert_to_numpy(o.learning_rate)) for o in self.model.optimizer.optimizers])
+            seen.append(
+                [
+                    float(keras.ops.convert_to_numpy(o.learning_rate))
+                    for o in self.model.optimizer.optimizers
+                ]
+            )
 
     sgdr = SGDR([1e-3, 1e-2, 1e-1], steps_per_epoch=2, cycle_len=1, cycle_mult=2)
     model.fit(x, y, batch_size=4, epochs=3, verbose=0, callbacks=[sgdr, Probe()])
@@ -88,7 +122,9 @@ def test_sgdr_callback_schedule_over_restarts():
 
 def test_sgdr_rejects_wrong_number_of_lrs():
     model, groups = _tiny_model()
-    opt, _ = group_optimizer(groups, lambda learning_rate: keras.optimizers.SGD(learning_rate), [0.1] * 3)
+    opt, _ = group_optimizer(
+        groups, lambda learning_rate: keras.optimizers.SGD(learning_rate), [0.1] * 3
+    )
     model.compile(optimizer=opt, loss="sparse_categorical_crossentropy")
     x = np.zeros((4, 6), "float32")
     y = np.zeros(4, "int32")
@@ -101,14 +137,20 @@ def test_lr_finder_ramps_exponentially_and_stops_on_divergence():
     x = rng.normal(size=(400, 6)).astype("float32")
     y = (x[:, 0] > 0).astype("int32")
     model, _ = _tiny_model()
-    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy"
+    )
     finder = LRFinder(1e-4, 1e4, num_steps=50)
-    model.fit(x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[finder])
+    model.fit(
+        x, y, batch_size=8, epochs=1, verbose=0, shuffle=False, callbacks=[finder]
+    )
     lrs = np.array(finder.lrs)
     ratios = lrs[1:] / lrs[:-1]
     np.testing.assert_allclose(ratios, (1e8) ** (1 / 49), rtol=1e-6)
     assert len(finder.losses) < 50  # a LR of 1e4 diverges: stopped early
-    assert finder.smoothed_losses[-1] > 4 * min(finder.smoothed_losses) or not np.isfinite(finder.smoothed_losses[-1])
+    assert finder.smoothed_losses[-1] > 4 * min(
+        finder.smoothed_losses
+    ) or not np.isfinite(finder.smoothed_losses[-1])
 
 
 def test_keep_best_weights_restores_best_epoch():
@@ -120,7 +162,9 @@ def test_keep_best_weights_restores_best_epoch():
         def on_epoch_end(self, epoch, logs=None):
             snapshots.append((logs["val_loss"], self.model.get_weights()))
 
-    model.fit(x, y, validation_data=(x, y), epochs=4, verbose=0, callbacks=[Snap(), best])
+    model.fit(
+        x, y, validation_data=(x, y), epochs=4, verbose=0, callbacks=[Snap(), best]
+    )
     i = int(np.argmin([s[0] for s in snapshots]))
     assert best.best_epoch == i
     for a, b in zip(model.get_weights(), snapshots[i][1]):
@@ -140,8 +184,286 @@ def test_keep_best_weights_baseline_keeps_the_starting_weights():
         np.testing.assert_array_equal(a, b)
 
     model.set_weights(start_weights)
-    model.compile(optimizer=keras.optimizers.SGD(50.0), loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=keras.optimizers.SGD(50.0), loss="sparse_categorical_crossentropy"
+    )
     unanchored = KeepBestWeights(baseline=float("nan"))  # a NaN baseline is ignored
     model.fit(x, y, validation_data=(x, y), epochs=3, verbose=0, callbacks=[unanchored])
     assert unanchored.best_epoch is not None
     assert not np.allclose(model.get_weights()[0], start_weights[0])
+
+
+def _sync(model):
+    if keras.backend.backend() == "jax":
+        model.jax_state_sync()
+
+
+class _WeightsAtBatchBegin(keras.callbacks.Callback):
+    """Copies of the weights each batch trains from."""
+
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        _sync(self.model)
+        self.weights.append(self.model.get_weights())
+
+
+def _linear_regression(n=22):
+    """A linear model `(n, 4) -> (n, 2)` under MSE, and its data."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(n, 4)).astype("float32")
+    y = rng.normal(size=(n, 2)).astype("float32")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    return model, x, y
+
+
+def _mse_by_hand(weights, x, y):
+    kernel, bias = (w.astype("float64") for w in weights)
+    return float(np.mean((x @ kernel + bias - y) ** 2))
+
+
+def _true_batch_losses(snapshots, x, y, batch_size):
+    """The loss of batch k of each epoch at the weights it trained from (no shuffle)."""
+    starts = list(range(0, len(x), batch_size))
+    return [
+        _mse_by_hand(
+            w,
+            x[starts[k % len(starts)] :][:batch_size],
+            y[starts[k % len(starts)] :][:batch_size],
+        )
+        for k, w in enumerate(snapshots)
+    ]
+
+
+def test_batch_losses_are_each_batch_loss_with_a_short_last_batch():
+    model, x, y = _linear_regression(22)  # batches of 8, 8 and 6
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    snaps, losses, means = _WeightsAtBatchBegin(), BatchLosses(), []
+    running = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: means.append(logs["loss"])
+    )
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=2,
+        shuffle=False,
+        verbose=0,
+        callbacks=[snaps, losses, running],
+    )
+
+    want = _true_batch_losses(snaps.weights, x, y, 8)
+    assert losses.sizes == [8, 8, 6] * 2
+    np.testing.assert_allclose(losses.losses, want, rtol=1e-5)
+    assert abs(want[2] - want[1]) > 1e-3  # the batches differ: a wrong batch would show
+    # The offline inversion of Keras's running mean agrees, given the sizes.
+    for epoch in range(2):
+        part = slice(3 * epoch, 3 * epoch + 3)
+        np.testing.assert_allclose(
+            raw_batch_losses(means[part], [8, 8, 6]), want[part], rtol=1e-4
+        )
+
+
+def test_lr_finder_records_each_batch_loss_and_writes_the_lr_to_the_logs():
+    model, x, y = _linear_regression(22)
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    finder = LRFinder(1e-3, 1e-1, num_steps=3, stop_factor=1e9)
+    # After the finder: its LR is set, the weights are not changed yet.
+    snaps = _WeightsAtBatchBegin()
+    history = model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[finder, snaps],
+    )
+
+    np.testing.assert_allclose(
+        finder.losses, _true_batch_losses(snaps.weights, x, y, 8), rtol=1e-5
+    )
+    np.testing.assert_allclose(finder.lrs, [1e-3, 1e-2, 1e-1], rtol=1e-6)
+    # One optimizer: Keras's `learning_rate` key, the LR of the epoch's last batch.
+    assert history.history["learning_rate"] == [pytest.approx(1e-1, rel=1e-6)]
+
+
+def _optimizer_arrays(model):
+    _sync(model)
+    return [keras.ops.convert_to_numpy(v) for v in model.optimizer.variables]
+
+
+def test_lr_finder_in_plain_fit_restores_weights_and_optimizer_state():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 6)).astype("float32")
+    y = (x[:, 0] > 0).astype("int32")
+    model, _ = _tiny_model()
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss="sparse_categorical_crossentropy",
+    )
+    # Momentum and step count are not zero.
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    weights, opt_state = model.get_weights(), _optimizer_arrays(model)
+    assert int(opt_state[0]) == 4 and np.abs(opt_state[-1]).max() > 0
+
+    trained = []
+    probe = keras.callbacks.LambdaCallback(
+        on_train_end=lambda logs: trained.append(model.get_weights())
+    )
+    model.fit(
+        x,
+        y,
+        batch_size=8,
+        epochs=1,
+        verbose=0,
+        callbacks=[probe, LRFinder(1e-3, 10.0, num_steps=8)],
+    )
+
+    assert not np.allclose(trained[0][0], weights[0])  # the range test did train
+    for got, want in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip(_optimizer_arrays(model), opt_state, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+    # A fit that raises never gets to on_train_end: `restore_snapshot()` in a
+    # `finally` (as `ConvLearner.lr_find` does) puts the start back.
+    def interrupt(batch, logs):
+        if batch == 2:
+            raise KeyboardInterrupt
+
+    finder = LRFinder(1e-3, 10.0, num_steps=8)
+    stop = keras.callbacks.LambdaCallback(on_train_batch_end=interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, y, batch_size=8, epochs=1, verbose=0, callbacks=[finder, stop])
+    assert not np.allclose(model.get_weights()[0], weights[0])
+    assert finder.restore_snapshot() and not finder.restore_snapshot()
+    for got, want in zip(model.get_weights(), weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [SGDR(0.1, cycle_len=1), LRFinder(num_steps=4)],
+    ids=["SGDR", "LRFinder"],
+)
+def test_a_learning_rate_schedule_optimizer_fails_before_the_first_batch(callback):
+    model, _ = _tiny_model()
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        0.1, decay_steps=10, decay_rate=0.5
+    )
+    model.compile(
+        optimizer=keras.optimizers.SGD(schedule), loss="sparse_categorical_crossentropy"
+    )
+    batches = []
+    probe = keras.callbacks.LambdaCallback(
+        on_train_batch_begin=lambda b, logs: batches.append(b)
+    )
+    x, y = np.zeros((8, 6), "float32"), np.zeros(8, "int32")
+    with pytest.raises(TypeError, match="LearningRateSchedule.*Build it with a float"):
+        model.fit(x, y, batch_size=4, epochs=1, verbose=0, callbacks=[callback, probe])
+    assert batches == []
+
+
+def _keras_sgdr(base_lrs, first_decay_steps, t_mul, steps):
+    """Keras's own SGDR, `CosineDecayRestarts`: `(len(steps), len(base_lrs))` LRs."""
+    return np.stack(
+        [
+            keras.ops.convert_to_numpy(
+                keras.optimizers.schedules.CosineDecayRestarts(
+                    lr, first_decay_steps=first_decay_steps, t_mul=t_mul, alpha=0.0
+                )(np.asarray(steps, "float32"))
+            )
+            for lr in base_lrs
+        ],
+        axis=-1,
+    )
+
+
+def test_sgdr_follows_keras_cosine_decay_restarts_with_steps_per_execution():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(14, 6)).astype("float32")  # 7 batches of 2 per epoch
+    y = rng.integers(0, 3, size=14).astype("int32")
+    model, groups = _tiny_model()
+    opt, _ = group_optimizer(
+        groups, lambda learning_rate: keras.optimizers.SGD(learning_rate), [0.0] * 3
+    )
+    model.compile(
+        optimizer=opt, loss="sparse_categorical_crossentropy", steps_per_execution=SPE
+    )
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        # After SGDR: the LRs this execution trains with.
+        def on_train_batch_begin(self, batch, logs=None):
+            _sync(self.model)
+            lrs = [
+                float(keras.ops.convert_to_numpy(o.learning_rate))
+                for o in self.model.optimizer.optimizers
+            ]
+            seen.append(
+                (int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)), lrs)
+            )
+
+    base = [1e-3, 1e-2, 1e-1]
+    sgdr = SGDR(base, cycle_len=1, cycle_mult=2)  # steps per epoch from Keras: 7
+    history = model.fit(
+        x,
+        y,
+        batch_size=2,
+        epochs=3,
+        shuffle=False,
+        verbose=0,
+        callbacks=[sgdr, Probe()],
+    )
+
+    def closed_form(steps):  # cycles of 7, then 14 steps
+        return _keras_sgdr(base, 7, 2.0, steps)
+
+    # Each execution's first step.
+    starts = [e * 7 + b for e in range(3) for b in range(0, 7, SPE)]
+    assert [step for step, _ in seen] == starts
+    np.testing.assert_allclose([lrs for _, lrs in seen], closed_form(starts), rtol=1e-5)
+    # One entry per step: each execution's LRs for each of its steps.
+    owner = [max(s for s in starts if s <= step) for step in range(21)]
+    np.testing.assert_allclose(sgdr.lr_history, closed_form(owner), rtol=1e-5)
+    # Per-group LRs in History: those of each epoch's last execution, named after the groups.
+    last = [max(s for s in starts if s < 7 * (e + 1)) for e in range(3)]
+    for g, name in enumerate(["group0", "group1", "group2"]):
+        np.testing.assert_allclose(
+            history.history[f"learning_rate_{name}"], closed_form(last)[:, g], rtol=1e-5
+        )
+
+
+def test_readme_plain_model_fit_snippet_runs(synthetic_folder, monkeypatch, tmp_path):
+    """The README's `model.fit` example, as written, with a tiny backbone on small images."""
+    text = README.read_text()
+    section = text[text.index("## Plain `model.fit`") :]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL).group(1)
+    config = 'arch, size, folder = "efficientnet_lite0", 224, "data/hymenoptera"\n'
+    assert code.count(config) == 1, (
+        "the README snippet's first line of settings changed"
+    )
+    code = code.replace(
+        config, f'arch, size, folder = "tiny_cnn", 32, {str(synthetic_folder)!r}\n'
+    )
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(code, str(README), "exec"), namespace)  # noqa: S102 (the README's own code)
+
+    history, model = namespace["history"].history, namespace["model"]
+    assert len(history["loss"]) == 7 and np.all(np.isfinite(history["loss"]))
+    spe = model.steps_per_execution
+    assert spe == (1 if keras.backend.backend() == "torch" else 4)
+    # Each group's LR at each epoch's end: the schedule at the step where the
+    # epoch's last execution starts (cycles of 1, 2 and 4 epochs).
+    steps = len(namespace["train_ds"])
+    last = [e * steps + (steps - 1) // spe * spe for e in range(7)]
+    want = _keras_sgdr([1e-4, 1e-3, 1e-2], steps, 2.0, last)
+    for g, name in enumerate(["body0", "body1", "head"]):
+        np.testing.assert_allclose(
+            history[f"learning_rate_{name}"], want[:, g], rtol=1e-5
+        )

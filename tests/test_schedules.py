@@ -79,10 +79,18 @@ def test_expand_lrs():
         schedules.expand_lrs(-1.0, 2)
 
 
-def test_raw_batch_losses_inverts_running_mean():
+def test_raw_batch_losses_inverts_running_mean_with_any_batch_sizes():
     raw = np.array([2.0, 1.0, 4.0, 0.5, 0.25])
     running = np.cumsum(raw) / np.arange(1, 6)
     np.testing.assert_allclose(raw_batch_losses(running), raw)
+    # A short last batch: Keras's mean is weighted by batch size (hand
+    # computed: the weighted running mean of `raw` over batches of 4, 4, 4, 4, 2).
+    sizes = np.array([4, 4, 4, 4, 2])
+    weighted = np.cumsum(raw * sizes) / np.cumsum(sizes)
+    np.testing.assert_allclose(raw_batch_losses(weighted, sizes), raw)
+    assert not np.allclose(raw_batch_losses(weighted)[-1], raw[-1])  # sizes matter
+    with pytest.raises(ValueError, match="one batch size per running mean"):
+        raw_batch_losses(weighted, sizes[:-1])
 
 
 def test_suggest_lrs_on_a_known_curve():

@@ -1,6 +1,7 @@
 """TensorBoard logging of a sequence of fits (`train --tensorboard`)."""
 
 import importlib.util
+import math
 
 import numpy as np
 import pytest
@@ -42,7 +43,15 @@ def test_fits_write_loss_metrics_and_group_lrs(tiny_data, tmp_path):
     assert head[2] == pytest.approx(1e-2)
     assert train["epoch_lr_group0"] == [(2, pytest.approx(1e-4))]
     assert train["epoch_lr_group1"] == [(2, pytest.approx(1e-3))]
-    assert not any(tag.startswith("epoch_learning_rate") for tag in train)
+    # Keras's own LR scalars: the LR at each epoch's end, named after the
+    # layer groups (the same over recompiles), as in `learn.history`.
+    lr_tags = {tag for tag in train if tag.startswith("epoch_learning_rate")}
+    assert lr_tags == {f"epoch_learning_rate_{g}" for g in ("group0", "group1", "head")}
+    end = [v for _, v in train["epoch_learning_rate_head"]]
+    np.testing.assert_allclose(end, [r["learning_rate_head"] for r in learn.history], rtol=1e-6)
+    steps = math.ceil(len(tiny_data.train_labels) / tiny_data.batch_size)
+    last_batch = 1e-2 * (1 + math.cos(math.pi * (steps - 1) / steps)) / 2  # the cosine's last step
+    np.testing.assert_allclose(end, [1e-2, last_batch, 1e-2], rtol=1e-5)
     # The History of each fit is untouched.
     assert not any(k.startswith("lr_") for row in learn.history for k in row)
 

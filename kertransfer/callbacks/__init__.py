@@ -1,5 +1,6 @@
 """Thin Keras callbacks for the fast.ai training loop."""
 
+from kertransfer.callbacks.batch_losses import BatchLosses
 from kertransfer.callbacks.best import KeepBestWeights
 from kertransfer.callbacks.checkpoint import FitCheckpoint
 from kertransfer.callbacks.lr_finder import LRFinder
@@ -8,10 +9,11 @@ from kertransfer.callbacks.sgdr import SGDR
 from kertransfer.callbacks.tensorboard import TensorBoardLogger
 
 __all__ = [
+    "SGDR",
+    "BatchLosses",
     "FitCheckpoint",
     "KeepBestWeights",
     "LRFinder",
-    "SGDR",
     "TensorBoardLogger",
     "raw_batch_losses",
 ]

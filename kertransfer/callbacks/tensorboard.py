@@ -38,10 +38,12 @@ class TensorBoardLogger(keras.callbacks.TensorBoard):
     epoch's batches (as set by the `SGDR` callback, read back from the
     sub-optimizers; the LR at the epoch's end is ~0 with `cycle_len=1`) to
     the scalars, as `epoch_lr_<group>` (e.g. `epoch_lr_group0`,
-    `epoch_lr_head`), in place of Keras's `epoch_learning_rate_<optimizer
-    name>`. Losses and metrics are
-    written as by Keras: `epoch_loss`, `epoch_accuracy` under `train/`, and
-    the validation ones under `validation/`.
+    `epoch_lr_head`). Keras's own scalars are written as Keras writes them:
+    `epoch_loss`, `epoch_accuracy` under `train/`, the validation ones under
+    `validation/`, and the LR at the epoch's end, `epoch_learning_rate`
+    (one optimizer) or `epoch_learning_rate_<sub-optimizer name>` (a
+    `MultiOptimizer`; `group_optimizer` names its sub-optimizers after their
+    layer groups, so these names hold from one fit to the next).
 
     `keras.callbacks.TensorBoard` writes with `tf.summary`, so it needs
     TensorFlow and TensorBoard installed; the Keras backend can be any.
@@ -120,11 +122,6 @@ class TensorBoardLogger(keras.callbacks.TensorBoard):
         if names is None or len(names) != len(lrs):
             names = [f"group{i}" for i in range(len(lrs))]
         return {f"lr_{name}": lr for name, lr in zip(names, lrs)}
-
-    def _collect_learning_rate(self, logs):
-        # Keras would add `learning_rate_<sub-optimizer name>`; the names
-        # change with every recompile, so the group LRs replace them.
-        return logs
 
     def on_epoch_end(self, epoch, logs=None):
         logs = dict(logs or {})  # a copy: History keeps its own keys
