@@ -314,54 +314,65 @@ def all_reduce_gradients(optimizer):
 class TorchDataParallel(keras.callbacks.Callback):
     """Keeps the `torch.distributed` processes of a fit in step, as `DistributedDataParallel` does.
 
-    After each training batch: the model's non-trainable variables
-    (BatchNorm moving statistics, computed by each process on its slice)
-    are broadcast from process 0, as DDP's `broadcast_buffers=True` does,
-    so every process holds the same model and predicts alike; and the
-    numbers in the batch and epoch logs (each process's loss and metrics on
-    its slice) are averaged, which with equal slices is the whole batch's
-    running mean, so `LRFinder`, `SGDR`, `KeepBestWeights` and the progress
-    bar see the same values on every process. Place it first.
+    After each training batch:
+
+    - the model's non-trainable variables (BatchNorm moving statistics,
+      computed by each process on its slice) are broadcast from process 0,
+      as DDP's `broadcast_buffers=True` does, so every process holds the
+      same model and predicts alike;
+    - the compiled metrics' variables (the loss tracker's and each metric's
+      running `total` and `count`) get every process's increments of the
+      batch (one `all_reduce` of the increments), so they hold the whole
+      batch's sums, and the batch logs are refreshed from them: `loss` and
+      the metrics are those of the global batch on every process, and
+      `LRFinder`, `BatchLosses`, `SGDR`, `KeepBestWeights` and the progress
+      bar see the same values everywhere. (Metrics whose state is not a
+      sum of per-batch increments would need their own reduction; Keras's
+      mean-based metrics and losses are sums.)
+
+    Place it first in the callback list.
     """
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._synced = None  # Keras resets the metrics each epoch
 
     def on_train_batch_end(self, batch, logs=None):
         import torch
         import torch.distributed as dist
 
-        values = [v.value for v in self.model.non_trainable_variables]
-        if values:
-            with torch.no_grad():
-                flat = torch.cat([v.reshape(-1) for v in values])
+        with torch.no_grad():
+            buffers = [v.value for v in self.model.non_trainable_variables]
+            if buffers:
+                flat = _flatten(buffers)
                 dist.broadcast(flat, src=0)
-                offset = 0
-                for v in values:
-                    v.copy_(flat[offset : offset + v.numel()].view_as(v))
-                    offset += v.numel()
-        _average_logs(logs)
+                _unflatten(flat, buffers)
+            states = [v.value for v in self.model.metrics_variables]
+            if states:
+                flat = _flatten(states)
+                synced = torch.zeros_like(flat) if getattr(self, "_synced", None) is None else self._synced
+                increments = flat - synced
+                dist.all_reduce(increments)
+                self._synced = synced + increments
+                _unflatten(self._synced, states)
+        if logs is not None:
+            for name, value in self.model.get_metrics_result().items():
+                if name in logs:
+                    logs[name] = float(keras.ops.convert_to_numpy(value))
 
-    def on_epoch_end(self, epoch, logs=None):
-        _average_logs(logs)
 
-
-def _average_logs(logs):
-    """The numbers in `logs`, averaged in place over the `torch.distributed` processes."""
-    if not logs:
-        return
+def _flatten(tensors):
+    """One float64 vector of `tensors` (float64 holds float32 and 32-bit integers exactly)."""
     import torch
-    import torch.distributed as dist
 
-    keys = sorted(
-        k
-        for k, v in logs.items()
-        if isinstance(v, (int, float)) and not isinstance(v, bool)
-    )
-    if not keys:
-        return
-    values = torch.tensor([float(logs[k]) for k in keys], dtype=torch.float64)
-    dist.all_reduce(values)
-    values /= dist.get_world_size()
-    for k, v in zip(keys, values.tolist()):
-        logs[k] = v
+    return torch.cat([t.reshape(-1).to(torch.float64) for t in tensors])
+
+
+def _unflatten(flat, tensors):
+    """Copies consecutive pieces of `flat` into `tensors`, in place."""
+    offset = 0
+    for t in tensors:
+        t.copy_(flat[offset : offset + t.numel()].view_as(t).to(t.dtype))
+        offset += t.numel()
 
 
 def _ambient():

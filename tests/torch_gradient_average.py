@@ -11,7 +11,8 @@ torch.distributed, as with DDP) trains 3 epochs with two parameter groups
 `cycle_mult=2`, on a global batch of 16. With several processes each fits
 its slice of every batch (`Replicas.shard`), the gradients are averaged
 (`Replicas.prepare_optimizer`) and the logs too (`Replicas.callbacks`).
-OUT.npz gets the final weights, the per-batch logged losses, the process
+OUT.npz gets the final weights, the per-batch logged losses and
+`BatchLosses`' per-batch losses, the process
 count and the largest weight change.
 """
 
@@ -31,6 +32,7 @@ def main(argv):
     import keras
 
     from kertransfer.callbacks import SGDR
+    from kertransfer.callbacks import BatchLosses
     from kertransfer.distribute import resolve_distribution
     from kertransfer.groups import group_optimizer
 
@@ -60,11 +62,12 @@ def main(argv):
     start = model.get_weights()
     losses = []
     record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: losses.append(logs["loss"]))
-    callbacks = [*replicas.callbacks(), SGDR([0.05, 0.5], 4, cycle_len=1, cycle_mult=2), record]
+    batch_losses = BatchLosses()  # from the loss tracker, not the logs
+    callbacks = [*replicas.callbacks(), SGDR([0.05, 0.5], 4, cycle_len=1, cycle_mult=2), record, batch_losses]
     model.fit(replicas.shard(Batches()), epochs=3, callbacks=callbacks, verbose=0, shuffle=False)
     weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
     change = max(float(np.abs(w - s).max()) for w, s in zip(model.get_weights(), start))
-    np.savez(out, losses=np.array(losses), processes=replicas.processes, change=change, **weights)
+    np.savez(out, losses=np.array(losses), batch_losses=np.array(batch_losses.losses), processes=replicas.processes, change=change, **weights)
 
 
 if __name__ == "__main__":
