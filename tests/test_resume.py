@@ -90,6 +90,41 @@ def test_fit_refuses_the_backup_of_another_fit(tiny_data, tmp_path):
         learn.fit(1e-3, 3, cycle_len=1, backup_dir=backup, verbose=0)
 
 
+class _Stateful:
+    """A callback's state as `FitCheckpoint` and `RunProgress` save it."""
+
+    def __init__(self, state=None):
+        self.state = state
+
+    def state_dict(self):
+        return self.state
+
+    def load_state_dict(self, state):
+        self.state = state
+
+
+@pytest.mark.one_backend
+def test_run_progress_carries_the_state_of_objects_across_steps(tmp_path):
+    # The main job's best weights so far live in such an object: a resume
+    # after a step (no fit backup) must get them back, arrays and all.
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    weights = [np.arange(6, dtype="float32").reshape(3, 2), np.array([0.5, -1.5], dtype="float32")]
+    kept = {"stage": "head_precomputed", "epoch": 1, "stage_epoch": 1, "val_loss": 0.152}
+    config = TrainConfig(arch="tiny_cnn", image_size=32, weights=None, seed=0)
+    progress = RunProgress.start(tmp_path, config, tmp_path / "data", {"train": "x", "valid": "y"})
+    states = [_Stateful({"kept": kept, "weights": weights}), _Stateful({"kept": None, "weights": None})]
+    progress.commit("head_precomputed", {}, model, [], {}, 1.0, stateful=states)
+
+    restored, empty = _Stateful(), _Stateful()
+    RunProgress.load(tmp_path).restore(model, stateful=[restored, empty])
+    assert restored.state["kept"] == kept and empty.state == {"kept": None, "weights": None}
+    assert len(restored.state["weights"]) == 2
+    for got, want in zip(restored.state["weights"], weights, strict=True):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="holds the states of 2 callbacks; there are 1"):
+        RunProgress.load(tmp_path).restore(model, stateful=[_Stateful()])
+
+
 # -------------------------------------------------------------- main job
 _DRIVER = f"""
 import sys
