@@ -220,10 +220,10 @@ def test_report_names_the_kept_epoch(run_dir):
     metrics["kept"] = {"stage": "frozen", "epoch": 2, "stage_epoch": 3, "val_loss": 0.39}
     (run_dir / "metrics.json").write_text(json.dumps(metrics))
     text = write_report(run_dir).read_text(encoding="utf-8")
-    summary = re.search(r'<section id="summary">.*?</section>', text, re.S).group(0)
+    summary = re.search(r'<section id="summary">.*?</section>', text, re.DOTALL).group(0)
     assert "kept weights" in summary
     assert "epoch 2 of the run (frozen, its epoch 3), valid loss 0.3900" in summary
-    history = re.search(r'<section id="history">.*?</section>', text, re.S).group(0)
+    history = re.search(r'<section id="history">.*?</section>', text, re.DOTALL).group(0)
     assert "The run kept the weights of epoch 2 of the run (frozen, its epoch 3)" in history
 
 
