@@ -6,6 +6,8 @@ import shutil
 
 from kertransfer.callbacks.checkpoint import assign_arrays
 from kertransfer.callbacks.checkpoint import get_rng_state
+from kertransfer.callbacks.checkpoint import load_states
+from kertransfer.callbacks.checkpoint import save_states
 from kertransfer.callbacks.checkpoint import set_rng_state
 from kertransfer.callbacks.checkpoint import variable_arrays
 from kertransfer.run_folder import atomic_path
@@ -14,7 +16,8 @@ from kertransfer.run_folder import write_state
 
 __all__ = ["RunProgress"]
 
-_FORMAT = 1
+# 2: the states of `stateful` objects (the best weights of the run so far).
+_FORMAT = 2
 
 
 class RunProgress:
@@ -28,13 +31,14 @@ class RunProgress:
     `keras.callbacks.BackupAndRestore` does for one `model.fit`, made atomic
     and complete: see its docstring) in `<run>/checkpoint/<stage>/`, and
     continues from there. What no single fit knows — which steps are done,
-    the LRs `lr_find` chose, the validation loss before unfreezing, the
-    history and LR records of earlier fits, and the weights and random
-    generator states between two steps — is committed here after each step:
-    `progress.json` (small, readable) names a `.npz` in `<run>/checkpoint/`
-    holding every variable of the model (weights and the layers' random
-    generator states), and NumPy's and Python's generator states are in the
-    JSON. The JSON is renamed into place last, so a kill at any moment
+    the LRs `lr_find` chose, the history and LR records of earlier fits,
+    the weights and random generator states between two steps, and the
+    state of objects that span steps (the best weights of the run so far)
+    — is committed here after each step: `progress.json` (small, readable)
+    names a `.npz` in `<run>/checkpoint/` holding every variable of the
+    model (weights and the layers' random generator states) and the arrays
+    of those objects' states; NumPy's and Python's generator states are in
+    the JSON. The JSON is renamed into place last, so a kill at any moment
     leaves the previous step's record or the new one
     (`kertransfer.run_folder.write_state`).
 
@@ -148,7 +152,7 @@ class RunProgress:
         return os.path.join(self.checkpoint_dir(self.out_dir), stage)
 
     # ---------------------------------------------------------- updating
-    def commit(self, name, result, model, history, stage_seconds, wall_seconds):
+    def commit(self, name, result, model, history, stage_seconds, wall_seconds, stateful=()):
         """Records step `name` as done, with the state to go on from.
 
         Args:
@@ -159,28 +163,40 @@ class RunProgress:
             history: `learn.history` so far.
             stage_seconds: `{stage: seconds}` so far.
             wall_seconds: wall time of the run so far.
+            stateful: objects with `state_dict()` / `load_state_dict()`
+                whose state spans steps (as for `FitCheckpoint`: JSON-able
+                values, or lists of numpy arrays); `restore` gives it back.
         """
         self.meta["stages"][name] = result
         self.meta["history"] = list(history)
         self.meta["stage_seconds"] = dict(stage_seconds)
         self.meta["wall_seconds"] = float(wall_seconds)
         self.meta["rng"] = get_rng_state()
-        self.arrays = variable_arrays(model.variables, "model")
+        states, state_arrays = save_states(stateful)
+        self.meta.update(states)
+        self.arrays = {**variable_arrays(model.variables, "model"), **state_arrays}
         write_state(
             self.path(self.out_dir), self.meta, self.arrays,
             arrays_dir=self.checkpoint_dir(self.out_dir), tag=name,
         )
 
-    def restore(self, model):
-        """Puts the last committed variables and generator states back.
+    def restore(self, model, stateful=()):
+        """Puts the last committed variables, states and generator states back.
 
         Does nothing on a run with no step committed yet.
 
+        Args:
+            model: the learner's full `keras.Model`.
+            stateful: the objects `commit` was given, in the same order.
+
         Raises:
-            ValueError: if the variables do not fit `model`.
+            ValueError: if the variables do not fit `model`, or the record
+                holds the states of another number of objects.
         """
         if self.arrays:
             assign_arrays(model.variables, self.arrays, "model", self.path(self.out_dir))
+        if "stateful" in self.meta:
+            load_states(stateful, self.meta, self.arrays, self.path(self.out_dir))
         if "rng" in self.meta:
             set_rng_state(self.meta["rng"])
 
@@ -194,7 +210,8 @@ class RunProgress:
     def finish(self):
         """Marks the run finished and deletes its backups (`checkpoint/`)."""
         self.meta["finished"] = True
-        self.meta.pop("rng", None)
+        for key in ("rng", "stateful", "stateful_arrays"):  # their arrays go
+            self.meta.pop(key, None)
         self.arrays = {}
         write_state(self.path(self.out_dir), self.meta, arrays_dir=self.checkpoint_dir(self.out_dir))
         shutil.rmtree(self.checkpoint_dir(self.out_dir), ignore_errors=True)

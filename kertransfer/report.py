@@ -8,11 +8,14 @@ offline. Run folder contract (all written by the trainer):
 - `metrics.json` (required): `valid_accuracy`, `tta_accuracy`, `valid_loss`,
   `classes`, `arch`, `image_size`, `lrs` ({stage: [per-group LR]}),
   `stage_seconds` ({stage: seconds}), `wall_seconds`, `dataset`
-  (`train_counts`, `valid_counts`: {class: n}; `skipped`: [path]).
+  (`train_counts`, `valid_counts`: {class: n}; `skipped`: [path]);
+  optionally `kept` (the epoch whose weights the run kept: `stage`,
+  `epoch` of the run, `stage_epoch`, `val_loss`).
 - `predictions.npz` (required): `probs` (n, c), `targets` (n,), and
   optionally `tta_probs` (n, c) and `paths` (n,) as a str array.
 - `history.csv` (optional): one row per epoch, columns `epoch`, `stage`,
-  `loss`, `accuracy`, `val_loss`, `val_accuracy`, ...
+  `loss`, `accuracy`, `val_loss`, `val_accuracy`, `best` (True on the
+  kept epoch's row), ...
 - `lr_find.png`, `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`,
   `augmented.png` (optional).
 
@@ -185,6 +188,14 @@ def _load_predictions(run_dir):
     return arrays
 
 
+def _describe_kept(kept):
+    """`metrics["kept"]` in words, e.g. "epoch 2 of the run (head_precomputed, its epoch 2)"."""
+    where = f"epoch {kept.get('epoch', '?')} of the run ({kept.get('stage', '?')}"
+    if "stage_epoch" in kept:
+        where += f", its epoch {kept['stage_epoch']}"
+    return f"{where}), valid loss {_format_number(kept.get('val_loss'))}"
+
+
 def _summary_section(metrics, predictions, run_dir):
     cards = [
         ("valid accuracy", _format_number(metrics.get("valid_accuracy"))),
@@ -197,17 +208,15 @@ def _summary_section(metrics, predictions, run_dir):
         f'<div class="value">{_esc(value)}</div></div>'
         for label, value in cards
     )
-    rows = pd.DataFrame(
-        {
-            "value": [
-                str(metrics.get("arch", "n/a")),
-                str(metrics.get("image_size", "n/a")),
-                str(len(predictions["targets"])),
-                str(run_dir),
-            ]
-        },
-        index=["architecture", "image size", "validation items", "run folder"],
-    )
+    values = {
+        "architecture": str(metrics.get("arch", "n/a")),
+        "image size": str(metrics.get("image_size", "n/a")),
+        "validation items": str(len(predictions["targets"])),
+    }
+    if metrics.get("kept"):
+        values["kept weights"] = _describe_kept(metrics["kept"])
+    values["run folder"] = str(run_dir)
+    rows = pd.DataFrame({"value": list(values.values())}, index=list(values))
     return _section(
         "summary", "Summary", [f'<div class="cards">{card_html}</div>',
                                _table(rows)]
@@ -289,7 +298,7 @@ def _lr_section(metrics, run_dir):
     return _section("learning-rates", "Learning rates", parts)
 
 
-def _history_figure(history):
+def _history_figure(history, kept=None):
     import matplotlib.pyplot as plt
 
     panels = [
@@ -311,6 +320,12 @@ def _history_figure(history):
             ax.plot(x, history[column].to_numpy(dtype=float), marker="o",
                     linestyle="--" if column.startswith("val_") else "-",
                     label=column)
+        if kept and name == "loss" and "val_loss" in columns and "epoch" in history:
+            at = np.flatnonzero(history["epoch"].to_numpy() == kept.get("epoch"))
+            if len(at):
+                ax.plot(x[at], history["val_loss"].to_numpy(dtype=float)[at], marker="*",
+                        markersize=16, color="gold", markeredgecolor="black",
+                        linestyle="none", label="kept")
         for start, end in zip(starts, ends):
             if start > 0:
                 ax.axvline(start + 0.5, color="grey", linestyle=":")
@@ -324,8 +339,16 @@ def _history_figure(history):
     return fig
 
 
-def _history_section(run_dir):
+def _history_section(run_dir, kept=None):
     parts = []
+    if kept:
+        parts.append(
+            f"<p>The run kept the weights of {_esc(_describe_kept(kept))}: the "
+            "lowest validation loss of all its epochs, every stage included "
+            "(&#9733; in the plot, <code>best</code> in history.csv). The "
+            "accuracies of this report, TTA included, are measured on the same "
+            "validation set, as in fast.ai.</p>"
+        )
     path = run_dir / "history.csv"
     history = None
     if path.is_file():
@@ -338,7 +361,7 @@ def _history_section(run_dir):
     if history is not None:
         plotted = {"loss", "val_loss", "accuracy", "val_accuracy"}
         if len(history) and plotted & set(history.columns):
-            parts.append(_img(_figure_png(_history_figure(history)),
+            parts.append(_img(_figure_png(_history_figure(history, kept)),
                               "loss and accuracy per epoch"))
         else:
             parts.append(_note("history.csv has no loss/accuracy rows."))
@@ -546,7 +569,7 @@ def write_report(run_dir, filename="report.html", num_images=4,
         _summary_section(metrics, predictions, run_dir),
         _dataset_section(metrics, interp.class_names, run_dir),
         _lr_section(metrics, run_dir),
-        _history_section(run_dir),
+        _history_section(run_dir, metrics.get("kept")),
         _accuracy_section(metrics, predictions),
         _confusion_section(interp, "TTA" if use_tta else "plain"),
         _image_sections(interp, num_images, num_top_losses, max_classes),

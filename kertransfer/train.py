@@ -148,32 +148,74 @@ def _trainable_group_names(learn):
     return [learn.group_names[i] for i in trainable_groups(learn.layer_groups)]
 
 
-class _SaveModel(keras.callbacks.Callback):
-    """Writes `model.keras` at each epoch's end, atomically.
+class _KeptWeights(keras.callbacks.Callback):
+    """The weights of the lowest validation loss over every epoch of the run.
 
-    The learner's current weights, or with `best` (a validation loss to
-    beat), the best so far: only an epoch with a lower `val_loss` is saved.
-    Its state (`best`) resumes with the fit (`FitCheckpoint`).
+    The main job gives this one callback to each of its fits. At an epoch's
+    end, if its `val_loss` is lower than every earlier epoch's, of any stage
+    (NaN never wins), it keeps the weights of the full model
+    (`learn.model`): while the head trains on precomputed activations, that
+    is the head at this epoch on the body, which those stages do not
+    change. They are kept in memory and written to `model.keras`
+    (atomically), so from the first epoch on the run folder holds the best
+    model so far (until an epoch has a finite loss, the current one).
+    `KeepBestWeights` does the same within one fit; this spans the fits.
+
+    Its state (`state_dict`: which epoch, and its weights) is backed up
+    with the fit in progress (`FitCheckpoint`) and between steps
+    (`RunProgress.commit`), so a resumed run ends with the same weights.
+
+    Attributes:
+        stage: the stage of the fit in progress (set before each fit).
+        kept: None, or `{"stage", "epoch" (of the run, 1-based),
+            "stage_epoch" (of the stage, 1-based), "val_loss"}`.
+        weights: the kept epoch's `learn.model.get_weights()`, or None.
     """
 
-    def __init__(self, learn, path, best=None):
+    def __init__(self, learn, path):
         super().__init__()
-        self.learn, self.path, self.best = learn, path, best
+        self.learn, self.path = learn, path
+        self.stage, self.kept, self.weights = None, None, None
 
     def on_epoch_end(self, epoch, logs=None):
-        if self.best is not None:
-            loss = float((logs or {}).get("val_loss", np.nan))
-            if not loss < self.best:  # NaN never wins
-                return
-            self.best = loss
-        with atomic_path(self.path) as tmp:
-            self.learn.save(tmp)
+        loss = float((logs or {}).get("val_loss", np.nan))
+        if self.kept is None or loss < self.kept["val_loss"]:  # NaN never wins
+            if np.isfinite(loss):
+                self.kept = {
+                    # The fit's rows join learn.history when it ends.
+                    "stage": self.stage, "epoch": len(self.learn.history) + epoch + 1,
+                    "stage_epoch": epoch + 1, "val_loss": loss,
+                }
+                self.weights = self.learn.model.get_weights()
+            with atomic_path(self.path) as tmp:
+                self.learn.save(tmp)
 
     def state_dict(self):
-        return {"best": self.best}
+        return {"kept": self.kept, "weights": self.weights}
 
     def load_state_dict(self, state):
-        self.best = state["best"]
+        self.kept = state["kept"]
+        self.weights = None if state["weights"] is None else list(state["weights"])
+
+
+def _restore_kept(learn, kept_weights, replicas):
+    """Puts the kept weights into `learn.model`; marks their row `best`.
+
+    Returns:
+        `metrics["kept"]`: `kept_weights.kept`, or when no epoch had a
+        finite validation loss, the last epoch (whose weights stay).
+    """
+    if kept_weights.weights is not None:
+        with replicas.scope():
+            learn.model.set_weights(kept_weights.weights)
+        kept = dict(kept_weights.kept)
+    else:
+        last = learn.history[-1]
+        n_stage = sum(r["stage"] == last["stage"] for r in learn.history)
+        kept = {"stage": last["stage"], "epoch": last["epoch"], "stage_epoch": n_stage, "val_loss": float(last["val_loss"])}
+    for row in learn.history:
+        row["best"] = row["epoch"] == kept["epoch"]
+    return kept
 
 
 def _savefig(ax_or_fig, path):
@@ -244,13 +286,22 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     absurd LR; after unfreezing, to `[lr / 10, lr]`); (3) train the head on precomputed activations;
     (4) precompute=False, train the head with augmentation, `cycle_len=1`;
     (5) unfreeze; (6) earlier groups at `group_ratio`x lower LRs; (7)
-    `lr_find` again; (8) fit with `cycle_len=1, cycle_mult=2`, keeping the
-    best weights by validation loss (the weights before unfreezing
-    included: `metrics["kept"]` says which); then TTA.
+    `lr_find` again; (8) fit with `cycle_len=1, cycle_mult=2`. Then the
+    run keeps the weights of the epoch with the lowest validation loss
+    over every epoch of every stage (a head trained on precomputed
+    activations is that head on the unchanged body), evaluates them and
+    runs TTA. `metrics["kept"]` names that epoch: `stage`, `epoch` (of the
+    run, as in `history.csv`), `stage_epoch` (of its stage, 1-based) and
+    `val_loss` (as logged). The kept weights are chosen on the validation
+    set that the accuracies and TTA are then measured on, as in fast.ai:
+    those figures are slightly optimistic; hold out a test set for an
+    unbiased one.
 
-    Writes into `out_dir`: `model.keras`, `preprocessing.json` (the
-    validation framing, `kertransfer.images.Framing`), `history.csv` (one row per epoch,
-    `stage` column), `metrics.json`, `predictions.npz` (`probs`,
+    Writes into `out_dir`: `model.keras` (the kept weights),
+    `preprocessing.json` (the validation framing,
+    `kertransfer.images.Framing`), `history.csv` (one row per epoch,
+    `stage` column; `best` is True on the kept epoch's row only),
+    `metrics.json`, `predictions.npz` (`probs`,
     `tta_probs`, `targets`, `paths`), `lr_find.png`,
     `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`, `augmented.png`
     (`metrics.json` records the `distribution`: engine, devices, processes,
@@ -261,17 +312,17 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     Resuming. While it runs, the job keeps `progress.json` (the steps done,
     their results) and `checkpoint/` (the model after the last step; the
     fit in progress backed up at every epoch's end: weights, optimizer
-    state, SGDR position, data order, random generators, best weights);
-    see `kertransfer.progress.RunProgress`. `model.keras` is rewritten at
-    every epoch's end (the current weights; in the unfrozen stage the best
-    so far), so from the end of the first epoch on the folder always holds
-    a loadable model. After a kill (even `kill -9`), `resume=True`
+    state, SGDR position, data order, random generators, the best weights
+    of the run so far); see `kertransfer.progress.RunProgress`.
+    `model.keras` is rewritten at the end of each epoch that beats every
+    earlier one (the best weights so far), so from the end of the first
+    epoch on the folder always holds a loadable model. After a kill (even `kill -9`), `resume=True`
     (`kertransfer train DATA --out RUN --resume`) continues from the last
     complete epoch: finished steps are skipped (their results loaded), the
     interrupted fit continues at its epoch with the same LR schedule and
     data order, and `history.csv` has every epoch once. With the same seed
-    the resumed run ends with the weights of an uninterrupted one (up to
-    floating-point noise). The time lost to the kill is not counted in
+    the resumed run keeps the same epoch and ends with the weights of an
+    uninterrupted one (up to floating-point noise). The time lost to the kill is not counted in
     `stage_seconds`; `metrics["resumed"]` counts the resumes. A finished
     run leaves `progress.json` (`"finished": true`) and no `checkpoint/`.
 
@@ -413,25 +464,30 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     if replicas.devices > 1:
         say(f"data parallel: {replicas.engine} over {replicas.devices} devices, "
             f"{config.batch_size // replicas.devices} images per device")
-    # Resuming: the weights and random generators of the last step done
-    # (nothing on a new run).
-    with replicas.scope():
-        progress.restore(learn.model)
-    learn.history = [dict(row) for row in progress.meta["history"]]
     model_path = os.path.join(out_dir, "model.keras")
+    # The best weights by validation loss over every epoch of every stage.
+    kept_weights = _KeptWeights(learn, model_path)
+    # Resuming: the weights, best weights so far and random generators of
+    # the last step done (nothing on a new run).
+    with replicas.scope():
+        progress.restore(learn.model, stateful=[kept_weights])
+    learn.history = [dict(row) for row in progress.meta["history"]]
 
     def commit(name, result):
-        progress.commit(name, result, learn.model, learn.history, stage_seconds, time.time() - wall)
+        progress.commit(
+            name, result, learn.model, learn.history, stage_seconds, time.time() - wall,
+            stateful=[kept_weights],
+        )
 
-    def fit_stage(name, lrs, n_cycle, save_best=None, **kwargs):
+    def fit_stage(name, lrs, n_cycle, **kwargs):
         """One fit, backed up every epoch, skipped when done; its FitRecord."""
         if progress.done(name):
             return FitRecord(**progress.result(name)["record"])
         if tensorboard is not None:
             tensorboard.epochs_logged = len(learn.history)
-        saver = _SaveModel(learn, model_path, best=save_best)
+        kept_weights.stage = name
         timed(
-            name, learn.fit, lrs, n_cycle, stage=name, callbacks=[*callbacks, saver],
+            name, learn.fit, lrs, n_cycle, stage=name, callbacks=[*callbacks, kept_weights],
             verbose=verbose, backup_dir=progress.backup_dir(name), **kwargs,
         )
         commit(name, {"record": learn.sched.to_dict()})
@@ -466,38 +522,26 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     ratios = [config.group_ratio ** -(n_groups - 1 - i) for i in range(n_groups)]
     if progress.done("lr_find_unfrozen"):
         found = progress.result("lr_find_unfrozen")
-        finder2, lr2, start_loss = LRFindResult(**found["finder"]), found["lr"], found["start_loss"]
+        finder2, lr2 = LRFindResult(**found["finder"]), found["lr"]
     else:
         finder2 = timed("lr_find_unfrozen", learn.lr_find, group_ratios=ratios)
         lr2 = _choose_lr(finder2, lr, floor=lr / 10) or lr
         _savefig(finder2.plot(mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
-        # The best weights by validation loss include those the stage starts
-        # from: on a small dataset, fine-tuning the body can make things worse
-        # (or diverge), and then the run keeps the trained head.
-        start_probs, targets = timed("evaluate", learn.predict)
-        start_loss = _valid_loss(start_probs, targets)
-        commit("lr_find_unfrozen", {"lr": lr2, "finder": finder2.to_dict(), "start_loss": start_loss})
+        commit("lr_find_unfrozen", {"lr": lr2, "finder": finder2.to_dict()})
     lrs = [lr2 * r for r in ratios]
     say(f"unfrozen lr_find -> lrs={[float(f'{x:.3g}') for x in lrs]}")
-    # model.keras holds the weights the stage starts from; an epoch replaces
-    # it only when it beats them (and every earlier one).
-    records.append(fit_stage(
-        "unfrozen", np.array(lrs), config.unfrozen_cycles, cycle_len=1, cycle_mult=2,
-        keep_best=True, best_baseline=start_loss,
-        save_best=start_loss if np.isfinite(start_loss) else np.inf,
-    ))
+    records.append(fit_stage("unfrozen", np.array(lrs), config.unfrozen_cycles, cycle_len=1, cycle_mult=2))
     lrs_used["unfrozen"] = lrs
-    unfrozen = [r for r in learn.history if r["stage"] == "unfrozen"]
-    # No row marked best: the starting weights won, or (all NaN) the last stayed.
-    best = [r for r in unfrozen if r["best"]] or ([] if np.isfinite(start_loss) else unfrozen[-1:])
-    if best:
-        kept = {"stage": "unfrozen", "epoch": best[0]["epoch"], "val_loss": best[0]["val_loss"]}
-    else:  # the weights from before unfreezing won
-        before = learn.history[: len(learn.history) - len(unfrozen)]
-        kept = {"stage": before[-1]["stage"] if before else "pretrained", "epoch": unfrozen[0]["epoch"] - 1, "val_loss": start_loss}
-        if before:
-            before[-1]["best"] = True
-    say(f"kept the weights of epoch {kept['epoch']} ({kept['stage']}): valid loss {kept['val_loss']:.4f}")
+
+    # The best weights of the whole run: on a small dataset, fine-tuning the
+    # body (or augmentation) can make things worse, or diverge; then an
+    # earlier stage's weights are kept.
+    kept = _restore_kept(learn, kept_weights, replicas)
+    n_stage = sum(r["stage"] == kept["stage"] for r in learn.history)
+    say(
+        f"kept the weights of epoch {kept['epoch']} of {len(learn.history)} ({kept['stage']}, "
+        f"its epoch {kept['stage_epoch']} of {n_stage}): the lowest valid loss, {kept['val_loss']:.4f}"
+    )
 
     # Evaluate, TTA.
     probs, targets = timed("evaluate", learn.predict)

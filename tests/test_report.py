@@ -214,6 +214,19 @@ def test_report_contents(run_dir):
     assert f"{21 / 24:.4f}" in accuracy_table
 
 
+def test_report_names_the_kept_epoch(run_dir):
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    # The run kept the third frozen epoch (row 3 of history.csv, val_loss 0.39).
+    metrics["kept"] = {"stage": "frozen", "epoch": 2, "stage_epoch": 3, "val_loss": 0.39}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    summary = re.search(r'<section id="summary">.*?</section>', text, re.DOTALL).group(0)
+    assert "kept weights" in summary
+    assert "epoch 2 of the run (frozen, its epoch 3), valid loss 0.3900" in summary
+    history = re.search(r'<section id="history">.*?</section>', text, re.DOTALL).group(0)
+    assert "The run kept the weights of epoch 2 of the run (frozen, its epoch 3)" in history
+
+
 def test_missing_optional_files_are_noted(run_dir):
     for name in ("history.csv", "lr_find.png", "lr_schedule.png", "loss.png"):
         (run_dir / name).unlink()

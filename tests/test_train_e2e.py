@@ -37,38 +37,95 @@ def test_main_job_on_hymenoptera(hymenoptera, tmp_path):
     lrs = saved["lrs"]["unfrozen"]
     assert lrs[0] < lrs[1] < lrs[2]  # earlier groups at lower LRs
     assert metrics["classes"] == ["ants", "bees"]
-    # The kept weights are the best by validation loss, those before
-    # unfreezing included, and they are the weights the run evaluated.
+    # The kept weights are the best by validation loss over every epoch of
+    # every stage, and they are the weights the run evaluated.
     with open(out / "history.csv") as f:
         rows = list(csv.DictReader(f))
     kept = saved["kept"]
-    unfrozen_losses = [float(r["val_loss"]) for r in rows if r["stage"] == "unfrozen"]
-    assert kept["val_loss"] <= min(unfrozen_losses) + 1e-6
+    losses = [float(r["val_loss"]) for r in rows]
+    assert kept["val_loss"] == pytest.approx(min(losses), rel=1e-6)
+    assert rows[kept["epoch"] - 1]["stage"] == kept["stage"]
     assert saved["valid_loss"] == pytest.approx(kept["val_loss"], rel=1e-3)
     assert [r["epoch"] for r in rows if r["best"] == "True"] == [str(kept["epoch"])]
 
 
-# `train()` is backend-independent; the rule itself (KeepBestWeights) is
-# tested on every backend in test_callbacks.py.
-@pytest.mark.one_backend
-def test_main_job_keeps_the_head_when_fine_tuning_diverges(synthetic_folder, tmp_path, monkeypatch):
-    # An absurd unfrozen LR wrecks every unfrozen epoch: the run must come
-    # back to the weights it had before unfreezing, not keep the wreck.
-    import kertransfer.train as train_module
+class _Killed(Exception):
+    pass
 
-    chosen = iter([1e-2, 50.0])
-    monkeypatch.setattr(train_module, "_choose_lr", lambda *a, **k: next(chosen))
-    config = TrainConfig(arch="tiny_cnn", image_size=32, batch_size=16, weights=None, head_epochs=1, aug_epochs=1, unfrozen_cycles=1, n_aug=1, seed=0)
-    metrics = train(synthetic_folder, tmp_path / "run", config, verbose=0)
-    with open(tmp_path / "run" / "history.csv") as f:
+
+# `train()` is backend-independent; run on JAX and torch too by hand.
+@pytest.mark.one_backend
+@pytest.mark.filterwarnings("ignore:Attempting to set identical low and high xlims")  # lr_find plot of NaN losses
+def test_main_job_keeps_a_precomputed_head_epoch_through_a_resume(synthetic_folder, tiny_data, tmp_path, monkeypatch):
+    """The best epoch of every stage is kept: here one of the head on precomputed activations.
+
+    Every fit after the first runs at an absurd LR, so each of its epochs is
+    worse (or NaN): the run must come back to the head of a precomputed
+    epoch on the body as built, undoing the augmented and unfrozen stages.
+    The run is interrupted in the augmented stage, after its first epoch,
+    and resumed: the kept weights come back from the fit's backup, not from
+    memory.
+    """
+    import keras
+
+    from kertransfer.learner import ConvLearner
+    from kertransfer.run_folder import load_model_file
+
+    heads = {}  # run epoch (1-based) -> the head's weights at its end
+    real_fit = ConvLearner.fit
+    interrupt = {"stage": "head_augmented", "epoch": 1}
+
+    class Spy(keras.callbacks.Callback):
+        def __init__(self, learn, stage):
+            super().__init__()
+            self.learn, self.stage, self.first = learn, stage, len(learn.history)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if interrupt and self.stage == interrupt["stage"] and self.epoch == interrupt["epoch"] and batch == 1:
+                interrupt.clear()  # once
+                raise _Killed
+
+        def on_epoch_end(self, epoch, logs=None):
+            heads[self.first + epoch + 1] = self.learn.head_model.get_weights()
+
+    def fit(self, lrs, n_cycle, stage=None, callbacks=(), **kwargs):
+        if stage != "head_precomputed":
+            lrs = 50.0
+        return real_fit(self, lrs, n_cycle, stage=stage, callbacks=[*callbacks, Spy(self, stage)], **kwargs)
+
+    monkeypatch.setattr(ConvLearner, "fit", fit)
+    config = TrainConfig(arch="tiny_cnn", image_size=32, batch_size=16, weights=None, head_epochs=2, aug_epochs=2, unfrozen_cycles=1, n_aug=1, seed=0)
+    run = tmp_path / "run"
+    with pytest.raises(_Killed):
+        train(synthetic_folder, run, config, verbose=0)
+    metrics = train(synthetic_folder, run, resume=True, verbose=0)
+
+    with open(run / "history.csv") as f:
         rows = list(csv.DictReader(f))
-    assert [r["stage"] for r in rows] == ["head_precomputed", "head_augmented", "unfrozen"]
-    assert metrics["kept"] == {"stage": "head_augmented", "epoch": 2, "val_loss": pytest.approx(metrics["valid_loss"], rel=1e-6)}
-    unfrozen_loss = float(rows[2]["val_loss"])
-    assert not unfrozen_loss <= metrics["valid_loss"] * 2  # diverged (or NaN)
-    assert [r["best"] for r in rows] == ["False", "True", "False"]
-    # The model evaluated (and saved) is the one of epoch 2, before unfreezing.
-    assert metrics["valid_loss"] == pytest.approx(float(rows[1]["val_loss"]), rel=1e-4)
+    assert [r["stage"] for r in rows] == ["head_precomputed"] * 2 + ["head_augmented"] * 2 + ["unfrozen"]
+    losses = np.array([float(r["val_loss"]) for r in rows])
+    best = float(np.min(losses[:2]))
+    assert not np.any(losses[2:] <= best)  # the later stages did diverge (or went NaN)
+    epoch = int(np.argmin(losses[:2])) + 1
+    assert metrics["kept"] == {"stage": "head_precomputed", "epoch": epoch, "stage_epoch": epoch, "val_loss": pytest.approx(best, rel=1e-6)}
+    assert [r["best"] == "True" for r in rows] == [i + 1 == epoch for i in range(len(rows))]
+    assert metrics["resumed"] == 1
+    # The model evaluated is that epoch's: the loss logged then (on
+    # precomputed activations) is its loss on the images.
+    assert metrics["valid_loss"] == pytest.approx(best, rel=1e-5)
+    # And it is the head of that epoch on the body as built, which the
+    # precompute stage never changed: same weights, same predictions.
+    reference = ConvLearner.pretrained("tiny_cnn", tiny_data, precompute=False, weights=None)
+    reference.head_model.set_weights(heads[epoch])
+    for got, want in zip(load_model_file(run / "model.keras").get_weights(), reference.model.get_weights(), strict=True):
+        np.testing.assert_array_equal(got, want)
+    want_probs, _ = reference.predict()
+    with np.load(run / "predictions.npz") as saved:
+        assert list(saved["paths"]) == [os.path.abspath(p) for p in tiny_data.valid_paths]
+        np.testing.assert_allclose(saved["probs"], want_probs, rtol=0, atol=1e-6)
 
 
 # The CLI's argument handling is backend-independent.

@@ -11,7 +11,15 @@ import numpy as np
 from kertransfer.run_folder import read_state
 from kertransfer.run_folder import write_state
 
-__all__ = ["FitCheckpoint", "assign_arrays", "get_rng_state", "set_rng_state", "variable_arrays"]
+__all__ = [
+    "FitCheckpoint",
+    "assign_arrays",
+    "get_rng_state",
+    "load_states",
+    "save_states",
+    "set_rng_state",
+    "variable_arrays",
+]
 
 _FORMAT = 1
 
@@ -91,6 +99,59 @@ def assign_arrays(variables, arrays, prefix, source):
                 f"{tuple(value.shape)}. It was written by another model or configuration."
             )
         v.assign(value)
+
+
+def save_states(objects):
+    """The states of `objects` (`state_dict()`), split into JSON and arrays.
+
+    A value that is a non-empty list of numpy arrays (weights) goes to the
+    arrays, as `stateful<i>/<key>/<j>`; every other value stays in the JSON.
+
+    Args:
+        objects: objects with `state_dict()` -> dict (e.g. callbacks).
+
+    Returns:
+        `(meta, arrays)`: `{"stateful": [JSON part per object],
+        "stateful_arrays": [{key: number of arrays} per object]}` and a dict
+        of numpy arrays; `load_states` takes them back.
+    """
+    json_states, array_counts, arrays = [], [], {}
+    for i, obj in enumerate(objects):
+        state, counts = {}, {}
+        for key, value in obj.state_dict().items():
+            if isinstance(value, (list, tuple)) and value and all(isinstance(a, np.ndarray) for a in value):
+                counts[key] = len(value)
+                arrays.update({f"stateful{i}/{key}/{j}": a for j, a in enumerate(value)})
+            else:
+                state[key] = value
+        json_states.append(state)
+        array_counts.append(counts)
+    return {"stateful": json_states, "stateful_arrays": array_counts}, arrays
+
+
+def load_states(objects, meta, arrays, source):
+    """Gives each of `objects` its state from `save_states` (`load_state_dict`).
+
+    Args:
+        objects: the objects `save_states` was given, in the same order.
+        meta, arrays: a JSON record holding `save_states`'s `meta` keys, and
+            the arrays saved with it.
+        source: the file read, for messages.
+
+    Raises:
+        ValueError: if the record holds the states of another number of
+            objects.
+    """
+    if len(meta["stateful"]) != len(objects):
+        raise ValueError(
+            f"{source} holds the states of {len(meta['stateful'])} callbacks; there are "
+            f"{len(objects)} with state_dict() now. Resume with the callbacks it started with."
+        )
+    for i, (obj, saved) in enumerate(zip(objects, meta["stateful"], strict=True)):
+        state = dict(saved)
+        for key, count in meta["stateful_arrays"][i].items():
+            state[key] = [arrays[f"stateful{i}/{key}/{j}"] for j in range(count)]
+        obj.load_state_dict(state)
 
 
 class FitCheckpoint(keras.callbacks.Callback):
@@ -189,16 +250,7 @@ class FitCheckpoint(keras.callbacks.Callback):
         assign_arrays(self.model.variables, arrays, "model", self._json)
         if optimizer is not None:
             assign_arrays(optimizer.variables, arrays, "optimizer", self._json)
-        if len(meta["stateful"]) != len(self.stateful):
-            raise ValueError(
-                f"{self._json} holds the states of {len(meta['stateful'])} callbacks; this fit "
-                f"has {len(self.stateful)} with state_dict(). Resume with the callbacks it started with."
-            )
-        for i, (obj, saved) in enumerate(zip(self.stateful, meta["stateful"], strict=True)):
-            state = dict(saved)
-            for key, count in meta["stateful_arrays"][i].items():
-                state[key] = [arrays[f"stateful{i}/{key}/{j}"] for j in range(count)]
-            obj.load_state_dict(state)
+        load_states(self.stateful, meta, arrays, self._json)
         set_rng_state(meta["rng"])
         self._restored_epoch = int(meta["epoch"])
 
@@ -215,25 +267,15 @@ class FitCheckpoint(keras.callbacks.Callback):
         arrays = variable_arrays(self.model.variables, "model")
         if self.model.optimizer is not None:
             arrays.update(variable_arrays(self.model.optimizer.variables, "optimizer"))
-        json_states, array_counts = [], []
-        for i, obj in enumerate(self.stateful):
-            state, counts = {}, {}
-            for key, value in obj.state_dict().items():
-                if isinstance(value, (list, tuple)) and value and all(isinstance(a, np.ndarray) for a in value):
-                    counts[key] = len(value)
-                    arrays.update({f"stateful{i}/{key}/{j}": a for j, a in enumerate(value)})
-                else:
-                    state[key] = value
-            json_states.append(state)
-            array_counts.append(counts)
+        states, state_arrays = save_states(self.stateful)
+        arrays.update(state_arrays)
         meta = {
             "format": _FORMAT,
             "epoch": epoch + 1,
             "epochs": self.params.get("epochs") if self.params else None,
             "fit_args": self.fit_args,
             "rng": get_rng_state(),
-            "stateful": json_states,
-            "stateful_arrays": array_counts,
+            **states,
         }
         write_state(self._json, meta, arrays, tag=f"epoch-{epoch + 1:04d}")
 
