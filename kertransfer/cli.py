@@ -88,7 +88,8 @@ def _train_args(p):
         choices=["none", "data_parallel"],
         default="none",
         help="data_parallel: train on every device with the backend's own engine (JAX "
-        "keras.distribution.DataParallel, TensorFlow MirroredStrategy; not torch); "
+        "keras.distribution.DataParallel, also over the processes named by "
+        "KERAS_DISTRIBUTION_*; TensorFlow MirroredStrategy; torch under torchrun); "
         "--batch-size is the global batch and must divide by the device count (default none)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
