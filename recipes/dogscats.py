@@ -3,9 +3,10 @@
     python recipes/dogscats.py [DATA_DIR] [--smoke]
 
 DATA_DIR defaults to `untar_data("dogscats")`. `--smoke` runs at 64 px with
-one epoch per stage on a sample of the data (the first 150 training and 75
+one epoch per stage on a sample of the data (the first 64 training and 32
 validation photos of each class, linked into a temporary folder: the
-lesson's `sample/` folder), for a quick check.
+lesson's `sample/` folder; whole batches of 32, so each compiled step sees
+one batch shape), for a quick check.
 """
 
 import argparse
@@ -49,7 +50,7 @@ def main():
     path = args.data_dir or untar_data("dogscats")
     if args.smoke:
         tmp = tempfile.TemporaryDirectory(prefix="dogscats_sample_")  # removed at exit
-        path = sample_folder(path, tmp.name, n_train=150, n_valid=75)
+        path = sample_folder(path, tmp.name, n_train=64, n_valid=32)
     arch, size = "efficientnet_lite0", 64 if args.smoke else 224
     data = ImageClassifierData.from_paths(path, batch_size=32, tfms=tfms_from_model(arch, size))
     learn = ConvLearner.pretrained(arch, data, precompute=True)
