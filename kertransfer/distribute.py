@@ -603,6 +603,8 @@ class _ProcessSlices(keras.utils.PyDataset):
         return len(self.batches)
 
     def __getitem__(self, index):
+        if hasattr(self.batches, "process_slice"):  # decodes only this slice's images
+            return self.batches.process_slice(index, self.index, self.count)[0]
         item = self.batches[index]
         if len(item[0]) % self.count:
             raise ValueError(
@@ -646,6 +648,9 @@ class _PaddedBatches(keras.utils.PyDataset):
         return len(self.batches)
 
     def __getitem__(self, index):
+        if getattr(self.batches, "per_image_seeds", False):  # decodes only this slice's images
+            item, self.sizes[index] = self.batches.process_slice(index, *self.process, self.multiple)
+            return (item[0],)
         x = np.asarray(self.batches[index][0])
         self.sizes[index] = len(x)
         return (_slice(_pad(x, self.multiple), *self.process),)

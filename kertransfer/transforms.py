@@ -200,26 +200,56 @@ class ImageTransforms:
             return None
         return BatchAugmenter(self, self.augment_layers(seed))
 
-    def batch(self, images, rng, augmenter=None):
+    def crop_fraction(self, image, fraction):
+        """Crops one image at offsets given as fractions of their range.
+
+        `fraction` is `(u, v)` in `[0, 1)`: the crop's top is `int(u * (h -
+        s + 1))`, its left `int(v * (w - s + 1))` (uniform over the possible
+        offsets, like `crop` with a generator); the center crop when
+        `random_crop` is off. Drawing a fixed two numbers per image makes a
+        batch's crops independent of the other images' sizes, so a process
+        can crop its slice of a batch alone (`ImageBatches.process_slice`).
+        """
+        s = self.image_size
+        if not self.random_crop:
+            return center_crop(image, s)
+        h, w = image.shape[:2]
+        top = int(fraction[0] * (h - s + 1))
+        left = int(fraction[1] * (w - s + 1))
+        return image[top : top + s, left : left + s]
+
+    def batch(self, images, rng, augmenter=None, rows=None, batch_size=None):
         """Crops (and augments) decoded images into one model batch.
 
         Args:
             images: list of uint8 `(h, w, 3)` decoded images.
             rng: the randomness: one `numpy.random.Generator` for the whole
-                batch (crop offsets and augmentation parameters drawn from
-                it in turn: training), or, for crops only, a list with one
-                generator per image (an image is cropped the same in any
-                batch; augmented copies that do not depend on the batch
-                come from `BatchAugmenter.per_position`).
+                batch (crop offsets, two uniforms per image, then
+                augmentation parameters drawn from it in turn: training),
+                or, for crops only, a list with one generator per image (an
+                image is cropped the same in any batch; augmented copies
+                that do not depend on the batch come from
+                `BatchAugmenter.per_position`).
             augmenter: a `BatchAugmenter`, or None for crops only.
+            rows: with one generator, the rows of a batch of `batch_size`
+                that `images` are (a process's slice); they come out as in
+                the whole batch. None: `images` is the whole batch.
+            batch_size: the whole batch's size when `rows` is given.
 
         Returns:
             float32 `(len(images), image_size, image_size, 3)` in [0, 255].
         """
-        if augmenter is not None:
-            return augmenter(images, rng)
-        rngs = rng if isinstance(rng, (list, tuple)) else [rng] * len(images)
-        return np.stack([self.crop(im, r) for im, r in zip(images, rngs)]).astype("float32")
+        if isinstance(rng, (list, tuple)):
+            return np.stack([self.crop(im, r) for im, r in zip(images, rng)]).astype("float32")
+        n = len(images) if rows is None else int(batch_size)
+        rows = np.arange(n) if rows is None else np.asarray(rows)
+        # Center crops draw nothing (the layers' seeds come first then).
+        fractions = rng.random((n, 2)) if self.random_crop else np.zeros((n, 2))
+        x = np.stack([self.crop_fraction(im, fractions[r]) for im, r in zip(images, rows)])
+        x = x.astype("float32")
+        if augmenter is None:
+            return x
+        return augmenter.augment_cropped(x, rng, rows, n)
 
 
 class BatchAugmenter:
@@ -267,7 +297,7 @@ class BatchAugmenter:
                 "BatchAugmenter takes one generator for the batch; for copies that do "
                 "not depend on the batch, use per_position(images, positions, seed)."
             )
-        return self._augment(images, rng)
+        return self.tfms.batch(images, rng, self)
 
     CHUNK = 32
 
@@ -325,15 +355,40 @@ class BatchAugmenter:
             outputs.append(keras.ops.convert_to_numpy(keras.ops.clip(out, 0.0, 255.0)))
         return np.concatenate(outputs).astype("float32")
 
-    def _augment(self, images, rng):
+    def augment_cropped(self, x, rng, rows, batch_size):
+        """Runs the augmentation layers on cropped rows `rows` of a batch of `batch_size`.
+
+        Each layer's seed is drawn from `rng` in turn; a layer with Keras's
+        `get_random_transformation` draws it for the whole batch's shape
+        and these rows take theirs (`_take_rows`), so a slice of a batch
+        comes out as in the whole batch. Layers without it run on the rows
+        with their own seed generator (exact for the whole batch only).
+
+        Args:
+            x: float32 `(len(rows), s, s, 3)` crops.
+            rng: the batch's `numpy.random.Generator` (after the crops).
+            rows: int rows of the batch that `x` holds.
+            batch_size: the whole batch's size.
+
+        Returns:
+            float32 `(len(rows), s, s, 3)` in [0, 255].
+        """
         import keras
 
-        x = np.stack([self.tfms.crop(im, rng) for im in images]).astype("float32")
+        rows = np.asarray(rows)
+        whole = len(rows) == batch_size and np.array_equal(rows, np.arange(batch_size))
         out = keras.ops.convert_to_tensor(x)
+        shape = None if whole else keras.ops.zeros((batch_size, *tuple(out.shape[1:])))
         for layer in self.layers:
             seed = int(rng.integers(0, 2**31 - 1))
             if hasattr(layer, "get_random_transformation") and hasattr(layer, "transform_images"):
-                transformation = layer.get_random_transformation(out, training=True, seed=seed)
+                if whole:
+                    transformation = layer.get_random_transformation(out, training=True, seed=seed)
+                else:
+                    transformation = _take_rows(
+                        layer.get_random_transformation(shape, training=True, seed=seed),
+                        rows, batch_size,
+                    )
                 out = layer.transform_images(out, transformation, training=True)
             else:
                 out = layer(out, training=True)

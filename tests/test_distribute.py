@@ -310,3 +310,41 @@ def test_predict_padded_one_device_is_predict():
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     x = np.random.default_rng(0).normal(size=(13, 3)).astype("float32")
     np.testing.assert_allclose(predict_padded(model, x, batch_size=4), model.predict(x, batch_size=4, verbose=0))
+
+
+def _decoding_counted(batches, monkeypatch):
+    """Counts the images `batches` decodes (its split's `image` calls)."""
+    calls = []
+    image = batches.split.image
+    monkeypatch.setattr(batches.split, "image", lambda i: calls.append(i) or image(i))
+    return calls
+
+
+@pytest.mark.parametrize("processes", [2, 4])
+def test_process_slices_decode_only_their_images_and_rebuild_the_batch(tiny_data, processes, monkeypatch):
+    # Training batches (random crops, augmentation layers drawn per batch):
+    # the processes' slices, each made alone, are the whole batch's rows.
+    whole = tiny_data.train_batches(batch_size=16, seed=3)
+    sliced = tiny_data.train_batches(batch_size=16, seed=3)
+    expected = {index: whole[index] for index in (0, len(whole) - 1)}
+    calls = _decoding_counted(sliced, monkeypatch)  # the split is shared: count from here on
+    for index, (x, y) in expected.items():
+        parts = [sliced.process_slice(index, p, processes) for p in range(processes)]
+        assert all(n == len(x) for _, n in parts)
+        np.testing.assert_allclose(np.concatenate([part[0] for part, _ in parts]), x, atol=1e-3)
+        np.testing.assert_array_equal(np.concatenate([part[1] for part, _ in parts]), y)
+    assert len(calls) == 2 * 16  # each image of the two batches once, over all slices
+    monkeypatch.undo()
+    assert np.abs(whole[0][0] - tiny_data.train_batches(batch_size=16, seed=3, augment=False)[0][0]).mean() > 1
+
+    # TTA-style batches (per-image seeds), the short last batch padded to a
+    # multiple of 4 devices with copies of its last image.
+    whole = tiny_data.fixed_batches("valid", tfms=tiny_data.train_tfms, augment=True, seed=1, batch_size=10)
+    sliced = tiny_data.fixed_batches("valid", tfms=tiny_data.train_tfms, augment=True, seed=1, batch_size=10)
+    last = len(whole) - 1
+    x = whole[last][0]
+    assert len(x) % 4  # the case that needs padding
+    padded = np.concatenate([x, np.repeat(x[-1:], -len(x) % 4, axis=0)])
+    parts = [sliced.process_slice(last, p, processes, multiple=4) for p in range(processes)]
+    assert all(n == len(x) for _, n in parts)
+    np.testing.assert_allclose(np.concatenate([part[0] for part, _ in parts]), padded, atol=1e-3)

@@ -235,22 +235,56 @@ class ImageBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         start = index * self.batch_size
         idx = _cut(self.order[start : start + self.batch_size], self.batch_multiple)
-        images = [self.split.image(i) for i in idx]
-        if self.per_image_seeds and self.augmenter is not None:
-            positions = range(start, start + len(idx))
-            x = self.augmenter.per_position(images, positions, self.seed, self.epoch)
-        else:
-            if self.per_image_seeds:
-                rng = [
-                    np.random.default_rng([self.seed, self.epoch, position])
-                    for position in range(start, start + len(idx))
-                ]
+        return self._make(index, idx, np.arange(len(idx)))
+
+    def _make(self, index, idx, rows):
+        """Rows `rows` of batch `index` (whose images are `idx`), as in the whole batch."""
+        start = index * self.batch_size
+        local = idx[rows]
+        images = [self.split.image(i) for i in local]
+        if self.per_image_seeds:
+            positions = start + np.minimum(rows, len(idx) - 1)
+            if self.augmenter is not None:
+                x = self.augmenter.per_position(images, positions, self.seed, self.epoch)
             else:
-                rng = np.random.default_rng([self.seed, self.epoch, index])
-            x = self.tfms.batch(images, rng, self.augmenter)
+                rng = [np.random.default_rng([self.seed, self.epoch, int(p)]) for p in positions]
+                x = self.tfms.batch(images, rng)
+        else:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            x = self.tfms.batch(images, rng, self.augmenter, rows=rows, batch_size=len(idx))
         if not self.with_labels:
             return (x,)
-        return x, self.split.labels[idx]
+        return x, self.split.labels[local]
+
+    def process_slice(self, index, process, processes, multiple=1):
+        """Process `process`'s rows of batch `index`, decoding only those images.
+
+        The batch (padded with copies of its last image to a multiple of
+        `multiple`, for predictions on several devices) is split into
+        `processes` equal slices; the slice's crops and augmentation are
+        those the whole batch would give these rows (training batches draw
+        two crop uniforms per image and the layers' transformations for the
+        whole batch's shape). `kertransfer.distribute` feeds each process
+        its slice this way.
+
+        Returns:
+            `(x, y)` or `(x,)` for the slice, and the batch's size before
+            padding.
+        """
+        start = index * self.batch_size
+        idx = _cut(self.order[start : start + self.batch_size], self.batch_multiple)
+        n = len(idx)
+        padded = n + (-n % multiple)
+        if padded % processes:
+            raise ValueError(
+                f"Batch {index} has {padded} rows, which do not divide by the {processes} "
+                "processes; the batch size must divide by the device count."
+            )
+        share = padded // processes
+        rows = np.arange(process * share, (process + 1) * share)
+        if padded > n and not self.per_image_seeds:
+            raise ValueError("Padding is for prediction batches (per_image_seeds=True).")
+        return self._make(index, idx, np.minimum(rows, n - 1) if self.per_image_seeds else rows), n
 
     def on_epoch_end(self):
         self.epoch += 1
