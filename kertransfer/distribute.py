@@ -586,21 +586,28 @@ def _slice(x, index, count):
     return x[index * share : (index + 1) * share]
 
 
-class _ProcessSlices(keras.utils.PyDataset):
-    """Process `index`'s slice of every batch of `batches` (see `Replicas.shard`)."""
+class _BatchesView(keras.utils.PyDataset):
+    """A `PyDataset` made from the batches of another, with its worker settings."""
 
-    def __init__(self, batches, index, count):
+    def __init__(self, batches):
         super().__init__(
             workers=getattr(batches, "workers", 1),
             use_multiprocessing=False,
             max_queue_size=getattr(batches, "max_queue_size", 10),
         )
         self.batches = batches
-        self.index = index
-        self.count = count
 
     def __len__(self):
         return len(self.batches)
+
+
+class _ProcessSlices(_BatchesView):
+    """Process `index`'s slice of every batch of `batches` (see `Replicas.shard`)."""
+
+    def __init__(self, batches, index, count):
+        super().__init__(batches)
+        self.index = index
+        self.count = count
 
     def __getitem__(self, index):
         if hasattr(self.batches, "process_slice"):  # decodes only this slice's images
@@ -627,25 +634,17 @@ class _ProcessSlices(keras.utils.PyDataset):
         return getattr(self.batches, name)
 
 
-class _PaddedBatches(keras.utils.PyDataset):
+class _PaddedBatches(_BatchesView):
     """The inputs of `batches`, each batch padded to a multiple of `multiple` rows.
 
     With several processes, each gets its slice of every padded batch.
     """
 
     def __init__(self, batches, multiple, process=(0, 1)):
-        super().__init__(
-            workers=getattr(batches, "workers", 1),
-            use_multiprocessing=False,
-            max_queue_size=getattr(batches, "max_queue_size", 10),
-        )
-        self.batches = batches
+        super().__init__(batches)
         self.multiple = multiple
         self.process = process
         self.sizes = {}
-
-    def __len__(self):
-        return len(self.batches)
 
     def __getitem__(self, index):
         if getattr(self.batches, "per_image_seeds", False):  # decodes only this slice's images
