@@ -32,11 +32,10 @@ demo: install
 # the multi-device subprocess tests among them); when the unit pass ends,
 # the JAX unit tests; when the slow pass ends, the recipes' smoke runs and
 # the torch unit tests. Measured 2026-12-03 on an idle fresh clone (2
-# cores, .ci/run at 7739643, venv kept): slow 12.5, unit 11.5 (with the
-# multi-device and multi-process subprocess tests, 3.4 min), JAX 6.6,
-# recipes 0.7 + 1.1 + 0.5, torch 1.5 min: 18.9 min in all (16.8 at
-# 070f71a, before that day's multi-process, callback and kept-weights
-# tests).
+# cores, .ci/run at 9399448, venv kept): slow 12.3, unit 10.3 (with the
+# multi-device and multi-process subprocess tests, about 3.4 min), JAX 5.7,
+# recipes 0.5 + 0.7 + 0.7, torch 1.2 min: 16.6 min in all (18.9 an hour
+# earlier at 7739643 with the same tests).
 # `-k` runs every pass even after a failure; `--output-sync` keeps each
 # pass's report in one piece. PYTEST_ARGS adds options to every pass
 # (.ci/run: --durations=15).
