@@ -300,10 +300,7 @@ def all_reduce_gradients(optimizer):
             flat = torch.cat([g.reshape(-1) for g in present])
             dist.all_reduce(flat)
             flat /= dist.get_world_size()
-            offset = 0
-            for g in present:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
+            _unflatten(flat, present)
         return inner(grads, trainable_variables)
 
     optimizer.apply = apply
@@ -333,6 +330,10 @@ class TorchDataParallel(keras.callbacks.Callback):
     Place it first in the callback list.
     """
 
+    def __init__(self):
+        super().__init__()
+        self._synced = None  # the metric states after the last batch's sync
+
     def on_epoch_begin(self, epoch, logs=None):
         self._synced = None  # Keras resets the metrics each epoch
 
@@ -349,7 +350,9 @@ class TorchDataParallel(keras.callbacks.Callback):
             states = [v.value for v in self.model.metrics_variables]
             if states:
                 flat = _flatten(states)
-                synced = torch.zeros_like(flat) if getattr(self, "_synced", None) is None else self._synced
+                synced = (
+                    torch.zeros_like(flat) if self._synced is None else self._synced
+                )
                 increments = flat - synced
                 dist.all_reduce(increments)
                 self._synced = synced + increments
@@ -627,12 +630,6 @@ class _ProcessSlices(_BatchesView):
     def on_epoch_end(self):
         self.batches.on_epoch_end()
 
-    def __getattr__(self, name):
-        # The wrapped batches' own attributes (batch_size, epoch, ...).
-        if name == "batches":
-            raise AttributeError(name)
-        return getattr(self.batches, name)
-
 
 class _PaddedBatches(_BatchesView):
     """The inputs of `batches`, each batch padded to a multiple of `multiple` rows.
@@ -647,8 +644,12 @@ class _PaddedBatches(_BatchesView):
         self.sizes = {}
 
     def __getitem__(self, index):
-        if getattr(self.batches, "per_image_seeds", False):  # decodes only this slice's images
-            item, self.sizes[index] = self.batches.process_slice(index, *self.process, self.multiple)
+        if getattr(
+            self.batches, "per_image_seeds", False
+        ):  # decodes only this slice's images
+            item, self.sizes[index] = self.batches.process_slice(
+                index, *self.process, self.multiple
+            )
             return (item[0],)
         x = np.asarray(self.batches[index][0])
         self.sizes[index] = len(x)
