@@ -28,7 +28,6 @@ browser can check the report.
 import base64
 import html
 import io
-import json
 import os
 import pathlib
 import warnings
@@ -38,6 +37,8 @@ import pandas as pd
 
 from kertransfer.interpret import ClassificationInterpretation
 from kertransfer.interpret import cross_entropy
+from kertransfer.run_folder import RunFolder
+from kertransfer.run_folder import RunFolderError
 from kertransfer.run_folder import atomic_path
 
 __all__ = ["write_report"]
@@ -148,44 +149,6 @@ def _table(frame, table_id=None, float_digits=4, index=True):
         table_id=table_id,
         na_rep="n/a",
     )
-
-
-def _load_metrics(run_dir):
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"write_report needs {path} (written by the trainer at the end "
-            "of a run); it does not exist."
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-
-
-def _load_predictions(run_dir):
-    path = run_dir / "predictions.npz"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"write_report needs {path} (validation predictions written by "
-            "the trainer); it does not exist."
-        )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except ValueError as error:
-        raise ValueError(
-            f"Could not read {path} without pickle: {error}. Save paths as a "
-            "str array, e.g. paths=np.asarray(paths, dtype=str)."
-        ) from error
-    missing = [key for key in ("probs", "targets") if key not in arrays]
-    if missing:
-        raise ValueError(
-            f"{path} lacks the array(s) {missing}; expected probs (n, c), "
-            "targets (n,) and optionally tta_probs (n, c) and paths (n,). "
-            f"Found {sorted(arrays)}."
-        )
-    return arrays
 
 
 def _describe_kept(kept):
@@ -349,12 +312,12 @@ def _history_section(run_dir, kept=None):
             "accuracies of this report, TTA included, are measured on the same "
             "validation set, as in fast.ai.</p>"
         )
-    path = run_dir / "history.csv"
     history = None
-    if path.is_file():
+    run = RunFolder(run_dir)
+    if run.has(run.HISTORY):
         try:
-            history = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
+            history = run.read_history()
+        except RunFolderError as error:
             parts.append(_note(f"history.csv could not be read ({error})."))
     else:
         parts.append(_note("history.csv not found in the run folder; skipped."))
@@ -530,9 +493,11 @@ def write_report(run_dir, filename="report.html", num_images=4,
 
     Raises:
         FileNotFoundError: if `run_dir`, `metrics.json` or
-            `predictions.npz` does not exist.
-        ValueError: if a required file is malformed, or `classes` does not
-            match the number of columns of `probs`.
+            `predictions.npz` does not exist
+            (`kertransfer.run_folder.MissingRunFileError`).
+        ValueError: if a required file is unreadable or newer than this
+            kertransfer (`RunFolderError`), or `classes` does not match the
+            number of columns of `probs`.
 
     Example:
 
@@ -541,12 +506,9 @@ def write_report(run_dir, filename="report.html", num_images=4,
     'report.html'
     """
     run_dir = pathlib.Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(
-            f"write_report expects a run folder. {run_dir} does not exist."
-        )
-    metrics = _load_metrics(run_dir)
-    predictions = _load_predictions(run_dir)
+    run = RunFolder(run_dir)
+    metrics = run.read_metrics()
+    predictions = run.read_predictions(keys=("probs", "targets"))
     use_tta = "tta_probs" in predictions
     probs = predictions["tta_probs" if use_tta else "probs"]
     class_names = metrics.get("classes")

@@ -1,6 +1,5 @@
 """The main job: fast.ai lesson 1's eight steps, end to end, into a run folder."""
 
-import csv
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from kertransfer.learner import ConvLearner
 from kertransfer.progress import RunProgress
 from kertransfer.recorder import FitRecord
 from kertransfer.recorder import LRFindResult
+from kertransfer.run_folder import RunFolder
 from kertransfer.run_folder import atomic_path
 from kertransfer.run_folder import check_out_dir
 from kertransfer.transforms import tfms_from_model
@@ -385,8 +385,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         progress = RunProgress.load(out_dir)
         if progress.finished:
             say(f"the run in {out_dir} is finished; nothing to resume")
-            with open(os.path.join(out_dir, "metrics.json")) as f:
-                return json.load(f)
+            return RunFolder(out_dir).read_metrics()
         if config is None:
             config = TrainConfig(**progress.meta["config"])
         progress.check_same(config, data_dir)
@@ -464,9 +463,9 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     if replicas.devices > 1:
         say(f"data parallel: {replicas.engine} over {replicas.devices} devices, "
             f"{config.batch_size // replicas.devices} images per device")
-    model_path = os.path.join(out_dir, "model.keras")
+    run = RunFolder(out_dir)
     # The best weights by validation loss over every epoch of every stage.
-    kept_weights = _KeptWeights(learn, model_path)
+    kept_weights = _KeptWeights(learn, run.model_path)
     # Resuming: the weights, best weights so far and random generators of
     # the last step done (nothing on a new run).
     with replicas.scope():
@@ -576,30 +575,22 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
 
     # Write the run folder.
-    with atomic_path(model_path) as tmp:
-        learn.save(tmp)
+    run.write_model(learn)
     # How a photo becomes a model input: read by predict, export, serving.
     data.valid_tfms.framing.save(out_dir)
-    with atomic_path(os.path.join(out_dir, "predictions.npz")) as tmp:
-        np.savez(
-            tmp,
-            probs=probs,
-            tta_probs=tta_probs,
-            targets=targets,
-            paths=np.asarray([os.path.abspath(p) for p in data.valid_paths]),
-        )
-    fields = sorted({k for row in learn.history for k in row}, key=lambda k: (k not in ("epoch", "stage"), k))
-    with atomic_path(os.path.join(out_dir, "history.csv")) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(learn.history)
+    run.write_predictions(
+        probs=probs,
+        tta_probs=tta_probs,
+        targets=targets,
+        paths=np.asarray([os.path.abspath(p) for p in data.valid_paths]),
+    )
+    run.write_history(learn.history)
     with atomic_path(os.path.join(out_dir, "lr_find.json")) as tmp, open(tmp, "w") as f:
         json.dump({"head": finder.to_dict(), "unfrozen": finder2.to_dict(), "chosen": {"head": lr, "unfrozen": lr2}}, f)
     _plot_schedules(records, os.path.join(out_dir, "lr_schedule.png"))
     _plot_losses(learn.history, os.path.join(out_dir, "loss.png"))
     metrics["wall_seconds"] = round(time.time() - wall, 1)
-    with atomic_path(os.path.join(out_dir, "metrics.json")) as tmp, open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
+    run.write_metrics(metrics)
     from kertransfer.report import write_report
 
     report = write_report(out_dir)
