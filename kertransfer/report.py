@@ -16,8 +16,11 @@ offline. Run folder contract (all written by the trainer):
 - `history.csv` (optional): one row per epoch, columns `epoch`, `stage`,
   `loss`, `accuracy`, `val_loss`, `val_accuracy`, `best` (True on the
   kept epoch's row), ...
-- `lr_find.png`, `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`,
-  `augmented.png` (optional).
+- `lr_find.png`, `lr_find_unfrozen.png`, `lr_schedule.png`,
+  `augmented.png` (optional; the loss is drawn from `history.csv`, once,
+  by `plot_history`, which also writes the trainer's `loss.png`).
+- `model.keras` and `preprocessing.json` (optional): Grad-CAM heatmaps of
+  the top losses (`kertransfer.gradcam`).
 
 Missing optional files are noted in the report. A small inline script
 records, once the page has loaded, how many images decoded
@@ -49,7 +52,7 @@ from kertransfer.run_folder import RunFolder
 from kertransfer.run_folder import RunFolderError
 from kertransfer.run_folder import atomic_path
 
-__all__ = ["write_report"]
+__all__ = ["plot_history", "write_report"]
 
 
 def _describe_kept(kept):
@@ -153,15 +156,33 @@ def _lr_section(metrics, run_dir):
     return section("learning-rates", "Learning rates", parts)
 
 
-def _history_figure(history, kept=None):
+def plot_history(history, kept=None, figsize=None):
+    """Loss and accuracy per epoch over every stage, the kept epoch starred.
+
+    The one loss plot of a run: the report draws it, and the trainer saves
+    it as `loss.png`.
+
+    Args:
+        history: `history.csv` as a DataFrame, or `learn.history` (a list
+            of dicts): columns `epoch` (of the run), `stage`, `loss`,
+            `val_loss`, `accuracy`, `val_accuracy` (those present are drawn).
+        kept: `metrics["kept"]` (`epoch`, ...): a star marks that epoch's
+            validation loss, labelled "kept".
+        figsize: `(width, height)` in inches (default 5.5 x 3.8 per panel).
+
+    Returns:
+        The matplotlib figure: a loss panel and an accuracy panel, stage
+        boundaries dotted and stage names on top.
+    """
     import matplotlib.pyplot as plt
 
+    history = pd.DataFrame(history)
     panels = [
         ("loss", [c for c in ("loss", "val_loss") if c in history]),
         ("accuracy", [c for c in ("accuracy", "val_accuracy") if c in history]),
     ]
     panels = [(name, cols) for name, cols in panels if cols]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8),
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize or (5.5 * len(panels), 3.8),
                              squeeze=False)
     x = np.arange(1, len(history) + 1)
     stages = (
@@ -216,19 +237,14 @@ def _history_section(run_dir, kept=None):
     if history is not None:
         plotted = {"loss", "val_loss", "accuracy", "val_accuracy"}
         if len(history) and plotted & set(history.columns):
-            parts.append(img(figure_png(_history_figure(history, kept)),
-                              "loss and accuracy per epoch"))
+            parts.append(img(figure_png(plot_history(history, kept)),
+                             "loss and accuracy per epoch"))
         else:
             parts.append(note("history.csv has no loss/accuracy rows."))
         parts.append(
             "<details><summary>history.csv</summary>"
             f"{table(history, table_id='history')}</details>"
         )
-    if (run_dir / "loss.png").is_file():
-        parts.append("<h3>Loss recorded by the trainer</h3>")
-        parts.append(png_or_note(run_dir, "loss.png", "training loss"))
-    else:
-        parts.append(note("loss.png not found in the run folder; skipped."))
     return section("history", "Loss and accuracy per epoch", parts)
 
 
@@ -254,33 +270,44 @@ def _accuracy_section(metrics, predictions):
     return section("accuracy", "Plain vs TTA accuracy", parts)
 
 
-def _confusion_table(interp):
-    cm = interp.confusion_matrix()
+def _confusion_table(interp, normalize=False):
+    """Counts (`id="confusion-matrix"`, cells `cm-cell`) or row proportions
+    (`id="confusion-matrix-normalized"`, cells `cm-norm-cell`)."""
+    cm = interp.confusion_matrix(normalize=normalize)
     names = interp.class_names
+    kind, table_id = ("cm-norm-cell", "confusion-matrix-normalized") if normalize else ("cm-cell", "confusion-matrix")
     header = "".join(f'<th scope="col">{esc(n)}</th>' for n in names)
     rows = []
     for i, actual in enumerate(names):
         cells = "".join(
-            f'<td class="cm-cell{" cm-diag" if i == j else ""}" '
+            f'<td class="{kind}{" cm-diag" if i == j else ""}" '
             f'data-row="{i}" data-col="{j}" data-actual="{esc(actual)}" '
-            f'data-predicted="{esc(names[j])}">{cm[i, j]}</td>'
+            f'data-predicted="{esc(names[j])}">{f"{cm[i, j]:.3f}" if normalize else cm[i, j]}</td>'
             for j in range(len(names))
         )
         rows.append(f'<tr><th scope="row">{esc(actual)}</th>{cells}</tr>')
     return (
-        '<table id="confusion-matrix" class="confusion-matrix">'
+        f'<table id="{table_id}" class="confusion-matrix">'
         f"<thead><tr><th>actual \\ predicted</th>{header}</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
 
 def _confusion_section(interp, source):
-    fig = interp.plot_confusion_matrix().figure
+    import matplotlib.pyplot as plt
+
+    side = min(max(4.0, 0.55 * interp.num_classes + 2.0), 15.0)
+    fig, (counts_ax, rates_ax) = plt.subplots(1, 2, figsize=(2 * side, side))
+    interp.plot_confusion_matrix(ax=counts_ax)
+    interp.plot_confusion_matrix(normalize=True, ax=rates_ax)
+    fig.tight_layout()
     parts = [
-        f"<p>From the {source} predictions; rows are actual classes, "
-        "columns predicted.</p>",
+        (f"<p>From the {source} predictions; rows are actual classes, "
+         "columns predicted. Counts, then each row divided by its total (rows "
+         "sum to 1; the diagonal is each class's recall).</p>"),
         _confusion_table(interp),
-        img(figure_png(fig), "confusion matrix"),
+        _confusion_table(interp, normalize=True),
+        img(figure_png(fig), "confusion matrix: counts and row-normalized"),
         "<h3>Most confused pairs</h3>",
     ]
     confused = interp.most_confused()
@@ -323,8 +350,7 @@ def _image_sections(interp, num_images, num_top_losses, max_classes):
             parts.append(grid(interp.plot_most_incorrect(c, num_images),
                               f"most incorrect {name}"))
         parts.append("<h3>Most uncertain</h3>")
-        # With two classes, |p0 - 1/2| == |p1 - 1/2|: one grid says it all.
-        for c in classes[:1] if interp.num_classes == 2 else classes:
+        for c in classes:  # each grid shows images of its class only
             name = interp.class_names[c]
             parts.append(grid(interp.plot_most_uncertain(c, num_images),
                               f"most uncertain {name}"))
@@ -332,6 +358,29 @@ def _image_sections(interp, num_images, num_top_losses, max_classes):
         parts.append(grid(interp.plot_top_losses(num_top_losses),
                           "top losses"))
     return section("images", "Images", parts)
+
+
+def _grad_cam_section(interp, run, metrics, k):
+    """The top losses with their Grad-CAM heatmap, or a note saying why not."""
+    from kertransfer.predict import run_framing
+
+    parts = [(
+        "<p>Grad-CAM (Selvaraju et al. 2017) of the class the model predicted: "
+        "red where the last feature map held the evidence for it. On a wrong "
+        "prediction, it shows what the model looked at instead.</p>"
+    )]
+    if interp.image_paths is None:
+        parts.append(note("predictions.npz has no paths; Grad-CAM skipped."))
+    elif not run.has(run.MODEL):
+        parts.append(note("model.keras not found in the run folder; Grad-CAM skipped."))
+    else:
+        try:
+            model = run.load_model()
+            fig = interp.plot_grad_cam(model, run_framing(run.path, metrics), k=k)
+            parts.append(img(figure_png(fig), "Grad-CAM of the top losses"))
+        except (OSError, ValueError) as error:
+            parts.append(note(f"Grad-CAM skipped: {error}"))
+    return section("grad-cam", "Where the model looked (Grad-CAM)", parts)
 
 
 def _time_section(metrics):
@@ -359,17 +408,20 @@ def _time_section(metrics):
 
 
 def write_report(run_dir, filename="report.html", num_images=4,
-                 num_top_losses=8, max_classes=10):
+                 num_top_losses=8, max_classes=10, grad_cam=True):
     """Writes one self-contained HTML report of a training run.
 
     The report shows the dataset summary, the learning-rate finder curves
     and schedule, loss and accuracy per epoch with stage boundaries, plain
-    vs TTA accuracy, the confusion matrix (as a table with
+    vs TTA accuracy, the confusion matrix (counts: a table with
     `id="confusion-matrix"`, each cell `class="cm-cell"` with `data-row`
-    and `data-col`, and as a plot), the per-class report, image grids of
-    the most incorrect, most uncertain and highest-loss validation images
-    (fast.ai v0.7 lesson 1) and the time per stage. Interpretation uses the
-    TTA predictions when `predictions.npz` has them.
+    and `data-col`; row-normalized: `id="confusion-matrix-normalized"`,
+    cells `class="cm-norm-cell"`; both as plots), the per-class report,
+    image grids of the most incorrect and most uncertain validation images
+    of each class and of the highest losses (fast.ai v0.7 lesson 1), the
+    Grad-CAM heatmaps of the top losses, and the time per stage. The
+    summary and the loss plot name the epoch whose weights the run kept.
+    Interpretation uses the TTA predictions when `predictions.npz` has them.
 
     Args:
         run_dir: the run folder (see the module docstring for its files).
@@ -379,6 +431,8 @@ def write_report(run_dir, filename="report.html", num_images=4,
         num_top_losses: images in the top-losses grid.
         max_classes: with more classes, per-class grids are drawn only for
             the `max_classes` classes with the most errors.
+        grad_cam: draw the Grad-CAM heatmaps of the top losses (loads
+            `model.keras` and runs it on `num_top_losses` images).
 
     Returns:
         `pathlib.Path` of the written report.
@@ -427,6 +481,7 @@ def write_report(run_dir, filename="report.html", num_images=4,
         _accuracy_section(metrics, predictions),
         _confusion_section(interp, "TTA" if use_tta else "plain"),
         _image_sections(interp, num_images, num_top_losses, max_classes),
+        *([_grad_cam_section(interp, run, metrics, num_top_losses)] if grad_cam else []),
         _time_section(metrics),
     ]
     document = "\n".join([

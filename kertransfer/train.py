@@ -255,29 +255,6 @@ def _plot_schedules(records, path):
     _savefig(ax, path)
 
 
-def _plot_losses(history, path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["loss"] for r in history], "o-", label="train loss")
-    ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="valid loss")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [r["val_accuracy"] for r in history], "s--", color="tab:green", label="valid accuracy")
-    ax2.set_ylabel("valid accuracy")
-    prev = None
-    for r in history:
-        if r["stage"] != prev:
-            ax.axvline(r["epoch"] - 0.5, color="grey", lw=0.5)
-            ax.text(r["epoch"] - 0.5, ax.get_ylim()[1], f" {r['stage']}", fontsize=7, va="top", rotation=90)
-            prev = r["stage"]
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend(loc="upper left")
-    ax2.legend(loc="upper right")
-    _savefig(ax, path)
-
-
 def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=False, *, _scratch=False):
     """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
 
@@ -588,11 +565,13 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     with atomic_path(os.path.join(out_dir, "lr_find.json")) as tmp, open(tmp, "w") as f:
         json.dump({"head": finder.to_dict(), "unfrozen": finder2.to_dict(), "chosen": {"head": lr, "unfrozen": lr2}}, f)
     _plot_schedules(records, os.path.join(out_dir, "lr_schedule.png"))
-    _plot_losses(learn.history, os.path.join(out_dir, "loss.png"))
-    metrics["wall_seconds"] = round(time.time() - wall, 1)
-    run.write_metrics(metrics)
+    from kertransfer.report import plot_history
     from kertransfer.report import write_report
 
+    # The report's loss plot, the kept epoch starred.
+    _savefig(plot_history(learn.history, kept), os.path.join(out_dir, "loss.png"))
+    metrics["wall_seconds"] = round(time.time() - wall, 1)
+    run.write_metrics(metrics)
     report = write_report(out_dir)
     progress.finish()
     say(f"wrote {out_dir} in {metrics['wall_seconds']} s; report: {report}")
