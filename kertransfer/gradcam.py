@@ -89,6 +89,25 @@ class _Logits:
             self.layer.activation = self.saved
 
 
+def _split(model, layer):
+    """`(inputs -> layer's output, layer's output -> outputs)` sub-models.
+
+    The split point is the layer's output in `model`'s graph: for a nested
+    model (a backbone), `layer.output` is its own graph's output, so the
+    tensor is taken from the node where `model` calls it.
+    """
+    for node in reversed(layer._inbound_nodes):  # Keras keeps no public handle on it.
+        for tensor in node.output_tensors[:1]:
+            try:
+                return keras.Model(model.inputs[0], tensor), keras.Model(tensor, model.outputs[0])
+            except ValueError:  # a call of the layer outside this model
+                continue
+    raise ValueError(
+        f"grad_cam: the output of layer {layer.name!r} does not lead to the outputs of the model "
+        f"{model.name!r}. Pass layer=<a layer of the top-level model on the path to its output>."
+    )
+
+
 def grad_cam(model, images, class_indices=None, layer=None):
     """Grad-CAM heatmaps of `images` for one class each.
 
@@ -125,8 +144,7 @@ def grad_cam(model, images, class_indices=None, layer=None):
     elif layer not in model.layers:
         raise ValueError(f"grad_cam: layer={layer.name!r} is not a layer of the top-level model {model.name!r}.")
     images = ops.convert_to_tensor(np.asarray(images, dtype="float32"))
-    features_model = keras.Model(model.inputs[0], layer.output)
-    head_model = keras.Model(layer.output, model.outputs[0])
+    features_model, head_model = _split(model, layer)
     features = features_model(images, training=False)
     with _Logits(model):
         logits = head_model(features, training=False)

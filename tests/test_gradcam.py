@@ -8,11 +8,18 @@ from kertransfer.gradcam import grad_cam
 from kertransfer.gradcam import last_feature_layer
 
 
-def _tiny_model():
-    """conv(relu) -> global average pool -> dense(tanh) -> dense(softmax)."""
+def _tiny_model(nested=False):
+    """conv(relu) -> global average pool -> dense(tanh) -> dense(softmax).
+
+    With `nested`, the conv is a backbone sub-model, as in a learner's model.
+    """
     keras.utils.set_random_seed(1)
     inputs = keras.Input((7, 6, 3))
-    x = keras.layers.Conv2D(4, 3, activation="relu", name="last_conv")(inputs)
+    conv = keras.layers.Conv2D(4, 3, activation="relu", name="last_conv")
+    if nested:
+        image = keras.Input((None, None, 3))
+        conv = keras.Model(image, conv(image), name="backbone")
+    x = conv(inputs)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     x = keras.layers.Dense(5, activation="tanh", name="hidden")(x)
     outputs = keras.layers.Dense(3, activation="softmax", name="out")(x)
@@ -31,7 +38,8 @@ def _hand_grad_cam(model, images, classes):
     at every (i, j), so alpha_k is that value and the heatmap is
     relu(sum_k alpha_k A[:, :, k]).
     """
-    kernel, bias = (np.asarray(w, "float64") for w in model.get_layer("last_conv").get_weights())
+    conv = model.get_layer("backbone") if "backbone" in [layer.name for layer in model.layers] else model.get_layer("last_conv")
+    kernel, bias = (np.asarray(w, "float64") for w in conv.get_weights())
     w1, b1 = (np.asarray(w, "float64") for w in model.get_layer("hidden").get_weights())
     w2, _ = (np.asarray(w, "float64") for w in model.get_layer("out").get_weights())
     windows = np.lib.stride_tricks.sliding_window_view(np.asarray(images, "float64"), (3, 3), axis=(1, 2))
@@ -46,11 +54,13 @@ def _hand_grad_cam(model, images, classes):
     return np.stack(heatmaps)
 
 
-def test_grad_cam_equals_the_hand_computation():
-    model = _tiny_model()
+@pytest.mark.parametrize("nested", [False, True])
+def test_grad_cam_equals_the_hand_computation(nested):
+    model = _tiny_model(nested)
     rng = np.random.default_rng(0)
     images = rng.uniform(-1, 1, (4, 7, 6, 3)).astype("float32")
-    assert last_feature_layer(model).name == "last_conv"
+    feature_layer = "backbone" if nested else "last_conv"
+    assert last_feature_layer(model).name == feature_layer
     predicted = _probs(model, images).argmax(1)
     expected = _hand_grad_cam(model, images, predicted)
     assert expected.shape == (4, 5, 4) and expected.max() > 0  # a real map, not all zeros
@@ -59,7 +69,7 @@ def test_grad_cam_equals_the_hand_computation():
     # An explicit class per image, and the layer by name.
     classes = np.array([0, 1, 2, 1])
     expected = _hand_grad_cam(model, images, classes)
-    np.testing.assert_allclose(grad_cam(model, images, classes, layer="last_conv"), expected, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(grad_cam(model, images, classes, layer=feature_layer), expected, rtol=1e-4, atol=1e-6)
     # The model's softmax is back in place afterwards.
     np.testing.assert_allclose(_probs(model, images).sum(1), 1.0, rtol=1e-5)
 
