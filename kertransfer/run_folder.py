@@ -302,19 +302,8 @@ class RunFolder:
 
     @property
     def model_path(self):
+        """Path of `model.keras` (written at every best epoch by the main job)."""
         return self.file(self.MODEL)
-
-    @property
-    def metrics_path(self):
-        return self.file(self.METRICS)
-
-    @property
-    def history_path(self):
-        return self.file(self.HISTORY)
-
-    @property
-    def predictions_path(self):
-        return self.file(self.PREDICTIONS)
 
     def has(self, name):
         """Whether the folder holds the file `name`."""
@@ -339,9 +328,10 @@ class RunFolder:
             The path written.
         """
         document = {"schema": SCHEMA_VERSION, **{k: v for k, v in metrics.items() if k != "schema"}}
-        with atomic_path(self.metrics_path) as tmp, open(tmp, "w") as f:
+        path = self.file(self.METRICS)
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
             json.dump(document, f, indent=2)
-        return self.metrics_path
+        return path
 
     def write_history(self, rows):
         """Writes one CSV row per epoch to `history.csv`.
@@ -354,18 +344,20 @@ class RunFolder:
             The path written.
         """
         fields = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("epoch", "stage"), k))
-        with atomic_path(self.history_path) as tmp, open(tmp, "w", newline="") as f:
+        path = self.file(self.HISTORY)
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
             writer.writerows(rows)
-        return self.history_path
+        return path
 
     def write_predictions(self, **arrays):
         """Writes numpy arrays (`probs`, `tta_probs`, `targets`, `paths`)
         to `predictions.npz`. Returns the path written."""
-        with atomic_path(self.predictions_path) as tmp:
+        path = self.file(self.PREDICTIONS)
+        with atomic_path(path) as tmp:
             np.savez(tmp, **arrays)
-        return self.predictions_path
+        return path
 
     # ------------------------------------------------------------ reading
 
