@@ -399,8 +399,9 @@ class RunFolder:
                 one still raises.
 
         Returns:
-            The dict, `"schema"` included (0 for folders written before it
-            existed).
+            The dict as the main job wrote it; `"schema"` is checked (absent:
+            0, a folder written before it existed), not returned, so every
+            version reads back as the dict `kertransfer.train.train` returned.
 
         Raises:
             MissingRunFileError: if the folder, or (with `required`) the
@@ -419,7 +420,7 @@ class RunFolder:
             raise self._unreadable(path, f"not valid JSON ({e})") from e
         if not isinstance(metrics, dict):
             raise self._unreadable(path, f"a JSON object was expected, found {type(metrics).__name__}")
-        schema = metrics.setdefault("schema", 0)
+        schema = metrics.pop("schema", 0)
         if isinstance(schema, bool) or not isinstance(schema, int) or schema < 0:
             raise self._unreadable(path, f"'schema' must be a non-negative integer, found {schema!r}")
         if schema > SCHEMA_VERSION:
