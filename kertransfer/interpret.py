@@ -2,9 +2,11 @@
 
 Compute first, plot second: every question ("which classes get confused?",
 "which images is the model most sure and most wrong about?") is answered by a
-method returning numpy arrays or a pandas DataFrame; the `plot_*` methods only
-draw those answers. Nothing here imports Keras: interpretation works on the
-probabilities a model already produced, whatever the backend.
+method returning numpy arrays or a pandas DataFrame; the `plot_*` methods
+(`kertransfer.interpret_plots.InterpretationPlots`) only draw those answers.
+Nothing here imports Keras: interpretation works on the probabilities a
+model already produced, whatever the backend (`plot_grad_cam` alone runs
+the model, through `kertransfer.gradcam`).
 
 Sources: fast.ai v0.7 lesson 1 (`most_by_correct`, `most_uncertain`,
 `plot_val_with_title`) and fastai v2 `ClassificationInterpretation`
@@ -12,14 +14,12 @@ Sources: fast.ai v0.7 lesson 1 (`most_by_correct`, `most_uncertain`,
 """
 
 import collections
-import math
 import os
-import warnings
 
 import numpy as np
 import pandas as pd
 
-from kertransfer.images import load_thumbnail
+from kertransfer.interpret_plots import InterpretationPlots
 from kertransfer.metrics import check_multi_hot
 from kertransfer.metrics import fbeta_from_counts
 
@@ -128,17 +128,7 @@ def _divide(numerator, denominator):
     )
 
 
-def _placeholder_figure(message):
-    """A small figure that says why there is nothing to show."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 1.6))
-    ax.axis("off")
-    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
-    return fig
-
-
-class ClassificationInterpretation:
+class ClassificationInterpretation(InterpretationPlots):
     """Answers "what does my single-label classifier get wrong, and why?".
 
     Holds validation probabilities and targets and derives the confusion
@@ -288,16 +278,23 @@ class ClassificationInterpretation:
         """Fraction of items whose arg-max prediction equals the target."""
         return float(np.mean(self.preds == self.targets))
 
-    def confusion_matrix(self):
+    def confusion_matrix(self, normalize=False):
         """Counts of (actual, predicted) pairs.
+
+        Args:
+            normalize: divide each row by its total, so each row sums to 1
+                (the diagonal is the recall of each class); a class with no
+                item keeps a row of zeros.
 
         Returns:
             Int array `(num_classes, num_classes)`: rows are actual classes,
-            columns predicted classes; it sums to the number of items.
+            columns predicted classes; it sums to the number of items. With
+            `normalize`, a float array whose rows sum to 1.
         """
         c = self.num_classes
         flat = np.bincount(self.targets * c + self.preds, minlength=c * c)
-        return flat.reshape(c, c).astype(np.int64)
+        cm = flat.reshape(c, c).astype(np.int64)
+        return _divide(cm, cm.sum(axis=1, keepdims=True)) if normalize else cm
 
     def most_confused(self, min_val=1):
         """Off-diagonal cells of the confusion matrix, largest first.
@@ -377,23 +374,29 @@ class ClassificationInterpretation:
         return self._sorted_by_prob(mask, c, descending=False, k=k)
 
     def most_uncertain(self, cls, k=4):
-        """Items whose probability of `cls` is closest to `1 / num_classes`.
+        """Items of class `cls` the model was least sure about.
 
-        Considers every item, whatever its true class. For two classes this
-        is fast.ai v0.7 lesson 1's
-        `np.argsort(np.abs(probs - 0.5))[:4]`.
+        Only items whose actual class is `cls`, ranked by the margin between
+        the probability of `cls` and the highest probability of any other
+        class, `|p[cls] - max_{j != cls} p[j]|`, smallest first: right or
+        wrong, these sit on the decision boundary. For two classes the
+        margin is `2 |p[cls] - 0.5|`, so the order is fast.ai v0.7 lesson
+        1's `np.argsort(np.abs(probs - 0.5))`, taken within the class.
 
         Args:
             cls: class name or index.
             k: number of items, or None for all.
 
         Returns:
-            Int array of at most `k` indices, least certain first.
+            Int array of at most `k` indices, least certain first. Empty if
+            no item is of class `cls`.
         """
         c = self.class_index(cls)
         k = _check_k(k, "most_uncertain")
-        distance = np.abs(self.probs[:, c] - 1.0 / self.num_classes)
-        return np.argsort(distance, kind="stable")[:k]
+        idxs = np.flatnonzero(self.targets == c)
+        others = np.delete(self.probs[idxs], c, axis=1).max(axis=1)
+        margin = np.abs(self.probs[idxs, c] - others)
+        return idxs[np.argsort(margin, kind="stable")][:k]
 
     def _sorted_by_prob(self, mask, c, descending, k):
         k = _check_k(k, "most_correct/most_incorrect")
@@ -441,157 +444,6 @@ class ClassificationInterpretation:
             ),
         )
         return frame.astype({"support": np.int64})
-
-    # ---------------------------------------------------------------- plot
-
-    def plot_confusion_matrix(self, normalize=False, ax=None, cmap="Blues", figsize=None):
-        """Draws the confusion matrix with the value written in each cell.
-
-        Args:
-            normalize: divide each row by its total (recall per class), and
-                write proportions instead of counts.
-            ax: matplotlib axes to draw on; a new figure if None.
-            cmap: matplotlib colormap name.
-            figsize: `(width, height)` in inches of a new figure (default:
-                grows with the number of classes).
-
-        Returns:
-            The matplotlib axes.
-        """
-        import matplotlib.pyplot as plt
-
-        cm = self.confusion_matrix()
-        values = cm.astype(np.float64)
-        if normalize:
-            values = _divide(values, cm.sum(axis=1, keepdims=True))
-        c = self.num_classes
-        if ax is None:
-            side = min(max(4.0, 0.55 * c + 2.0), 30.0)
-            _, ax = plt.subplots(figsize=figsize or (side, side))
-        vmax = 1.0 if normalize else max(1.0, float(values.max()))
-        ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax)
-        fontsize = max(4.0, min(10.0, 160.0 / c))
-        for i in range(c):
-            for j in range(c):
-                text = f"{values[i, j]:.2f}" if normalize else str(cm[i, j])
-                color = "white" if values[i, j] > vmax / 2 else "black"
-                ax.text(j, i, text, ha="center", va="center", color=color,
-                        fontsize=fontsize)
-        ax.set_xticks(range(c))
-        ax.set_yticks(range(c))
-        ax.set_xticklabels(self.class_names, rotation=45 if c > 2 else 0,
-                           ha="right" if c > 2 else "center",
-                           fontsize=fontsize)
-        ax.set_yticklabels(self.class_names, fontsize=fontsize)
-        ax.set_xlabel("Predicted")
-        ax.set_ylabel("Actual")
-        ax.set_title(
-            "Confusion matrix (row-normalized)" if normalize
-            else "Confusion matrix"
-        )
-        return ax
-
-    def plot_images(self, idxs, title=None, ncols=4, size=224, figsize=None):
-        """Grid of the validation images at `idxs`.
-
-        Each image is titled with its actual class, predicted class, the
-        predicted class's probability and the item's loss (fast.ai v0.7
-        `plot_val_with_title`). Images are opened with Pillow, rotated by
-        their EXIF orientation, converted to RGB and thumbnailed. An image
-        that cannot be opened is drawn as a labelled blank tile (with a
-        warning), and an empty `idxs` gives a placeholder figure.
-
-        Args:
-            idxs: indices into the validation set.
-            title: optional figure title.
-            ncols: images per row.
-            size: thumbnail size in pixels (longest side).
-            figsize: `(width, height)` in inches (default: 2.8 x 3.2 per
-                image), as fastai's `plot_top_losses(k, figsize=...)`.
-
-        Returns:
-            The matplotlib figure.
-
-        Raises:
-            ValueError: if the interpretation has no `image_paths`, or an
-                index is out of range.
-        """
-        import matplotlib.pyplot as plt
-
-        idxs = np.asarray(idxs, dtype=np.int64).reshape(-1)
-        if idxs.size == 0:
-            label = f"{title}: " if title else ""
-            return _placeholder_figure(f"{label}no images to show.")
-        if self.image_paths is None:
-            raise ValueError(
-                "plot_images needs the image files. Pass image_paths= to "
-                "ClassificationInterpretation (from_learner takes them from "
-                "learn.data.valid_paths)."
-            )
-        n = len(self.targets)
-        if idxs.min() < 0 or idxs.max() >= n:
-            raise ValueError(
-                f"plot_images expects indices in [0, {n}). Received "
-                f"{idxs.tolist()}."
-            )
-        ncols = max(1, min(int(ncols), idxs.size))
-        nrows = math.ceil(idxs.size / ncols)
-        fig, axes = plt.subplots(
-            nrows, ncols, figsize=figsize or (2.8 * ncols, 3.2 * nrows), squeeze=False
-        )
-        for ax in axes.flat:
-            ax.axis("off")
-        for ax, i in zip(axes.flat, idxs):
-            path = self.image_paths[i]
-            try:
-                ax.imshow(load_thumbnail(path, size))
-            except (OSError, ValueError) as error:
-                warnings.warn(
-                    f"Could not open image {path!r}: {error}", stacklevel=2
-                )
-                ax.text(0.5, 0.5, f"cannot open\n{os.path.basename(path)}",
-                        ha="center", va="center", transform=ax.transAxes)
-            ax.set_title(self._image_title(i), fontsize=9)
-        if title:
-            fig.suptitle(title)
-        fig.tight_layout()
-        return fig
-
-    def _image_title(self, i):
-        actual = self.class_names[self.targets[i]]
-        predicted = self.class_names[self.preds[i]]
-        prob = self.probs[i, self.preds[i]]
-        return (
-            f"actual: {actual}\npred: {predicted} ({prob:.2f})\n"
-            f"loss: {self.losses[i]:.2f}"
-        )
-
-    def plot_top_losses(self, k=9, ncols=4, figsize=None):
-        """Images with the highest loss (fastai v2 `plot_top_losses`).
-
-        Returns:
-            The matplotlib figure.
-        """
-        idxs = self.top_losses(k).indices
-        return self.plot_images(idxs, title=f"Top {k} losses", ncols=ncols, figsize=figsize)
-
-    def plot_most_correct(self, cls, k=4, ncols=4, figsize=None):
-        """Images of `most_correct(cls, k)`; returns the figure."""
-        name = self.class_names[self.class_index(cls)]
-        return self.plot_images(self.most_correct(cls, k),
-                                title=f"Most correct {name}", ncols=ncols, figsize=figsize)
-
-    def plot_most_incorrect(self, cls, k=4, ncols=4, figsize=None):
-        """Images of `most_incorrect(cls, k)`; returns the figure."""
-        name = self.class_names[self.class_index(cls)]
-        return self.plot_images(self.most_incorrect(cls, k),
-                                title=f"Most incorrect {name}", ncols=ncols, figsize=figsize)
-
-    def plot_most_uncertain(self, cls, k=4, ncols=4, figsize=None):
-        """Images of `most_uncertain(cls, k)`; returns the figure."""
-        name = self.class_names[self.class_index(cls)]
-        return self.plot_images(self.most_uncertain(cls, k),
-                                title=f"Most uncertain {name}", ncols=ncols, figsize=figsize)
 
 
 class MultiLabelInterpretation:

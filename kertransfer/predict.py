@@ -9,7 +9,6 @@ as `ConvLearner.TTA` (`kertransfer.tta.tta_probs`). Files that cannot be
 read are reported per file instead of stopping the batch.
 """
 
-import json
 import logging
 import os
 
@@ -18,7 +17,7 @@ import pandas as pd
 
 from kertransfer import images
 from kertransfer.images import IMAGE_EXTENSIONS
-from kertransfer.run_folder import load_model_file
+from kertransfer.run_folder import RunFolder
 
 __all__ = ["find_images", "load_run", "predict_images", "predict_probs", "run_framing"]
 
@@ -91,39 +90,14 @@ def run_framing(run_dir, metrics):
     )
 
 
+_RUN_KEYS = ("classes", "image_size", "arch")
+
+
 def _read_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"No metrics.json in the run folder {run_dir!r}; it holds the class "
-            "names and image size. Pass a folder written by `kertransfer train`."
-        )
-    with open(path) as f:
-        metrics = json.load(f)
-    missing = [key for key in ("classes", "image_size", "arch") if key not in metrics]
-    if missing:
-        raise ValueError(
-            f"{path} lacks {missing}; expected the keys 'classes', 'image_size' "
-            "and 'arch' that `kertransfer train` writes."
-        )
-    return metrics
-
-
-def _check_run_dir(run_dir):
-    run_dir = os.fspath(run_dir)
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(
-            f"Run folder not found: {run_dir!r}. Pass a folder written by "
-            "`kertransfer train` (it holds model.keras and metrics.json)."
-        )
-    model_path = os.path.join(run_dir, "model.keras")
-    if not os.path.isfile(model_path):
-        raise FileNotFoundError(
-            f"No model.keras in the run folder {run_dir!r}. Pass a folder "
-            "written by `kertransfer train`, or save a learner there with "
-            "`learn.save(os.path.join(run_dir, 'model.keras'))`."
-        )
-    return run_dir, model_path
+    """`metrics.json` of a run folder that has a model (`RunFolder`'s policy)."""
+    run = RunFolder(run_dir)
+    run.require(RunFolder.MODEL)
+    return run.read_metrics(keys=_RUN_KEYS)
 
 
 def load_run(run_dir):
@@ -143,17 +117,19 @@ def load_run(run_dir):
 
     Raises:
         FileNotFoundError: if the folder, `model.keras` or `metrics.json` is
-            missing.
-        ValueError: if `metrics.json` lacks a key, or the model's outputs do
-            not match its classes, or `model.keras` cannot be loaded.
+            missing (`kertransfer.run_folder.MissingRunFileError`).
+        ValueError: if `metrics.json` is unreadable, newer than this
+            kertransfer or lacks a key (`RunFolderError`), or the model's
+            outputs do not match its classes, or `model.keras` cannot be
+            loaded.
     """
-    run_dir, model_path = _check_run_dir(run_dir)
+    run = RunFolder(run_dir)
     metrics = _read_metrics(run_dir)
-    model = load_model_file(model_path)
+    model = run.load_model()
     num_outputs = model.output_shape[-1]
     if num_outputs != len(metrics["classes"]):
         raise ValueError(
-            f"{model_path} outputs {num_outputs} classes but metrics.json lists "
+            f"{run.model_path} outputs {num_outputs} classes but metrics.json lists "
             f"{len(metrics['classes'])} ({metrics['classes']}). Was the model "
             "replaced by one from another run?"
         )
@@ -234,7 +210,6 @@ def predict_probs(run_dir, paths, tta=False, n_aug=4, seed=0, batch_size=32):
     from kertransfer.data import ImageClassifierData
     from kertransfer.transforms import tfms_from_model
 
-    run_dir, _ = _check_run_dir(run_dir)
     metrics = _read_metrics(run_dir)
     classes = [str(c) for c in metrics["classes"]]
     n_aug = _check_count("n_aug", n_aug, 0)
@@ -309,7 +284,6 @@ def predict_images(
     frame[["file", "class_1", "prob_1"]]
     ```
     """
-    run_dir, _ = _check_run_dir(run_dir)
     classes = [str(c) for c in _read_metrics(run_dir)["classes"]]
     top_k = _check_top_k(top_k, classes)
     found, predicted, probs = predict_probs(

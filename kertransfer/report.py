@@ -16,8 +16,11 @@ offline. Run folder contract (all written by the trainer):
 - `history.csv` (optional): one row per epoch, columns `epoch`, `stage`,
   `loss`, `accuracy`, `val_loss`, `val_accuracy`, `best` (True on the
   kept epoch's row), ...
-- `lr_find.png`, `lr_find_unfrozen.png`, `lr_schedule.png`, `loss.png`,
-  `augmented.png` (optional).
+- `lr_find.png`, `lr_find_unfrozen.png`, `lr_schedule.png`,
+  `augmented.png` (optional; the loss is drawn from `history.csv`, once,
+  by `plot_history`, which also writes the trainer's `loss.png`).
+- `model.keras` and `preprocessing.json` (optional): Grad-CAM heatmaps of
+  the top losses (`kertransfer.gradcam`).
 
 Missing optional files are noted in the report. A small inline script
 records, once the page has loaded, how many images decoded
@@ -25,10 +28,6 @@ records, once the page has loaded, how many images decoded
 browser can check the report.
 """
 
-import base64
-import html
-import io
-import json
 import os
 import pathlib
 import warnings
@@ -38,154 +37,22 @@ import pandas as pd
 
 from kertransfer.interpret import ClassificationInterpretation
 from kertransfer.interpret import cross_entropy
+from kertransfer.report_html import IMAGE_CHECK_SCRIPT
+from kertransfer.report_html import STYLE
+from kertransfer.report_html import esc
+from kertransfer.report_html import figure_png
+from kertransfer.report_html import format_number
+from kertransfer.report_html import format_seconds
+from kertransfer.report_html import img
+from kertransfer.report_html import note
+from kertransfer.report_html import png_or_note
+from kertransfer.report_html import section
+from kertransfer.report_html import table
+from kertransfer.run_folder import RunFolder
+from kertransfer.run_folder import RunFolderError
 from kertransfer.run_folder import atomic_path
 
-__all__ = ["write_report"]
-
-_STYLE = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif;
-       margin: 2em auto; max-width: 1150px; color: #222; padding: 0 1em; }
-h1 { margin-bottom: 0.2em; }
-h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: 0.8em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th { background: #f3f3f3; }
-img { max-width: 100%; display: block; margin: 0.6em 0; }
-.note { color: #8a6d3b; background: #fcf8e3; padding: 0.4em 0.8em; }
-.cards { display: flex; gap: 1em; flex-wrap: wrap; }
-.card { border: 1px solid #ddd; border-radius: 6px; padding: 0.6em 1em; }
-.card .value { font-size: 1.6em; font-weight: bold; }
-td.cm-diag { background: #e6f2e6; font-weight: bold; }
-code { font-size: 0.9em; }
-"""
-
-# Counts decoded and broken <img> once everything has loaded; a headless
-# browser reads the attributes back with --dump-dom.
-_IMAGE_CHECK_SCRIPT = """
-window.addEventListener("load", function () {
-  var images = document.images, broken = 0;
-  for (var i = 0; i < images.length; i++) {
-    if (!images[i].complete || images[i].naturalWidth === 0) { broken++; }
-  }
-  document.body.dataset.imagesTotal = images.length;
-  document.body.dataset.imagesLoaded = images.length - broken;
-  document.body.dataset.imagesBroken = broken;
-});
-"""
-
-
-def _esc(value):
-    return html.escape(str(value), quote=True)
-
-
-def _note(text):
-    return f'<p class="note">{_esc(text)}</p>'
-
-
-def _section(section_id, title, parts):
-    body = "\n".join(parts)
-    return f'<section id="{section_id}">\n<h2>{_esc(title)}</h2>\n{body}\n</section>'
-
-
-def _img(png_bytes, alt):
-    data = base64.b64encode(png_bytes).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{_esc(alt)}">'
-
-
-def _figure_png(fig):
-    """PNG bytes of a matplotlib figure; closes the figure."""
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=80, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
-
-
-def _png_file(path):
-    """PNG bytes of an image file (re-encoded if it is not a PNG), or None."""
-    from PIL import Image
-
-    raw = path.read_bytes()
-    try:
-        with Image.open(io.BytesIO(raw)) as image:
-            image.load()
-            if image.format == "PNG":
-                return raw
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            return buffer.getvalue()
-    except (OSError, ValueError):
-        return None
-
-
-def _format_number(value, digits=4):
-    if value is None:
-        return "n/a"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _format_seconds(seconds):
-    if seconds is None:
-        return "n/a"
-    seconds = float(seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)} min {rest:.0f} s"
-
-
-def _table(frame, table_id=None, float_digits=4, index=True):
-    """HTML table from a DataFrame (pandas escapes the cell text)."""
-    return frame.to_html(
-        border=0,
-        index=index,
-        float_format=lambda x: f"{x:.{float_digits}f}",
-        table_id=table_id,
-        na_rep="n/a",
-    )
-
-
-def _load_metrics(run_dir):
-    path = run_dir / "metrics.json"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"write_report needs {path} (written by the trainer at the end "
-            "of a run); it does not exist."
-        )
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{path} is not valid JSON: {error}") from error
-
-
-def _load_predictions(run_dir):
-    path = run_dir / "predictions.npz"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"write_report needs {path} (validation predictions written by "
-            "the trainer); it does not exist."
-        )
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except ValueError as error:
-        raise ValueError(
-            f"Could not read {path} without pickle: {error}. Save paths as a "
-            "str array, e.g. paths=np.asarray(paths, dtype=str)."
-        ) from error
-    missing = [key for key in ("probs", "targets") if key not in arrays]
-    if missing:
-        raise ValueError(
-            f"{path} lacks the array(s) {missing}; expected probs (n, c), "
-            "targets (n,) and optionally tta_probs (n, c) and paths (n,). "
-            f"Found {sorted(arrays)}."
-        )
-    return arrays
+__all__ = ["plot_history", "write_report"]
 
 
 def _describe_kept(kept):
@@ -193,19 +60,19 @@ def _describe_kept(kept):
     where = f"epoch {kept.get('epoch', '?')} of the run ({kept.get('stage', '?')}"
     if "stage_epoch" in kept:
         where += f", its epoch {kept['stage_epoch']}"
-    return f"{where}), valid loss {_format_number(kept.get('val_loss'))}"
+    return f"{where}), valid loss {format_number(kept.get('val_loss'))}"
 
 
 def _summary_section(metrics, predictions, run_dir):
     cards = [
-        ("valid accuracy", _format_number(metrics.get("valid_accuracy"))),
-        ("TTA accuracy", _format_number(metrics.get("tta_accuracy"))),
-        ("valid loss", _format_number(metrics.get("valid_loss"))),
-        ("wall time", _format_seconds(metrics.get("wall_seconds"))),
+        ("valid accuracy", format_number(metrics.get("valid_accuracy"))),
+        ("TTA accuracy", format_number(metrics.get("tta_accuracy"))),
+        ("valid loss", format_number(metrics.get("valid_loss"))),
+        ("wall time", format_seconds(metrics.get("wall_seconds"))),
     ]
     card_html = "".join(
-        f'<div class="card"><div>{_esc(label)}</div>'
-        f'<div class="value">{_esc(value)}</div></div>'
+        f'<div class="card"><div>{esc(label)}</div>'
+        f'<div class="value">{esc(value)}</div></div>'
         for label, value in cards
     )
     values = {
@@ -217,9 +84,9 @@ def _summary_section(metrics, predictions, run_dir):
         values["kept weights"] = _describe_kept(metrics["kept"])
     values["run folder"] = str(run_dir)
     rows = pd.DataFrame({"value": list(values.values())}, index=list(values))
-    return _section(
+    return section(
         "summary", "Summary", [f'<div class="cards">{card_html}</div>',
-                               _table(rows)]
+                               table(rows)]
     )
 
 
@@ -239,13 +106,13 @@ def _dataset_section(metrics, class_names, run_dir=None):
             index=pd.Index(names, name="class"),
         )
         frame.loc["total"] = frame.sum()
-        parts.append(_table(frame, table_id="dataset-counts"))
+        parts.append(table(frame, table_id="dataset-counts"))
     else:
-        parts.append(_note("metrics.json has no dataset counts."))
+        parts.append(note("metrics.json has no dataset counts."))
     skipped = list(dataset.get("skipped") or [])
     if skipped:
         shown = skipped[:200]
-        items = "".join(f"<li><code>{_esc(p)}</code></li>" for p in shown)
+        items = "".join(f"<li><code>{esc(p)}</code></li>" for p in shown)
         more = (
             f"<li>... and {len(skipped) - len(shown)} more</li>"
             if len(skipped) > len(shown) else ""
@@ -258,30 +125,21 @@ def _dataset_section(metrics, class_names, run_dir=None):
         parts.append("<p>No files were skipped.</p>")
     if run_dir is not None and (run_dir / "augmented.png").is_file():
         parts.append("<h3>Training augmentation (center crop, then copies)</h3>")
-        parts.append(_png_or_note(run_dir, "augmented.png", "augmented training images"))
-    classes = ", ".join(_esc(n) for n in class_names)
+        parts.append(png_or_note(run_dir, "augmented.png", "augmented training images"))
+    classes = ", ".join(esc(n) for n in class_names)
     parts.insert(0, f"<p>{len(class_names)} classes: {classes}</p>")
-    return _section("dataset", "Dataset", parts)
+    return section("dataset", "Dataset", parts)
 
-
-def _png_or_note(run_dir, filename, alt):
-    path = run_dir / filename
-    if not path.is_file():
-        return _note(f"{filename} not found in the run folder; skipped.")
-    png = _png_file(path)
-    if png is None:
-        return _note(f"{filename} is not a readable image; skipped.")
-    return _img(png, alt)
 
 
 def _lr_section(metrics, run_dir):
     parts = [
         "<h3>Learning-rate finder</h3>",
-        _png_or_note(run_dir, "lr_find.png", "LR finder, frozen body"),
+        png_or_note(run_dir, "lr_find.png", "LR finder, frozen body"),
         "<h3>Learning-rate finder after unfreezing</h3>",
-        _png_or_note(run_dir, "lr_find_unfrozen.png", "LR finder, unfrozen"),
+        png_or_note(run_dir, "lr_find_unfrozen.png", "LR finder, unfrozen"),
         "<h3>Learning-rate schedule</h3>",
-        _png_or_note(run_dir, "lr_schedule.png", "learning-rate schedule"),
+        png_or_note(run_dir, "lr_schedule.png", "learning-rate schedule"),
     ]
     lrs = metrics.get("lrs") or {}
     if lrs:
@@ -294,19 +152,37 @@ def _lr_section(metrics, run_dir):
             },
             index=pd.Index([str(s) for s in lrs], name="stage"),
         )
-        parts.append(_table(frame, table_id="learning-rates"))
-    return _section("learning-rates", "Learning rates", parts)
+        parts.append(table(frame, table_id="learning-rates"))
+    return section("learning-rates", "Learning rates", parts)
 
 
-def _history_figure(history, kept=None):
+def plot_history(history, kept=None, figsize=None):
+    """Loss and accuracy per epoch over every stage, the kept epoch starred.
+
+    The one loss plot of a run: the report draws it, and the trainer saves
+    it as `loss.png`.
+
+    Args:
+        history: `history.csv` as a DataFrame, or `learn.history` (a list
+            of dicts): columns `epoch` (of the run), `stage`, `loss`,
+            `val_loss`, `accuracy`, `val_accuracy` (those present are drawn).
+        kept: `metrics["kept"]` (`epoch`, ...): a star marks that epoch's
+            validation loss, labelled "kept".
+        figsize: `(width, height)` in inches (default 5.5 x 3.8 per panel).
+
+    Returns:
+        The matplotlib figure: a loss panel and an accuracy panel, stage
+        boundaries dotted and stage names on top.
+    """
     import matplotlib.pyplot as plt
 
+    history = pd.DataFrame(history)
     panels = [
         ("loss", [c for c in ("loss", "val_loss") if c in history]),
         ("accuracy", [c for c in ("accuracy", "val_accuracy") if c in history]),
     ]
     panels = [(name, cols) for name, cols in panels if cols]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.8),
+    fig, axes = plt.subplots(1, len(panels), figsize=figsize or (5.5 * len(panels), 3.8),
                              squeeze=False)
     x = np.arange(1, len(history) + 1)
     stages = (
@@ -343,38 +219,33 @@ def _history_section(run_dir, kept=None):
     parts = []
     if kept:
         parts.append(
-            f"<p>The run kept the weights of {_esc(_describe_kept(kept))}: the "
+            f"<p>The run kept the weights of {esc(_describe_kept(kept))}: the "
             "lowest validation loss of all its epochs, every stage included "
             "(&#9733; in the plot, <code>best</code> in history.csv). The "
             "accuracies of this report, TTA included, are measured on the same "
             "validation set, as in fast.ai.</p>"
         )
-    path = run_dir / "history.csv"
     history = None
-    if path.is_file():
+    run = RunFolder(run_dir)
+    if run.has(run.HISTORY):
         try:
-            history = pd.read_csv(path)
-        except (pd.errors.EmptyDataError, pd.errors.ParserError) as error:
-            parts.append(_note(f"history.csv could not be read ({error})."))
+            history = run.read_history()
+        except RunFolderError as error:
+            parts.append(note(f"history.csv could not be read ({error})."))
     else:
-        parts.append(_note("history.csv not found in the run folder; skipped."))
+        parts.append(note("history.csv not found in the run folder; skipped."))
     if history is not None:
         plotted = {"loss", "val_loss", "accuracy", "val_accuracy"}
         if len(history) and plotted & set(history.columns):
-            parts.append(_img(_figure_png(_history_figure(history, kept)),
-                              "loss and accuracy per epoch"))
+            parts.append(img(figure_png(plot_history(history, kept)),
+                             "loss and accuracy per epoch"))
         else:
-            parts.append(_note("history.csv has no loss/accuracy rows."))
+            parts.append(note("history.csv has no loss/accuracy rows."))
         parts.append(
             "<details><summary>history.csv</summary>"
-            f"{_table(history, table_id='history')}</details>"
+            f"{table(history, table_id='history')}</details>"
         )
-    if (run_dir / "loss.png").is_file():
-        parts.append("<h3>Loss recorded by the trainer</h3>")
-        parts.append(_png_or_note(run_dir, "loss.png", "training loss"))
-    else:
-        parts.append(_note("loss.png not found in the run folder; skipped."))
-    return _section("history", "Loss and accuracy per epoch", parts)
+    return section("history", "Loss and accuracy per epoch", parts)
 
 
 def _accuracy_section(metrics, predictions):
@@ -393,60 +264,71 @@ def _accuracy_section(metrics, predictions):
             "cross-entropy (predictions.npz)": loss,
         }
     frame = pd.DataFrame.from_dict(rows, orient="index").astype(float)
-    parts = [_table(frame, table_id="accuracy")]
+    parts = [table(frame, table_id="accuracy")]
     if "tta_probs" not in predictions:
-        parts.append(_note("predictions.npz has no tta_probs; no TTA row."))
-    return _section("accuracy", "Plain vs TTA accuracy", parts)
+        parts.append(note("predictions.npz has no tta_probs; no TTA row."))
+    return section("accuracy", "Plain vs TTA accuracy", parts)
 
 
-def _confusion_table(interp):
-    cm = interp.confusion_matrix()
+def _confusion_table(interp, normalize=False):
+    """Counts (`id="confusion-matrix"`, cells `cm-cell`) or row proportions
+    (`id="confusion-matrix-normalized"`, cells `cm-norm-cell`)."""
+    cm = interp.confusion_matrix(normalize=normalize)
     names = interp.class_names
-    header = "".join(f'<th scope="col">{_esc(n)}</th>' for n in names)
+    kind, table_id = ("cm-norm-cell", "confusion-matrix-normalized") if normalize else ("cm-cell", "confusion-matrix")
+    header = "".join(f'<th scope="col">{esc(n)}</th>' for n in names)
     rows = []
     for i, actual in enumerate(names):
         cells = "".join(
-            f'<td class="cm-cell{" cm-diag" if i == j else ""}" '
-            f'data-row="{i}" data-col="{j}" data-actual="{_esc(actual)}" '
-            f'data-predicted="{_esc(names[j])}">{cm[i, j]}</td>'
+            f'<td class="{kind}{" cm-diag" if i == j else ""}" '
+            f'data-row="{i}" data-col="{j}" data-actual="{esc(actual)}" '
+            f'data-predicted="{esc(names[j])}">{f"{cm[i, j]:.3f}" if normalize else cm[i, j]}</td>'
             for j in range(len(names))
         )
-        rows.append(f'<tr><th scope="row">{_esc(actual)}</th>{cells}</tr>')
+        rows.append(f'<tr><th scope="row">{esc(actual)}</th>{cells}</tr>')
     return (
-        '<table id="confusion-matrix" class="confusion-matrix">'
+        f'<table id="{table_id}" class="confusion-matrix">'
         f"<thead><tr><th>actual \\ predicted</th>{header}</tr></thead>"
         f"<tbody>{''.join(rows)}</tbody></table>"
     )
 
 
 def _confusion_section(interp, source):
-    fig = interp.plot_confusion_matrix().figure
+    import matplotlib.pyplot as plt
+
+    side = min(max(4.0, 0.55 * interp.num_classes + 2.0), 15.0)
+    fig, (counts_ax, rates_ax) = plt.subplots(1, 2, figsize=(2 * side, side))
+    interp.plot_confusion_matrix(ax=counts_ax)
+    interp.plot_confusion_matrix(normalize=True, ax=rates_ax)
+    fig.tight_layout()
     parts = [
-        f"<p>From the {source} predictions; rows are actual classes, "
-        "columns predicted.</p>",
+        (f"<p>From the {source} predictions; rows are actual classes, "
+         "columns predicted. Counts, then each row divided by its total (rows "
+         "sum to 1; the diagonal is each class's recall).</p>"),
         _confusion_table(interp),
-        _img(_figure_png(fig), "confusion matrix"),
+        _confusion_table(interp, normalize=True),
+        img(figure_png(fig), "confusion matrix: counts and row-normalized"),
         "<h3>Most confused pairs</h3>",
     ]
     confused = interp.most_confused()
     if len(confused):
-        parts.append(_table(confused.head(20), table_id="most-confused",
+        parts.append(table(confused.head(20), table_id="most-confused",
                             index=False))
     else:
         parts.append("<p>No item was misclassified.</p>")
     parts += ["<h3>Per-class report</h3>",
-              _table(interp.per_class_report(), table_id="per-class-report")]
-    return _section("confusion", "Confusion matrix", parts)
+              table(interp.per_class_report(), table_id="per-class-report")]
+    return section("confusion", "Confusion matrix", parts)
 
 
 def _image_sections(interp, num_images, num_top_losses, max_classes):
     if interp.image_paths is None:
-        return _section("images", "Images", [
-            _note("predictions.npz has no paths; image grids skipped.")])
+        return section("images", "Images", [
+            note("predictions.npz has no paths; image grids skipped.")])
     missing = sum(not os.path.isfile(p) for p in interp.image_paths)
     parts = []
     if missing:
-        parts.append(_note(
+        parts.append(note(
             f"{missing} of {len(interp.image_paths)} validation images are "
             "missing on this machine; their tiles show a placeholder."))
     cm = interp.confusion_matrix()
@@ -454,11 +336,11 @@ def _image_sections(interp, num_images, num_top_losses, max_classes):
     classes = list(range(interp.num_classes))
     if len(classes) > max_classes:
         classes = sorted(classes, key=lambda c: -errors[c])[:max_classes]
-        parts.append(_note(
+        parts.append(note(
             f"Showing the {max_classes} classes with the most errors."))
 
     def grid(fig, alt):
-        return _img(_figure_png(fig), alt)
+        return img(figure_png(fig), alt)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # missing files are noted above
@@ -468,15 +350,37 @@ def _image_sections(interp, num_images, num_top_losses, max_classes):
             parts.append(grid(interp.plot_most_incorrect(c, num_images),
                               f"most incorrect {name}"))
         parts.append("<h3>Most uncertain</h3>")
-        # With two classes, |p0 - 1/2| == |p1 - 1/2|: one grid says it all.
-        for c in classes[:1] if interp.num_classes == 2 else classes:
+        for c in classes:  # each grid shows images of its class only
             name = interp.class_names[c]
             parts.append(grid(interp.plot_most_uncertain(c, num_images),
                               f"most uncertain {name}"))
         parts.append("<h3>Top losses</h3>")
         parts.append(grid(interp.plot_top_losses(num_top_losses),
                           "top losses"))
-    return _section("images", "Images", parts)
+    return section("images", "Images", parts)
+
+
+def _grad_cam_section(interp, run, metrics, k):
+    """The top losses with their Grad-CAM heatmap, or a note saying why not."""
+    from kertransfer.predict import run_framing
+
+    parts = [(
+        "<p>Grad-CAM (Selvaraju et al. 2017) of the class the model predicted: "
+        "red where the last feature map held the evidence for it. On a wrong "
+        "prediction, it shows what the model looked at instead.</p>"
+    )]
+    if interp.image_paths is None:
+        parts.append(note("predictions.npz has no paths; Grad-CAM skipped."))
+    elif not run.has(run.MODEL):
+        parts.append(note("model.keras not found in the run folder; Grad-CAM skipped."))
+    else:
+        try:
+            model = run.load_model()
+            fig = interp.plot_grad_cam(model, run_framing(run.path, metrics), k=k)
+            parts.append(img(figure_png(fig), "Grad-CAM of the top losses"))
+        except (OSError, ValueError) as error:
+            parts.append(note(f"Grad-CAM skipped: {error}"))
+    return section("grad-cam", "Where the model looked (Grad-CAM)", parts)
 
 
 def _time_section(metrics):
@@ -488,7 +392,7 @@ def _time_section(metrics):
         frame = pd.DataFrame(
             {
                 "seconds": seconds,
-                "time": [_format_seconds(s) for s in seconds],
+                "time": [format_seconds(s) for s in seconds],
                 "share of wall time": [
                     f"{100 * s / float(wall):.1f}%" if wall else "n/a"
                     for s in seconds
@@ -496,25 +400,28 @@ def _time_section(metrics):
             },
             index=pd.Index([str(s) for s in stage_seconds], name="stage"),
         )
-        parts.append(_table(frame, table_id="stage-seconds", float_digits=1))
+        parts.append(table(frame, table_id="stage-seconds", float_digits=1))
     else:
-        parts.append(_note("metrics.json has no stage_seconds."))
-    parts.append(f"<p>Wall time for the whole run: {_format_seconds(wall)}.</p>")
-    return _section("time", "Time per stage", parts)
+        parts.append(note("metrics.json has no stage_seconds."))
+    parts.append(f"<p>Wall time for the whole run: {format_seconds(wall)}.</p>")
+    return section("time", "Time per stage", parts)
 
 
 def write_report(run_dir, filename="report.html", num_images=4,
-                 num_top_losses=8, max_classes=10):
+                 num_top_losses=8, max_classes=10, grad_cam=True):
     """Writes one self-contained HTML report of a training run.
 
     The report shows the dataset summary, the learning-rate finder curves
     and schedule, loss and accuracy per epoch with stage boundaries, plain
-    vs TTA accuracy, the confusion matrix (as a table with
+    vs TTA accuracy, the confusion matrix (counts: a table with
     `id="confusion-matrix"`, each cell `class="cm-cell"` with `data-row`
-    and `data-col`, and as a plot), the per-class report, image grids of
-    the most incorrect, most uncertain and highest-loss validation images
-    (fast.ai v0.7 lesson 1) and the time per stage. Interpretation uses the
-    TTA predictions when `predictions.npz` has them.
+    and `data-col`; row-normalized: `id="confusion-matrix-normalized"`,
+    cells `class="cm-norm-cell"`; both as plots), the per-class report,
+    image grids of the most incorrect and most uncertain validation images
+    of each class and of the highest losses (fast.ai v0.7 lesson 1), the
+    Grad-CAM heatmaps of the top losses, and the time per stage. The
+    summary and the loss plot name the epoch whose weights the run kept.
+    Interpretation uses the TTA predictions when `predictions.npz` has them.
 
     Args:
         run_dir: the run folder (see the module docstring for its files).
@@ -524,15 +431,19 @@ def write_report(run_dir, filename="report.html", num_images=4,
         num_top_losses: images in the top-losses grid.
         max_classes: with more classes, per-class grids are drawn only for
             the `max_classes` classes with the most errors.
+        grad_cam: draw the Grad-CAM heatmaps of the top losses (loads
+            `model.keras` and runs it on `num_top_losses` images).
 
     Returns:
         `pathlib.Path` of the written report.
 
     Raises:
         FileNotFoundError: if `run_dir`, `metrics.json` or
-            `predictions.npz` does not exist.
-        ValueError: if a required file is malformed, or `classes` does not
-            match the number of columns of `probs`.
+            `predictions.npz` does not exist
+            (`kertransfer.run_folder.MissingRunFileError`).
+        ValueError: if a required file is unreadable or newer than this
+            kertransfer (`RunFolderError`), or `classes` does not match the
+            number of columns of `probs`.
 
     Example:
 
@@ -541,12 +452,9 @@ def write_report(run_dir, filename="report.html", num_images=4,
     'report.html'
     """
     run_dir = pathlib.Path(run_dir)
-    if not run_dir.is_dir():
-        raise FileNotFoundError(
-            f"write_report expects a run folder. {run_dir} does not exist."
-        )
-    metrics = _load_metrics(run_dir)
-    predictions = _load_predictions(run_dir)
+    run = RunFolder(run_dir)
+    metrics = run.read_metrics()
+    predictions = run.read_predictions(keys=("probs", "targets"))
     use_tta = "tta_probs" in predictions
     probs = predictions["tta_probs" if use_tta else "probs"]
     class_names = metrics.get("classes")
@@ -573,6 +481,7 @@ def write_report(run_dir, filename="report.html", num_images=4,
         _accuracy_section(metrics, predictions),
         _confusion_section(interp, "TTA" if use_tta else "plain"),
         _image_sections(interp, num_images, num_top_losses, max_classes),
+        *([_grad_cam_section(interp, run, metrics, num_top_losses)] if grad_cam else []),
         _time_section(metrics),
     ]
     document = "\n".join([
@@ -580,12 +489,12 @@ def write_report(run_dir, filename="report.html", num_images=4,
         '<html lang="en">',
         "<head>",
         '<meta charset="utf-8">',
-        f"<title>{_esc(title)}</title>",
-        f"<style>{_STYLE}</style>",
-        f"<script>{_IMAGE_CHECK_SCRIPT}</script>",
+        f"<title>{esc(title)}</title>",
+        f"<style>{STYLE}</style>",
+        f"<script>{IMAGE_CHECK_SCRIPT}</script>",
         "</head>",
         "<body>",
-        f"<h1>{_esc(title)}</h1>",
+        f"<h1>{esc(title)}</h1>",
         *sections,
         "</body>",
         "</html>",

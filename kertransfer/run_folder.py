@@ -1,8 +1,13 @@
 """The run folder a training run writes: never half-written, never clobbered.
 
 `kertransfer train --out DIR` writes `model.keras`, `metrics.json`,
-`predictions.npz`, plots and a report into DIR. Two rules keep a previous
-run safe:
+`predictions.npz`, `history.csv`, plots and a report into DIR. `RunFolder`
+is the one writer and reader of those files: the main job writes through
+it, and `kertransfer predict`, `report` and `export` read through it, with
+one error policy (`RunFolderError`). `metrics.json` carries the format's
+version (`"schema"`); folders written before it existed still load.
+
+Two rules keep a previous run safe:
 
 - a folder that already holds a run is refused unless the caller says
   `overwrite=True` (`--overwrite`);
@@ -19,6 +24,7 @@ This module imports nothing from the rest of kertransfer.
 """
 
 import contextlib
+import csv
 import glob
 import json
 import os
@@ -29,6 +35,20 @@ import numpy as np
 # Files whose presence marks a folder as holding a run (progress.json: a
 # run that has started, finished or not; see `kertransfer.train`).
 RUN_FILES = ("model.keras", "metrics.json", "predictions.npz", "history.csv", "progress.json")
+
+# Version of the run folder's format, written into metrics.json as
+# "schema". Folders without it (written before it existed) are version 0.
+# Raise it when a reader of the old format would misread the new one.
+SCHEMA_VERSION = 1
+
+# What each file holds, for the messages of `RunFolderError`.
+_CONTENTS = {
+    "model.keras": "the trained model",
+    "metrics.json": "the class names, image size and scores",
+    "predictions.npz": "the validation predictions",
+    "history.csv": "one row per epoch",
+}
+_FIX = "Pass a folder written by `kertransfer train`"
 
 
 @contextlib.contextmanager
@@ -221,3 +241,249 @@ def load_model_file(model_path):
             f"loadable .keras file: corrupt or truncated ({detail}). Retrain, or "
             "restore it from a copy."
         ) from e
+
+
+class RunFolderError(ValueError):
+    """A run folder, or one of its files, cannot be read.
+
+    The message names the path, what is wrong and what to do. A missing
+    folder or file raises `MissingRunFileError`, which is also a
+    `FileNotFoundError`; so `except RunFolderError` catches every problem
+    of a run folder, and code written for `FileNotFoundError` /
+    `ValueError` keeps working.
+    """
+
+
+class MissingRunFileError(RunFolderError, FileNotFoundError):
+    """The run folder, or a file it should hold, does not exist."""
+
+
+class RunFolder:
+    """The files of one training run: the one writer and reader.
+
+    `kertransfer train` writes `model.keras`, `metrics.json` (with
+    `"schema": SCHEMA_VERSION`), `history.csv` and `predictions.npz`
+    through it, each atomically (`atomic_path`); `kertransfer predict`,
+    `report` and `export` read them through it. Every reader has one error
+    policy: a missing folder or file raises `MissingRunFileError`, an
+    unreadable file, a `metrics.json` from a newer kertransfer or one
+    lacking a needed key raise `RunFolderError`, each naming the path and
+    the fix. Run folders written before the schema key existed load as
+    schema 0.
+
+    Args:
+        path: the run folder (str or path-like). Nothing is read or
+            created until a method needs it.
+
+    Example:
+
+    ```python
+    run = RunFolder("runs/dogscats")
+    metrics = run.read_metrics(keys=("classes", "image_size"))
+    model = run.load_model()
+    probs = run.read_predictions()["probs"]
+    ```
+    """
+
+    MODEL = "model.keras"
+    METRICS = "metrics.json"
+    HISTORY = "history.csv"
+    PREDICTIONS = "predictions.npz"
+
+    def __init__(self, path):
+        self.path = os.fspath(path)
+
+    def __repr__(self):
+        return f"RunFolder({self.path!r})"
+
+    def file(self, name):
+        """Path of the file `name` in the folder (it may not exist)."""
+        return os.path.join(self.path, name)
+
+    @property
+    def model_path(self):
+        """Path of `model.keras` (written at every best epoch by the main job)."""
+        return self.file(self.MODEL)
+
+    def has(self, name):
+        """Whether the folder holds the file `name`."""
+        return os.path.isfile(self.file(name))
+
+    # ------------------------------------------------------------ writing
+
+    def write_model(self, model):
+        """Saves `model` (anything with `.save(path)`: a `keras.Model`, a
+        learner) as `model.keras`, atomically. Returns its path."""
+        with atomic_path(self.model_path) as tmp:
+            model.save(tmp)
+        return self.model_path
+
+    def write_metrics(self, metrics):
+        """Writes `metrics` to `metrics.json` with `"schema": SCHEMA_VERSION`.
+
+        Args:
+            metrics: a JSON-serializable dict.
+
+        Returns:
+            The path written.
+        """
+        document = {"schema": SCHEMA_VERSION, **{k: v for k, v in metrics.items() if k != "schema"}}
+        path = self.file(self.METRICS)
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            json.dump(document, f, indent=2)
+        return path
+
+    def write_history(self, rows):
+        """Writes one CSV row per epoch to `history.csv`.
+
+        Args:
+            rows: a list of dicts (`learn.history`); the columns are the
+                union of their keys, `epoch` and `stage` first, then sorted.
+
+        Returns:
+            The path written.
+        """
+        fields = sorted({k for row in rows for k in row}, key=lambda k: (k not in ("epoch", "stage"), k))
+        path = self.file(self.HISTORY)
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    def write_predictions(self, **arrays):
+        """Writes numpy arrays (`probs`, `tta_probs`, `targets`, `paths`)
+        to `predictions.npz`. Returns the path written."""
+        path = self.file(self.PREDICTIONS)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **arrays)
+        return path
+
+    # ------------------------------------------------------------ reading
+
+    def require(self, name=None):
+        """Path of the file `name`, which must exist (or of the folder).
+
+        Raises:
+            MissingRunFileError: if the folder or the file does not exist.
+        """
+        if not os.path.isdir(self.path):
+            raise MissingRunFileError(
+                f"Run folder not found: {self.path!r} does not exist or is not a folder. "
+                f"{_FIX} (it holds model.keras and metrics.json)."
+            )
+        if name is None:
+            return self.path
+        path = self.file(name)
+        if not os.path.isfile(path):
+            what = _CONTENTS.get(name, name)
+            raise MissingRunFileError(
+                f"No {name} in the run folder {self.path!r} ({path} does not exist); it holds "
+                f"{what}. {_FIX}, or rerun it to write the file."
+            )
+        return path
+
+    def _unreadable(self, path, problem):
+        return RunFolderError(
+            f"{path} cannot be read: {problem}. It is corrupt, truncated or not written by "
+            "kertransfer: rerun `kertransfer train`, or restore the file from a copy."
+        )
+
+    def read_metrics(self, keys=(), required=True):
+        """The `metrics.json` dict.
+
+        Args:
+            keys: keys the caller needs (e.g. `("classes", "image_size")`).
+            required: if False, a folder without `metrics.json` gives `{}`
+                (a bare `model.keras` can still be exported); an unreadable
+                one still raises.
+
+        Returns:
+            The dict as the main job wrote it; `"schema"` is checked (absent:
+            0, a folder written before it existed), not returned, so every
+            version reads back as the dict `kertransfer.train.train` returned.
+
+        Raises:
+            MissingRunFileError: if the folder, or (with `required`) the
+                file, does not exist.
+            RunFolderError: if the file is not a JSON object, its schema is
+                newer than `SCHEMA_VERSION`, or a key of `keys` is missing.
+        """
+        if not required and not self.has(self.METRICS):
+            self.require()
+            return {}
+        path = self.require(self.METRICS)
+        try:
+            with open(path, encoding="utf-8") as f:
+                metrics = json.load(f)
+        except (OSError, ValueError) as e:  # ValueError: bad JSON or UTF-8
+            raise self._unreadable(path, f"not valid JSON ({e})") from e
+        if not isinstance(metrics, dict):
+            raise self._unreadable(path, f"a JSON object was expected, found {type(metrics).__name__}")
+        schema = metrics.pop("schema", 0)
+        if isinstance(schema, bool) or not isinstance(schema, int) or schema < 0:
+            raise self._unreadable(path, f"'schema' must be a non-negative integer, found {schema!r}")
+        if schema > SCHEMA_VERSION:
+            raise RunFolderError(
+                f"{path} has schema {schema}, newer than this kertransfer reads (up to "
+                f"{SCHEMA_VERSION}): the run was written by a newer kertransfer. Upgrade it "
+                "(`pip install -U kertransfer`) to read this run folder."
+            )
+        missing = [key for key in keys if key not in metrics]
+        if missing:
+            raise RunFolderError(
+                f"{path} lacks {missing}; expected the keys {list(keys)} that `kertransfer train` "
+                f"writes. {_FIX}, or add them to the file."
+            )
+        return metrics
+
+    def read_predictions(self, keys=()):
+        """The arrays of `predictions.npz` as a dict (no pickle).
+
+        Args:
+            keys: arrays the caller needs (e.g. `("probs", "targets")`).
+
+        Raises:
+            MissingRunFileError: if the folder or the file does not exist.
+            RunFolderError: if the file cannot be read without pickle, or
+                an array of `keys` is missing.
+        """
+        path = self.require(self.PREDICTIONS)
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {key: archive[key] for key in archive.files}
+        except (OSError, ValueError, EOFError) as e:
+            raise self._unreadable(
+                path, f"{type(e).__name__}: {e} (paths must be a str array, e.g. "
+                "np.asarray(paths, dtype=str), not objects)") from e
+        missing = [key for key in keys if key not in arrays]
+        if missing:
+            raise RunFolderError(
+                f"{path} lacks the array(s) {missing}; found {sorted(arrays)}. {_FIX}: it writes "
+                "probs (n, c), tta_probs (n, c), targets (n,) and paths (n,)."
+            )
+        return arrays
+
+    def read_history(self):
+        """`history.csv` as a `pandas.DataFrame`, one row per epoch.
+
+        Raises:
+            MissingRunFileError: if the folder or the file does not exist.
+            RunFolderError: if the file is empty or not CSV.
+        """
+        import pandas as pd
+
+        path = self.require(self.HISTORY)
+        try:
+            return pd.read_csv(path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise self._unreadable(path, f"not CSV ({e})") from e
+
+    def load_model(self):
+        """Loads `model.keras` without its optimizer (`load_model_file`).
+
+        Raises:
+            MissingRunFileError: if the folder or the file does not exist.
+            ValueError: if the file cannot be loaded (names it).
+        """
+        return load_model_file(self.require(self.MODEL))

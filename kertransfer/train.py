@@ -1,6 +1,5 @@
 """The main job: fast.ai lesson 1's eight steps, end to end, into a run folder."""
 
-import csv
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from kertransfer.learner import ConvLearner
 from kertransfer.progress import RunProgress
 from kertransfer.recorder import FitRecord
 from kertransfer.recorder import LRFindResult
+from kertransfer.run_folder import RunFolder
 from kertransfer.run_folder import atomic_path
 from kertransfer.run_folder import check_out_dir
 from kertransfer.transforms import tfms_from_model
@@ -255,29 +255,6 @@ def _plot_schedules(records, path):
     _savefig(ax, path)
 
 
-def _plot_losses(history, path):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    epochs = [r["epoch"] for r in history]
-    ax.plot(epochs, [r["loss"] for r in history], "o-", label="train loss")
-    ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="valid loss")
-    ax2 = ax.twinx()
-    ax2.plot(epochs, [r["val_accuracy"] for r in history], "s--", color="tab:green", label="valid accuracy")
-    ax2.set_ylabel("valid accuracy")
-    prev = None
-    for r in history:
-        if r["stage"] != prev:
-            ax.axvline(r["epoch"] - 0.5, color="grey", lw=0.5)
-            ax.text(r["epoch"] - 0.5, ax.get_ylim()[1], f" {r['stage']}", fontsize=7, va="top", rotation=90)
-            prev = r["stage"]
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend(loc="upper left")
-    ax2.legend(loc="upper right")
-    _savefig(ax, path)
-
-
 def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=False, *, _scratch=False):
     """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
 
@@ -385,8 +362,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         progress = RunProgress.load(out_dir)
         if progress.finished:
             say(f"the run in {out_dir} is finished; nothing to resume")
-            with open(os.path.join(out_dir, "metrics.json")) as f:
-                return json.load(f)
+            return RunFolder(out_dir).read_metrics()
         if config is None:
             config = TrainConfig(**progress.meta["config"])
         progress.check_same(config, data_dir)
@@ -464,9 +440,9 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     if replicas.devices > 1:
         say(f"data parallel: {replicas.engine} over {replicas.devices} devices, "
             f"{config.batch_size // replicas.devices} images per device")
-    model_path = os.path.join(out_dir, "model.keras")
+    run = RunFolder(out_dir)
     # The best weights by validation loss over every epoch of every stage.
-    kept_weights = _KeptWeights(learn, model_path)
+    kept_weights = _KeptWeights(learn, run.model_path)
     # Resuming: the weights, best weights so far and random generators of
     # the last step done (nothing on a new run).
     with replicas.scope():
@@ -576,32 +552,26 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
 
     # Write the run folder.
-    with atomic_path(model_path) as tmp:
-        learn.save(tmp)
+    run.write_model(learn)
     # How a photo becomes a model input: read by predict, export, serving.
     data.valid_tfms.framing.save(out_dir)
-    with atomic_path(os.path.join(out_dir, "predictions.npz")) as tmp:
-        np.savez(
-            tmp,
-            probs=probs,
-            tta_probs=tta_probs,
-            targets=targets,
-            paths=np.asarray([os.path.abspath(p) for p in data.valid_paths]),
-        )
-    fields = sorted({k for row in learn.history for k in row}, key=lambda k: (k not in ("epoch", "stage"), k))
-    with atomic_path(os.path.join(out_dir, "history.csv")) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields)
-        writer.writeheader()
-        writer.writerows(learn.history)
+    run.write_predictions(
+        probs=probs,
+        tta_probs=tta_probs,
+        targets=targets,
+        paths=np.asarray([os.path.abspath(p) for p in data.valid_paths]),
+    )
+    run.write_history(learn.history)
     with atomic_path(os.path.join(out_dir, "lr_find.json")) as tmp, open(tmp, "w") as f:
         json.dump({"head": finder.to_dict(), "unfrozen": finder2.to_dict(), "chosen": {"head": lr, "unfrozen": lr2}}, f)
     _plot_schedules(records, os.path.join(out_dir, "lr_schedule.png"))
-    _plot_losses(learn.history, os.path.join(out_dir, "loss.png"))
-    metrics["wall_seconds"] = round(time.time() - wall, 1)
-    with atomic_path(os.path.join(out_dir, "metrics.json")) as tmp, open(tmp, "w") as f:
-        json.dump(metrics, f, indent=2)
+    from kertransfer.report import plot_history
     from kertransfer.report import write_report
 
+    # The report's loss plot, the kept epoch starred.
+    _savefig(plot_history(learn.history, kept), os.path.join(out_dir, "loss.png"))
+    metrics["wall_seconds"] = round(time.time() - wall, 1)
+    run.write_metrics(metrics)
     report = write_report(out_dir)
     progress.finish()
     say(f"wrote {out_dir} in {metrics['wall_seconds']} s; report: {report}")

@@ -118,10 +118,12 @@ def test_most_correct_is_most_confident_first(interp):
     assert sorted(correct_cats) == sorted(set(range(20)) - {3, 7, 11})
 
 
-def test_most_uncertain_is_closest_to_half(interp):
-    np.testing.assert_array_equal(interp.most_uncertain("cats", 3), [5, 28, 11])
-    # For two classes |p_cat - 0.5| == |p_dog - 0.5|.
-    np.testing.assert_array_equal(interp.most_uncertain("dogs", 3), [5, 28, 11])
+def test_most_uncertain_is_per_class_closest_to_half(interp):
+    # Cats only (items 0-19), by |p_cat - 0.5|: 5 (0.01), 11 (0.05), 0 (0.10).
+    np.testing.assert_array_equal(interp.most_uncertain("cats", 3), [5, 11, 0])
+    # Dogs only (items 20-39), by |p_dog - 0.5|: 28 (0.03), 20 (0.10), 21 (0.12).
+    np.testing.assert_array_equal(interp.most_uncertain("dogs", 3), [28, 20, 21])
+    assert sorted(interp.most_uncertain("dogs", None)) == list(range(20, 40))
 
 
 def test_top_losses_are_clipped_cross_entropy(interp):
@@ -170,14 +172,26 @@ def test_three_classes():
     assert interp.most_confused().values.tolist() == [
         ["ants", "bees", 2], ["bees", "ants", 1]
     ]
-    # |p_ants - 1/3|: 0.367, 0.033, 0.133, 0.233, 0.007, 0.283
-    np.testing.assert_array_equal(interp.most_uncertain("ants", 3), [4, 1, 2])
+    # Ants (items 0-2), by |p_ants - the best other|: 0.5, 0.1, 0.3.
+    np.testing.assert_array_equal(interp.most_uncertain("ants", 3), [1, 2, 0])
+    # Bees (items 3-4): 0.7, |0.33 - 0.34| = 0.01.
+    np.testing.assert_array_equal(interp.most_uncertain("bees"), [4, 3])
     np.testing.assert_array_equal(interp.most_incorrect("ants"), [2, 1])
     np.testing.assert_array_equal(interp.most_incorrect("wasps"), [])
     report = interp.per_class_report()
     np.testing.assert_allclose(report.loc["bees", "precision"], 1 / 3)
     np.testing.assert_allclose(report.loc["weighted avg", "recall"],
                                (3 * 1 / 3 + 2 * 1 / 2 + 1 * 1) / 6)
+
+
+def test_normalized_confusion_matrix_rows_sum_to_one(interp):
+    np.testing.assert_allclose(interp.confusion_matrix(normalize=True),
+                               [[17 / 20, 3 / 20], [2 / 20, 18 / 20]])
+    # A class without items keeps a row of zeros (no division by zero).
+    names = ["ants", "bees", "wasps"]
+    probs = np.array([[0.7, 0.2, 0.1], [0.3, 0.3, 0.4], [0.1, 0.8, 0.1]])
+    cm = ClassificationInterpretation(probs, [0, 0, 1], names).confusion_matrix(normalize=True)
+    np.testing.assert_allclose(cm, [[0.5, 0, 0.5], [0, 1, 0], [0, 0, 0]])
 
 
 def test_one_hot_targets_and_class_indices():
@@ -329,6 +343,42 @@ def test_image_plots_are_not_blank(interp, tmp_path, method, args):
                for t in titles)
     pixels = _png_pixels(fig, tmp_path, f"{method}.png")
     assert pixels.std() > 20
+
+
+@pytest.mark.parametrize("cls", CLASSES)
+def test_most_uncertain_grid_shows_only_its_class(interp, cls):
+    fig = interp.plot_most_uncertain(cls, 4)
+    titles = [ax.get_title() for ax in fig.axes if ax.images]
+    assert len(titles) == 4
+    assert all(t.startswith(f"actual: {cls}\n") for t in titles), titles
+    plt.close(fig)
+
+
+def test_plot_grad_cam_overlays_the_heatmaps_of_the_predicted_class(interp, tmp_path):
+    import keras
+
+    from kertransfer.gradcam import grad_cam
+    from kertransfer.images import Framing
+    from kertransfer.images import frame_images
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(6, 3, strides=2, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x))
+    framing = Framing(32)
+    fig = interp.plot_grad_cam(model, framing, k=3)
+    tiles = [ax for ax in fig.axes if ax.images]
+    top = interp.top_losses(3).indices
+    titles = [ax.get_title() for ax in tiles]
+    assert [t.splitlines()[-1] for t in titles] == [f"loss: {interp.losses[i]:.2f}" for i in top]
+    expected = grad_cam(model, frame_images([interp.image_paths[i] for i in top], framing), interp.preds[top])
+    for ax, heatmap in zip(tiles, expected):
+        photo, overlay = ax.images
+        assert photo.get_array().shape == (32, 32, 3)
+        np.testing.assert_allclose(np.asarray(overlay.get_array()), heatmap, rtol=1e-6)
+    assert _png_pixels(fig, tmp_path, "gradcam.png").std() > 20
 
 
 def test_plot_images_titles_show_actual_predicted_prob_loss(interp):

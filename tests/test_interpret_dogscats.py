@@ -87,8 +87,12 @@ def test_most_uncertain_is_closest_to_half(dogscats_interp):
     for cls in ("cats", "dogs"):
         c = interp.class_names.index(cls)
         uncertain = interp.most_uncertain(cls, k=6)
-        distance = np.abs(probs[:, c] - 0.5)
+        # Photos of `cls` only, by |p(cls) - 0.5|.
+        of_class = np.flatnonzero(interp.targets == c)
+        distance = np.full(len(probs), np.inf)
+        distance[of_class] = np.abs(probs[of_class, c] - 0.5)
         np.testing.assert_array_equal(uncertain, np.argsort(distance, kind="stable")[:6])
-        others = np.setdiff1d(np.arange(len(probs)), uncertain)
+        assert all(os.path.dirname(interp.image_paths[i]).endswith(cls) for i in uncertain)
+        others = np.setdiff1d(of_class, uncertain)
         assert distance[uncertain].max() <= distance[others].min()
         assert np.all(np.diff(distance[uncertain]) >= 0)

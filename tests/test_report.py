@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
+from kertransfer.report import plot_history
 from kertransfer.report import write_report  # noqa: E402
 from conftest import write_synthetic_images  # noqa: E402
 
@@ -114,7 +115,9 @@ class _ReportParser(html.parser.HTMLParser):
     def __init__(self):
         super().__init__()
         self.cells = {}
+        self.norm_cells = {}
         self.sources = []
+        self.alts = []
         self.tags = []
         self._cell = None
 
@@ -124,13 +127,18 @@ class _ReportParser(html.parser.HTMLParser):
         for key in ("src", "href"):
             if key in attrs:
                 self.sources.append((tag, attrs[key]))
-        if tag == "td" and "cm-cell" in (attrs.get("class") or "").split():
-            self._cell = (int(attrs["data-row"]), int(attrs["data-col"]))
-            self.cells[self._cell] = ""
+        if tag == "img":
+            self.alts.append(attrs.get("alt"))
+        classes = (attrs.get("class") or "").split()
+        for kind, cells in (("cm-cell", self.cells), ("cm-norm-cell", self.norm_cells)):
+            if tag == "td" and kind in classes:
+                self._cell = (int(attrs["data-row"]), int(attrs["data-col"]))
+                self._cells = cells
+                cells[self._cell] = ""
 
     def handle_data(self, data):
         if self._cell is not None:
-            self.cells[self._cell] += data
+            self._cells[self._cell] += data
 
     def handle_endtag(self, tag):
         if tag == "td":
@@ -175,8 +183,9 @@ def test_report_images_are_inline_pngs(run_dir):
     path = write_report(run_dir)
     parser = _parse(path)
     images = [src for tag, src in parser.sources if tag == "img"]
-    # augmented.png, lr_find, lr_schedule, history plot, loss.png, confusion
-    # matrix, 2 most-incorrect grids, 1 most-uncertain grid, top losses.
+    # augmented.png, lr_find, lr_schedule, history plot, confusion matrices
+    # (counts and normalized), 2 most-incorrect grids, 2 most-uncertain
+    # grids (one per class), top losses. No model.keras: no Grad-CAM.
     assert len(images) == 10
     for src in images:
         prefix = "data:image/png;base64,"
@@ -227,6 +236,65 @@ def test_report_names_the_kept_epoch(run_dir):
     assert "The run kept the weights of epoch 2 of the run (frozen, its epoch 3)" in history
 
 
+def test_the_loss_is_plotted_once(run_dir):
+    # The run folder also holds the trainer's loss.png: the report draws the
+    # loss from history.csv, once, and does not show loss.png beside it.
+    parser = _parse(write_report(run_dir))
+    assert parser.alts.count("loss and accuracy per epoch") == 1
+    assert "training loss" not in parser.alts
+    assert "Loss recorded by the trainer" not in (run_dir / "report.html").read_text()
+
+
+def test_history_plot_stars_the_kept_epoch():
+    history = [
+        {"epoch": 1, "stage": "head", "loss": 0.9, "val_loss": 0.5, "accuracy": 0.6, "val_accuracy": 0.7},
+        {"epoch": 2, "stage": "head", "loss": 0.7, "val_loss": 0.3, "accuracy": 0.7, "val_accuracy": 0.8},
+        {"epoch": 3, "stage": "unfrozen", "loss": 0.5, "val_loss": 0.4, "accuracy": 0.8, "val_accuracy": 0.9},
+    ]
+    fig = plot_history(history, kept={"stage": "head", "epoch": 2, "stage_epoch": 2, "val_loss": 0.3})
+    loss_ax, accuracy_ax = fig.axes
+    (star,) = [line for line in loss_ax.lines if line.get_label() == "kept"]
+    assert star.get_marker() == "*"
+    assert list(star.get_xdata()) == [2] and list(star.get_ydata()) == [0.3]
+    assert "kept" in [t.get_text() for t in loss_ax.get_legend().get_texts()]
+    assert not [line for line in accuracy_ax.lines if line.get_label() == "kept"]
+    plt.close(fig)
+
+
+def test_report_normalized_confusion_matrix_rows_sum_to_one(run_dir):
+    parser = _parse(write_report(run_dir))
+    normalized = np.zeros((2, 2))
+    for (row, col), text in parser.norm_cells.items():
+        normalized[row, col] = float(text)
+    assert len(parser.norm_cells) == 4
+    # TTA_CONFUSION [[11, 1], [2, 10]], each row over its 12 items.
+    np.testing.assert_allclose(normalized, [[11 / 12, 1 / 12], [2 / 12, 10 / 12]], atol=5e-4)
+    np.testing.assert_allclose(normalized.sum(axis=1), 1.0, atol=1e-3)
+    np.testing.assert_array_equal(_confusion_from_html(parser, 2), TTA_CONFUSION)  # counts beside
+
+
+def test_report_has_a_most_uncertain_grid_per_class(run_dir):
+    parser = _parse(write_report(run_dir))
+    assert [a for a in parser.alts if a.startswith("most uncertain")] == ["most uncertain cats", "most uncertain dogs"]
+
+
+def test_report_grad_cam_of_the_top_losses(run_dir):
+    import keras
+
+    text = write_report(run_dir).read_text(encoding="utf-8")
+    assert "model.keras not found in the run folder; Grad-CAM skipped." in text
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((None, None, 3))
+    x = keras.layers.Rescaling(1 / 255)(inputs)
+    x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    keras.Model(inputs, keras.layers.Dense(2, activation="softmax")(x)).save(run_dir / "model.keras")
+    parser = _parse(write_report(run_dir, num_top_losses=3))
+    assert parser.alts.count("Grad-CAM of the top losses") == 1
+    assert "Grad-CAM skipped" not in (run_dir / "report.html").read_text()
+    assert len(parser.alts) == 11
+
+
 def test_missing_optional_files_are_noted(run_dir):
     for name in ("history.csv", "lr_find.png", "lr_schedule.png", "loss.png"):
         (run_dir / name).unlink()
@@ -234,8 +302,9 @@ def test_missing_optional_files_are_noted(run_dir):
         np.savez(run_dir / "predictions.npz", probs=arrays["probs"],
                  targets=arrays["targets"])
     text = write_report(run_dir).read_text(encoding="utf-8")
-    for name in ("history.csv", "lr_find.png", "lr_schedule.png", "loss.png"):
+    for name in ("history.csv", "lr_find.png", "lr_schedule.png"):
         assert f"{name} not found" in text
+    assert "loss.png" not in text  # the loss comes from history.csv
     assert "no tta_probs" in text and "no paths" in text
     # Without TTA the matrix comes from the plain predictions.
     matrix = _confusion_from_html(_parse(run_dir / "report.html"), 2)

@@ -8,7 +8,6 @@ format, and list the image files to calibrate or validate on.
 TensorFlow is imported only by `_import_tensorflow`, when a function needs it.
 """
 
-import json
 import os
 import warnings
 
@@ -19,6 +18,7 @@ from kertransfer import images as images_lib
 from kertransfer.images import IMAGE_EXTENSIONS
 from kertransfer.images import Framing
 from kertransfer.images import find_images
+from kertransfer.run_folder import RunFolder
 from kertransfer.run_folder import load_model_file
 
 
@@ -106,24 +106,10 @@ def _labels_from_folders(paths, class_names):
 # ---------------------------------------------------------------------------
 
 
-def _read_metrics(run_dir):
-    path = os.path.join(run_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
-
-
 def _model_path(model_or_run_dir):
     path = os.fspath(model_or_run_dir)
     if os.path.isdir(path):
-        model_path = os.path.join(path, "model.keras")
-        if not os.path.isfile(model_path):
-            raise FileNotFoundError(
-                f"No model.keras in the run folder {path!r}. Pass a run "
-                "folder written by the trainer, a .keras file or a model."
-            )
-        return model_path, path
+        return RunFolder(path).require(RunFolder.MODEL), path
     if os.path.isfile(path) and path.endswith(".keras"):
         return path, os.path.dirname(os.path.abspath(path))
     raise FileNotFoundError(
@@ -150,7 +136,8 @@ def _resolve_meta(model, run_dir, class_names, image_size):
     """
     from kertransfer.predict import run_framing
 
-    metrics = _read_metrics(run_dir) if run_dir else {}
+    # A bare .keras file may have no metrics.json beside it.
+    metrics = RunFolder(run_dir).read_metrics(required=False) if run_dir else {}
     num_classes = model.output_shape[-1]
     if class_names is None:
         class_names = metrics.get("classes")
@@ -206,16 +193,15 @@ def _unique_variables(model):
 def _validation_set(run_dir, images, labels, class_names):
     """-> (paths, labels or None)."""
     if images is None:
-        npz = os.path.join(run_dir or "", "predictions.npz")
-        if not run_dir or not os.path.isfile(npz):
+        if not run_dir or not RunFolder(run_dir).has(RunFolder.PREDICTIONS):
             raise ValueError(
                 "No validation images: pass images=<folder or list of "
                 "paths> (`--images`), or a run folder with predictions.npz."
             )
-        with np.load(npz, allow_pickle=False) as data:
-            paths = [str(p) for p in data["paths"]]
-            if labels is None and "targets" in data:
-                labels = data["targets"]
+        data = RunFolder(run_dir).read_predictions(keys=("paths",))
+        paths = [str(p) for p in data["paths"]]
+        if labels is None and "targets" in data:
+            labels = data["targets"]
         paths = [
             p if os.path.isabs(p) or os.path.exists(p)
             else os.path.join(run_dir, p)

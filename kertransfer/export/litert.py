@@ -24,6 +24,7 @@ from kertransfer.export._common import _unique_variables
 from kertransfer.export._common import _validation_set
 from kertransfer.export.bridge import _delegate
 from kertransfer.images import frame_images
+from kertransfer.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ def _representative_paths(representative_images, run_dir, metrics):
             folder = os.path.join(folder, "train")
         if folder and os.path.isdir(folder):
             return _list_images(folder)
-    if run_dir and os.path.isfile(os.path.join(run_dir, "predictions.npz")):
+    if run_dir and RunFolder(run_dir).has(RunFolder.PREDICTIONS):
         warnings.warn(
             "int8 calibration fell back to the validation images listed in "
             "predictions.npz (no representative_images given and no "

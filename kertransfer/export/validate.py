@@ -25,6 +25,7 @@ from kertransfer.export._common import _resolve_meta
 from kertransfer.export._common import _validation_set
 from kertransfer.export.bridge import _delegate
 from kertransfer.images import frame_images
+from kertransfer.run_folder import RunFolder
 
 # Targets checked by `validate` against the learner's own prediction path
 # (`kertransfer.predict`) on the same files: top-1 agreement and the largest
@@ -213,7 +214,7 @@ def _reference(model, run_dir, model_path, metrics, paths, labels, framing):
     """
     from kertransfer.predict import predict_probs
 
-    is_run = (run_dir and model_path == os.path.join(run_dir, "model.keras")
+    is_run = (run_dir and model_path == RunFolder(run_dir).model_path
               and {"classes", "arch"} <= set(metrics))
     if is_run:
         found, predicted, probabilities = predict_probs(run_dir, paths)
