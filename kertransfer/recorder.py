@@ -4,7 +4,7 @@ import collections
 
 import numpy as np
 
-__all__ = ["SuggestedLRs", "suggest_lrs", "LRFindResult", "FitRecord"]
+__all__ = ["FitRecord", "LRFindResult", "SuggestedLRs", "plot_history", "plot_schedules", "suggest_lrs"]
 
 SuggestedLRs = collections.namedtuple("SuggestedLRs", ["min_div10", "steepest"])
 
@@ -180,3 +180,69 @@ class FitRecord:
     def plot_loss(self, ax=None, figsize=None):
         """Raw training loss per batch. Returns the axes."""
         return _plot_per_batch(self.batch_losses, ax, figsize, "training loss")
+
+
+def plot_schedules(records, ax=None, figsize=(8, 4)):
+    """The LR of each layer group over several fits, stage boundaries marked.
+
+    Args:
+        records: `FitRecord`s in the order they ran (the main job's stages).
+        ax: matplotlib axes, or None for a new figure.
+        figsize: `(width, height)` in inches of a new figure.
+
+    Returns:
+        The axes.
+    """
+    ax = _axes(ax, figsize)
+    offset = 0
+    colors = {"group0": "tab:blue", "group1": "tab:orange", "head": "tab:green"}
+    seen = set()
+    for rec in records:
+        steps = np.arange(len(rec.lr_history)) + offset
+        for g, name in enumerate(rec.group_names):
+            label = name if name not in seen else None
+            seen.add(name)
+            ax.plot(steps, rec.lr_history[:, g], color=colors.get(name), label=label)
+        ax.axvline(offset, color="grey", lw=0.5)
+        # x in batches, y in axes fraction: the label sits at the top
+        # whatever the (log) LR range.
+        ax.text(offset, 0.98, f" {rec.stage}", fontsize=7, va="top", rotation=90, transform=ax.get_xaxis_transform())
+        offset += len(rec.lr_history)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch (all stages)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("LR schedule per layer group (SGDR restarts)")
+    ax.legend()
+    return ax
+
+
+def plot_history(history, ax=None, figsize=(8, 4)):
+    """Train and valid loss per epoch (valid accuracy on a second axis), stages marked.
+
+    Args:
+        history: `learn.history`: dicts with `epoch`, `stage`, `loss`,
+            `val_loss`, `val_accuracy`.
+        ax: matplotlib axes, or None for a new figure.
+        figsize: `(width, height)` in inches of a new figure.
+
+    Returns:
+        The (loss) axes.
+    """
+    ax = _axes(ax, figsize)
+    epochs = [r["epoch"] for r in history]
+    ax.plot(epochs, [r["loss"] for r in history], "o-", label="train loss")
+    ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="valid loss")
+    ax2 = ax.twinx()
+    ax2.plot(epochs, [r["val_accuracy"] for r in history], "s--", color="tab:green", label="valid accuracy")
+    ax2.set_ylabel("valid accuracy")
+    prev = None
+    for r in history:
+        if r["stage"] != prev:
+            ax.axvline(r["epoch"] - 0.5, color="grey", lw=0.5)
+            ax.text(r["epoch"] - 0.5, ax.get_ylim()[1], f" {r['stage']}", fontsize=7, va="top", rotation=90)
+            prev = r["stage"]
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper left")
+    ax2.legend(loc="upper right")
+    return ax

@@ -147,7 +147,7 @@ def test_cli_unknown_arch(tmp_path, synthetic_folder, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--head-epochs", "0"], "--head-epochs: must be a positive integer, got 0"),
+        (["--head-epochs", "0"], "--head-epochs: must be an integer >= 1, got 0"),
         (["--tta", "-1"], "--tta: must be an integer >= 0, got -1"),
         (["--aug-epochs", "-2"], "--aug-epochs: must be an integer >= 0, got -2"),
         (["--val-pct", "1.5"], "--val-pct"),
