@@ -38,7 +38,7 @@ _RUN_FLAGS = {"command", "data_dir", "out", "dataset", "quiet", "overwrite", "re
 
 
 def _given_flags(parser, argv):
-    """Destinations of the options typed in `argv` (not their defaults)."""
+    """`{destination: the flag as typed}` of the options in `argv` (not their defaults)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     train_parser = sub.choices[argv[0]]
     saved = {a.dest: a.default for a in train_parser._actions}
@@ -49,17 +49,24 @@ def _given_flags(parser, argv):
     finally:
         for action in train_parser._actions:
             action.default = saved[action.dest]
-    return set(given)
+    typed = {a.split("=")[0] for a in argv}
+    spelled = {
+        a.dest: next((o for o in a.option_strings if o in typed), a.dest) for a in train_parser._actions
+    }
+    return {dest: spelled.get(dest, dest) for dest in given}
 
 
 def _check_resume_flags(args, given, progress):
-    """Raises if a flag typed with --resume differs from the run's setting."""
+    """Raises if a flag typed with --resume differs from the run's setting.
+
+    Args:
+        given: `{destination: the flag as typed}` (`_given_flags`).
+    """
     config = vars(_config(args))
     differ = []
-    for name in sorted(given - _RUN_FLAGS):
+    for name in sorted(given.keys() - _RUN_FLAGS):
         if config[name] != progress.meta["config"].get(name):
-            flag = "--" + name.replace("_", "-")
-            differ.append(f"{flag}: the run has {progress.meta['config'].get(name)!r}, received {config[name]!r}")
+            differ.append(f"{given[name]}: the run has {progress.meta['config'].get(name)!r}, received {config[name]!r}")
     if differ:
         raise ValueError(
             f"--resume continues the run in {args.out} with the settings it started with; "

@@ -5,8 +5,8 @@ import dataclasses
 import json
 
 import pytest
-
 from conftest import write_synthetic_images
+
 from kertransfer.cli import _config
 from kertransfer.cli import build_parser
 from kertransfer.cli import main
