@@ -66,26 +66,6 @@ def no_decode(monkeypatch):
     monkeypatch.setattr(ImageStore, "get", fail)
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--lr", "0"], "argument --lr: must be a number > 0, got 0"),
-        (["--lr", "fast"], "argument --lr: must be a number > 0, got fast"),
-        (["--cycle-len", "0"], "argument --cycle-len: must be an integer >= 1, got 0"),
-        (["--cycle-mult", "1.5"], "argument --cycle-mult: must be an integer >= 1, got 1.5"),
-        (["--max-images", "0"], "argument --max-images: must be an integer >= 1, got 0"),
-        (["--n-aug", "-1"], "argument --n-aug/--tta: must be an integer >= 0, got -1"),
-        (["--group-ratio", "-2"], "argument --group-ratio: must be a number > 0, got -2"),
-    ],
-)
-def test_bad_flags_fail_before_any_data_is_read(tmp_path, synthetic_folder, capsys, no_decode, flags, message):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["train", str(synthetic_folder), "--out", str(tmp_path / "run"), "--quiet", *flags])
-    assert exit_info.value.code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "run").exists()
-
-
 def test_settings_checked_together_fail_before_any_data_is_read(tmp_path, synthetic_folder, capsys, no_decode):
     argv = ["train", str(synthetic_folder), "--out", str(tmp_path / "run"), "--batch-size", "16", "--max-images", "8"]
     assert main(argv) == 2
