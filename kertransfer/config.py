@@ -89,12 +89,7 @@ class TrainConfig:
         unfrozen_cycles: SGDR cycles after unfreezing, the first
             `cycle_len` epochs, each next `cycle_mult` times longer (with
             1 and 2: 1 -> 1, 2 -> 3, 3 -> 7 epochs).
-        cycle_len: epochs of the first unfrozen cycle.
-        cycle_mult: growth of each next unfrozen cycle.
         group_ratio: each earlier layer group's LR is this much lower.
-        lr: None (choose the LR with `lr_find`, as fast.ai lesson 1), or
-            the head's LR, also the last group's LR after unfreezing; then
-            no `lr_find` runs.
         max_lr: upper bound on the LR chosen from `lr_find`.
         n_aug: TTA augmented copies (0: plain prediction).
         bn_freeze: keep the body's BatchNorm frozen after unfreezing
@@ -114,9 +109,6 @@ class TrainConfig:
         val_pct: fraction of the images held out (seeded) for validation
             when the data folder has no `valid/`/`val/` folder (Keras's
             `DATA_DIR/<class>/*` layout, or `train/` alone).
-        max_images: None, or at most this many images per split (training,
-            validation), drawn seeded and spread evenly over the classes: a
-            quick smoke run of the whole recipe.
         cache: where decoded images live: `"auto"` (memory up to 2 GB,
             else streamed), `"memory"`, `"disk"` or None (streamed); see
             `ImageClassifierData.from_paths`.
@@ -127,6 +119,14 @@ class TrainConfig:
             `MirroredStrategy`); see `ConvLearner.pretrained`.
             `batch_size` stays the global batch and must divide by the
             device count.
+        cycle_len: epochs of the first unfrozen cycle.
+        cycle_mult: growth of each next unfrozen cycle.
+        lr: None (choose the LR with `lr_find`, as fast.ai lesson 1), or
+            the head's LR, also the last group's LR after unfreezing; then
+            no `lr_find` runs.
+        max_images: None, or at most this many images per split (training,
+            validation), drawn seeded and spread evenly over the classes: a
+            quick smoke run of the whole recipe.
 
     Raises:
         ValueError: on a setting out of its range (naming it), an `arch`
@@ -157,13 +157,7 @@ class TrainConfig:
     unfrozen_cycles: int = _setting(
         2, "SGDR cycles after unfreezing (with --cycle-len 1 --cycle-mult 2: 2 cycles = 3 epochs)", _AT_LEAST_1
     )
-    cycle_len: int = _setting(1, "epochs of the first SGDR cycle after unfreezing", _AT_LEAST_1)
-    cycle_mult: int = _setting(2, "each next SGDR cycle after unfreezing is this many times longer", _AT_LEAST_1)
     group_ratio: float = _setting(10.0, "each earlier layer group trains at an LR this many times lower", _POSITIVE)
-    lr: float = _setting(
-        None, "the head's LR, also the last layer group's after unfreezing; given, no lr_find runs "
-        "(default: chosen by lr_find)", _Rule(float, "a number > 0", lambda v: 0 < v < math.inf, optional=True),
-    )
     max_lr: float = _setting(0.01, "upper bound of the LR chosen by lr_find", _POSITIVE)
     n_aug: int = _setting(4, "TTA augmented copies (0: plain prediction)", _AT_LEAST_0, aliases=("--tta",))
     bn_freeze: bool = _setting(
@@ -183,10 +177,6 @@ class TrainConfig:
         0.2, "fraction held out for validation (seeded) when DATA_DIR has no valid/ or val/ folder, "
         "e.g. Keras's DATA_DIR/<class>/* layout", _Rule(float, "in (0, 1)", lambda v: 0 < v < 1),
     )
-    max_images: int = _setting(
-        None, "a quick smoke run: at most N images per split, drawn seeded and spread over the classes "
-        "(default: all)", _Rule(int, "an integer >= 1", lambda v: v >= 1, optional=True), metavar="N",
-    )
     cache: str = _setting(
         "auto", "where decoded images live: memory, a disk cache, or none (decoded for every batch); "
         "auto = memory up to 2 GB of decoded images, else none",
@@ -199,6 +189,17 @@ class TrainConfig:
         "must divide by the device count",
         cli_default="none", choices=["none", "data_parallel"],
     )
+    # Newer settings last: positional calls of the old ones keep their meaning.
+    cycle_len: int = _setting(1, "epochs of the first SGDR cycle after unfreezing", _AT_LEAST_1)
+    cycle_mult: int = _setting(2, "each next SGDR cycle after unfreezing is this many times longer", _AT_LEAST_1)
+    lr: float = _setting(
+        None, "the head's LR, also the last layer group's after unfreezing; given, no lr_find runs "
+        "(default: chosen by lr_find)", _Rule(float, "a number > 0", lambda v: 0 < v < math.inf, optional=True),
+    )
+    max_images: int = _setting(
+        None, "a quick smoke run: at most N images per split, drawn seeded and spread over the classes "
+        "(default: all)", _Rule(int, "an integer >= 1", lambda v: v >= 1, optional=True), metavar="N",
+    )
 
     def __post_init__(self):
         # Checked here, before any image is read (not after minutes of training).
@@ -206,7 +207,8 @@ class TrainConfig:
             rule = field.metadata["rule"]
             if rule is not None:
                 rule.check(field.name, getattr(self, field.name))
-        from kertransfer.backbones import get_backbone  # imports Keras: only once a config is made
+        # Imports Keras, so only once a config is made (not for --help).
+        from kertransfer.backbones import get_backbone
 
         get_backbone(self.arch)  # an unknown arch fails here, naming the known ones
         if self.cache not in ("auto", "memory", "disk", None):
