@@ -1,97 +1,22 @@
 """`kertransfer train|demo|predict|report|export`: the command line."""
 
 import argparse
+import logging
 import os
 import sys
 
 from kertransfer import __version__
+from kertransfer.config import add_config_flags
+from kertransfer.config import config_from_args
+from kertransfer.config import non_negative_int
+from kertransfer.config import positive_int
 
 __all__ = ["export_main", "main"]
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
-    return value
-
-
-def _fraction(text):
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must be a fraction in (0, 1), got {text}")
-    return value
-
-
 def _train_args(p):
-    p.add_argument("--arch", default="efficientnet_lite0", help="backbone (default: efficientnet_lite0)")
-    p.add_argument("--image-size", type=_positive_int, default=224, help="input side in pixels (default 224)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
-    p.add_argument(
-        "--weights",
-        default="imagenet",
-        help="'imagenet' (default), 'none', or a local weights file (offline use)",
-    )
-    p.add_argument("--head-epochs", type=_positive_int, default=2, help="epochs on precomputed activations (default 2)")
-    p.add_argument("--aug-epochs", type=_non_negative_int, default=2, help="head epochs with augmentation (default 2)")
-    p.add_argument(
-        "--unfrozen-cycles",
-        type=_positive_int,
-        default=2,
-        help="SGDR cycles after unfreezing, cycle_mult=2 (default 2 = 3 epochs)",
-    )
-    p.add_argument("--tta", type=_non_negative_int, default=4, help="TTA augmented copies (0: plain prediction; default 4)")
-    p.add_argument(
-        "--bn-freeze",
-        action="store_true",
-        help="keep the body's BatchNorm frozen after unfreezing (fast.ai bn_freeze(True); default: they train)",
-    )
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="seed all random generators (keras.utils.set_random_seed) to repeat a run (default: unseeded)",
-    )
-    p.add_argument(
-        "--tensorboard",
-        nargs="?",
-        const=True,
-        default=None,
-        metavar="DIR",
-        help="log losses, metrics and per-group LRs per epoch for TensorBoard "
-        "(default DIR: <run folder>/tensorboard; give it after data_dir; needs tensorflow "
-        "and tensorboard)",
-    )
-    p.add_argument(
-        "--val-pct",
-        type=_fraction,
-        default=0.2,
-        help="fraction held out for validation (seeded) when DATA_DIR has no valid/ or val/ "
-        "folder, e.g. Keras's DATA_DIR/<class>/* layout (default 0.2)",
-    )
-    p.add_argument(
-        "--cache",
-        choices=["auto", "memory", "disk", "none"],
-        default="auto",
-        help="where decoded images live: memory, a disk cache, or none (decoded for every "
-        "batch); auto = memory up to 2 GB of decoded images, else none (default auto)",
-    )
-    p.add_argument(
-        "--distribute",
-        choices=["none", "data_parallel"],
-        default="none",
-        help="data_parallel: train on every device with the backend's own engine (JAX "
-        "keras.distribution.DataParallel, also over the processes named by "
-        "KERAS_DISTRIBUTION_*; TensorFlow MirroredStrategy; torch under torchrun); "
-        "--batch-size is the global batch and must divide by the device count (default none)",
-    )
+    """The flags of `train` and `demo`: one per `TrainConfig` field, then the run's own."""
+    add_config_flags(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     how = p.add_mutually_exclusive_group()
     how.add_argument(
@@ -113,7 +38,7 @@ _RUN_FLAGS = {"command", "data_dir", "out", "dataset", "quiet", "overwrite", "re
 
 
 def _given_flags(parser, argv):
-    """Destinations of the options typed in `argv` (not their defaults)."""
+    """`{destination: the flag as typed}` of the options in `argv` (not their defaults)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     train_parser = sub.choices[argv[0]]
     saved = {a.dest: a.default for a in train_parser._actions}
@@ -124,19 +49,24 @@ def _given_flags(parser, argv):
     finally:
         for action in train_parser._actions:
             action.default = saved[action.dest]
-    return set(given)
+    typed = {a.split("=")[0] for a in argv}
+    spelled = {
+        a.dest: next((o for o in a.option_strings if o in typed), a.dest) for a in train_parser._actions
+    }
+    return {dest: spelled.get(dest, dest) for dest in given}
 
 
 def _check_resume_flags(args, given, progress):
-    """Raises if a flag typed with --resume differs from the run's setting."""
+    """Raises if a flag typed with --resume differs from the run's setting.
+
+    Args:
+        given: `{destination: the flag as typed}` (`_given_flags`).
+    """
     config = vars(_config(args))
-    field = {"tta": "n_aug"}
     differ = []
-    for dest in sorted(given - _RUN_FLAGS):
-        name = field.get(dest, dest)
+    for name in sorted(given.keys() - _RUN_FLAGS):
         if config[name] != progress.meta["config"].get(name):
-            flag = "--" + dest.replace("_", "-")
-            differ.append(f"{flag}: the run has {progress.meta['config'].get(name)!r}, received {config[name]!r}")
+            differ.append(f"{given[name]}: the run has {progress.meta['config'].get(name)!r}, received {config[name]!r}")
     if differ:
         raise ValueError(
             f"--resume continues the run in {args.out} with the settings it started with; "
@@ -176,25 +106,8 @@ def _export_args(p):
 
 
 def _config(args):
-    from kertransfer.train import TrainConfig
-
-    weights = None if str(args.weights).lower() == "none" else args.weights
-    return TrainConfig(
-        arch=args.arch,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        weights=weights,
-        head_epochs=args.head_epochs,
-        aug_epochs=args.aug_epochs,
-        unfrozen_cycles=args.unfrozen_cycles,
-        n_aug=args.tta,
-        bn_freeze=args.bn_freeze,
-        tensorboard=args.tensorboard,
-        seed=args.seed,
-        val_pct=args.val_pct,
-        cache=None if args.cache == "none" else args.cache,
-        distribute=args.distribute,
-    )
+    """The `TrainConfig` of parsed `train`/`demo` flags (checks them all)."""
+    return config_from_args(args)
 
 
 def build_parser():
@@ -226,11 +139,16 @@ def build_parser():
     )
     p.add_argument("run_dir", help="folder written by `kertransfer train` (model.keras, metrics.json)")
     p.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER", help="image files and/or folders")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation, as ConvLearner.TTA")
-    p.add_argument("--n-aug", type=_non_negative_int, default=4, help="TTA augmented copies (0: plain prediction; default 4)")
-    p.add_argument("--top-k", type=_positive_int, default=None, help="classes per image (default 3, at most the number of classes)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation, as ConvLearner.TTA (--n-aug copies)")
+    p.add_argument(
+        "--n-aug",
+        type=non_negative_int,
+        default=None,
+        help="TTA augmented copies; given alone, turns TTA on (0: plain prediction; default 4 with --tta)",
+    )
+    p.add_argument("--top-k", type=positive_int, default=None, help="classes per image (default 3, at most the number of classes)")
     p.add_argument("--csv", default=None, metavar="OUT.csv", help="also write all rows, errors included, to this CSV file")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per batch (default 32)")
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
     p.add_argument("--seed", type=int, default=0, help="TTA augmentation seed (default 0)")
     p = sub.add_parser("report", help="rebuild report.html of a run folder")
     p.add_argument("run_dir", help="folder written by `kertransfer train`")
@@ -256,12 +174,13 @@ def _predict(args):
     """`kertransfer predict`: table on stdout, bad files on stderr."""
     from kertransfer.predict import predict_images
 
+    tta = args.tta or bool(args.n_aug)
     frame = predict_images(
         args.run_dir,
         args.images,
-        tta=args.tta,
+        tta=tta,
         top_k=args.top_k,
-        n_aug=args.n_aug,
+        n_aug=4 if args.n_aug is None else args.n_aug,
         seed=args.seed,
         batch_size=args.batch_size,
     )
@@ -275,7 +194,7 @@ def _predict(args):
     csv_note = f"; wrote {args.csv}" if args.csv else ""
     print(
         f"kertransfer: predicted {len(ok)} of {len(frame)} file(s)"
-        f"{' with TTA' if args.tta else ''}{csv_note}",
+        f"{' with TTA' if tta else ''}{csv_note}",
         file=sys.stderr,
     )
     if len(ok) == 0:
@@ -334,6 +253,22 @@ def export_main(argv=None):
     return main(["export", *argv])
 
 
+class _ConsoleHandler(logging.Handler):
+    """`[kertransfer] message` lines on the current `sys.stdout`."""
+
+    def emit(self, record):
+        print(f"[kertransfer] {self.format(record)}", file=sys.stdout, flush=True)
+
+
+def _show_progress_messages():
+    """Shows the main job's INFO messages on stdout (once per process)."""
+    logger = logging.getLogger("kertransfer")
+    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+
 def main(argv=None):
     """Entry point of the `kertransfer` command."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -349,12 +284,14 @@ def main(argv=None):
 
             print(write_report(args.run_dir))
             return 0
+        config = _config(args)  # every setting checked before any image is read
         from kertransfer.run_folder import check_out_dir
+        from kertransfer.train import removed_on_failure
         from kertransfer.train import train
 
-        config = _config(args)
         if args.command == "train":
             args.out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data_dir)))
+        _show_progress_messages()
         if args.resume:
             from kertransfer.progress import RunProgress
 
@@ -366,17 +303,19 @@ def main(argv=None):
                 return 0
             _check_resume_flags(args, _given_flags(parser, argv), progress)
             config = None  # the run's own
-        elif args.command == "demo":
-            check_out_dir(args.out, args.overwrite, flag="--overwrite")  # before any download
-        if args.command == "demo":
-            from kertransfer.datasets import untar_data
+        # A run that fails before saving anything leaves no folder behind.
+        with removed_on_failure(args.out):
+            if args.command == "demo" and not args.resume:
+                check_out_dir(args.out, args.overwrite, flag="--overwrite")  # before any download
+            if args.command == "demo":
+                from kertransfer.datasets import untar_data
 
-            data_dir = untar_data(args.dataset)
-        else:
-            data_dir = args.data_dir
-        if not args.resume:
-            check_out_dir(args.out, args.overwrite, flag="--overwrite")
-        train(data_dir, args.out, config, verbose=0 if args.quiet else 1, overwrite=args.overwrite, resume=args.resume)
+                data_dir = untar_data(args.dataset)
+            else:
+                data_dir = args.data_dir
+            if not args.resume:
+                check_out_dir(args.out, args.overwrite, flag="--overwrite")
+            train(data_dir, args.out, config, verbose=0 if args.quiet else 1, overwrite=args.overwrite, resume=args.resume)
     except (OSError, ValueError, ImportError) as e:  # OSError: FileNotFoundError, CSV
         print(f"kertransfer: error: {e}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ import collections
 
 import numpy as np
 
-__all__ = ["SuggestedLRs", "suggest_lrs", "LRFindResult", "FitRecord"]
+__all__ = ["FitRecord", "LRFindResult", "SuggestedLRs", "plot_schedules", "suggest_lrs"]
 
 SuggestedLRs = collections.namedtuple("SuggestedLRs", ["min_div10", "steepest"])
 
@@ -180,3 +180,38 @@ class FitRecord:
     def plot_loss(self, ax=None, figsize=None):
         """Raw training loss per batch. Returns the axes."""
         return _plot_per_batch(self.batch_losses, ax, figsize, "training loss")
+
+
+def plot_schedules(records, ax=None, figsize=(8, 4)):
+    """The LR of each layer group over several fits, stage boundaries marked.
+
+    Args:
+        records: `FitRecord`s in the order they ran (the main job's stages).
+        ax: matplotlib axes, or None for a new figure.
+        figsize: `(width, height)` in inches of a new figure.
+
+    Returns:
+        The axes.
+    """
+    ax = _axes(ax, figsize)
+    offset = 0
+    colors = {"group0": "tab:blue", "group1": "tab:orange", "head": "tab:green"}
+    seen = set()
+    for rec in records:
+        steps = np.arange(len(rec.lr_history)) + offset
+        for g, name in enumerate(rec.group_names):
+            label = name if name not in seen else None
+            seen.add(name)
+            ax.plot(steps, rec.lr_history[:, g], color=colors.get(name), label=label)
+        ax.axvline(offset, color="grey", lw=0.5)
+        # x in batches, y in axes fraction: the label sits at the top
+        # whatever the (log) LR range.
+        ax.text(offset, 0.98, f" {rec.stage}", fontsize=7, va="top", rotation=90, transform=ax.get_xaxis_transform())
+        offset += len(rec.lr_history)
+    ax.set_yscale("log")
+    ax.set_xlabel("batch (all stages)")
+    ax.set_ylabel("learning rate")
+    ax.set_title("LR schedule per layer group (SGDR restarts)")
+    ax.legend()
+    return ax
+

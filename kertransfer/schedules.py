@@ -9,6 +9,8 @@ Sources:
   `cycle_mult`).
 - LR range test: Smith, "Cyclical Learning Rates for Training Neural
   Networks" (WACV 2017), fast.ai v0.7 `LR_Finder`.
+- 1cycle: Smith, "Super-Convergence" (2018), as fastai v2
+  `fit_one_cycle` (`combined_cos`).
 """
 
 import math
@@ -21,6 +23,7 @@ __all__ = [
     "sgdr_total_epochs",
     "sgdr_cycle_position",
     "sgdr_multiplier",
+    "one_cycle_multiplier",
     "sgdr_lrs",
     "expand_lrs",
 ]
@@ -137,6 +140,49 @@ def sgdr_multiplier(step, steps_per_epoch, cycle_len=None, cycle_mult=1):
         return 1.0
     _, pct = sgdr_cycle_position(step, steps_per_epoch, cycle_len, cycle_mult)
     return sched_cos(1.0, 0.0, pct)
+
+
+def one_cycle_multiplier(pct, pct_start=0.25, div=25.0, div_final=1e5):
+    """Fraction of the maximum LR at progress `pct` of a 1cycle fit.
+
+    fastai v2 `fit_one_cycle`'s `combined_cos(pct_start, lr_max / div,
+    lr_max, lr_max / div_final)` over `lr_max = 1`: a cosine warm-up from
+    `1 / div` to 1 over the first `pct_start` of the fit, then a cosine
+    annealing from 1 to `1 / div_final`.
+
+    Args:
+        pct: progress in `[0, 1]`: steps done over the fit's total steps.
+        pct_start: fraction of the fit spent warming up, in `[0, 1)`.
+        div: the LR starts at `lr_max / div` (> 0).
+        div_final: the LR ends at `lr_max / div_final` (> 0).
+
+    Returns:
+        float in `(0, 1]`.
+
+    Raises:
+        ValueError: on `pct_start` outside `[0, 1)` or a `div` that is not
+            positive.
+
+    Example:
+
+    >>> one_cycle_multiplier(0.25)
+    1.0
+    >>> one_cycle_multiplier(0.0)
+    0.04
+    """
+    if not 0 <= pct_start < 1:
+        raise ValueError(
+            "pct_start is the fraction of the fit spent warming up and must be in [0, 1). "
+            f"Received pct_start={pct_start}."
+        )
+    if not (div > 0 and div_final > 0):
+        raise ValueError(
+            f"div and div_final divide the maximum LR and must be > 0. Received div={div}, "
+            f"div_final={div_final}."
+        )
+    if pct < pct_start:
+        return sched_cos(1.0 / div, 1.0, pct / pct_start)
+    return sched_cos(1.0, 1.0 / div_final, (pct - pct_start) / (1.0 - pct_start))
 
 
 def sgdr_lrs(base_lrs, n_cycle, steps_per_epoch, cycle_len=None, cycle_mult=1):

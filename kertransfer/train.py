@@ -1,5 +1,7 @@
 """The main job: fast.ai lesson 1's eight steps, end to end, into a run folder."""
 
+import contextlib
+import functools
 import json
 import logging
 import os
@@ -11,6 +13,7 @@ import keras
 import numpy as np
 
 from kertransfer.callbacks import TensorBoardLogger
+from kertransfer.config import TrainConfig
 from kertransfer.data import ImageClassifierData
 from kertransfer.distribute import resolve_distribution
 from kertransfer.groups import trainable_groups
@@ -18,111 +21,15 @@ from kertransfer.learner import ConvLearner
 from kertransfer.progress import RunProgress
 from kertransfer.recorder import FitRecord
 from kertransfer.recorder import LRFindResult
+from kertransfer.recorder import plot_schedules
 from kertransfer.run_folder import RunFolder
 from kertransfer.run_folder import atomic_path
 from kertransfer.run_folder import check_out_dir
 from kertransfer.transforms import tfms_from_model
 
-__all__ = ["train", "TrainConfig"]
+__all__ = ["TrainConfig", "removed_on_failure", "train"]
 
 logger = logging.getLogger(__name__)
-
-
-class TrainConfig:
-    """Knobs of the main job; defaults follow fast.ai lesson 1.
-
-    Args:
-        arch: backbone name.
-        image_size: model input side, pixels.
-        batch_size: images per batch.
-        weights: `"imagenet"`, None or a local weights file.
-        head_epochs: epochs of head training on precomputed activations.
-        aug_epochs: cycles (of 1 epoch) training the head with augmentation.
-        unfrozen_cycles: SGDR cycles after unfreezing (`cycle_len=1`,
-            `cycle_mult=2`: 1 -> 1, 2 -> 3, 3 -> 7 epochs).
-        group_ratio: each earlier layer group's LR is this much lower.
-        n_aug: TTA augmented copies.
-        max_lr: upper bound on the LR chosen from `lr_find`.
-        bn_freeze: keep the body's BatchNorm frozen after unfreezing
-            (fast.ai `bn_freeze(True)`, which fast.ai advises for large
-            models). Default False: the BatchNorm layers train with the
-            body, which gave fewer wrong TTA predictions on hymenoptera
-            (the README lists the runs).
-        tensorboard: None (off), True (log to `<out_dir>/tensorboard`) or a
-            folder: per-epoch losses, metrics and per-group LRs of every fit,
-            through `keras.callbacks.TensorBoard` (needs TensorFlow and
-            TensorBoard installed, whatever the Keras backend).
-        seed: None, or an int passed to `keras.utils.set_random_seed`
-            (Python, NumPy and backend generators: head initialisation,
-            shuffling, crops, augmentation) at the start of the run, so that
-            a run can be repeated (fast.ai `set_seed`). Repeats match on the
-            same backend and machine; other hardware may differ slightly.
-        val_pct: fraction of the images held out (seeded) for validation
-            when the data folder has no `valid/`/`val/` folder (Keras's
-            `DATA_DIR/<class>/*` layout, or `train/` alone).
-        cache: where decoded images live: `"auto"` (memory up to 2 GB,
-            else streamed), `"memory"`, `"disk"` or None (streamed); see
-            `ImageClassifierData.from_paths`.
-        distribute: None (one device, or the `keras.distribution` /
-            `tf.distribute` scope current when `train` is called), `"none"`
-            or `"data_parallel"` (every device: JAX
-            `keras.distribution.DataParallel`, TensorFlow
-            `MirroredStrategy`); see `ConvLearner.pretrained`.
-            `batch_size` stays the global batch and must divide by the
-            device count.
-    """
-
-    def __init__(
-        self,
-        arch="efficientnet_lite0",
-        image_size=224,
-        batch_size=32,
-        weights="imagenet",
-        head_epochs=2,
-        aug_epochs=2,
-        unfrozen_cycles=2,
-        group_ratio=10.0,
-        n_aug=4,
-        max_lr=1e-2,
-        bn_freeze=False,
-        tensorboard=None,
-        seed=None,
-        val_pct=0.2,
-        cache="auto",
-        distribute=None,
-    ):
-        self.arch = arch
-        self.image_size = image_size
-        self.batch_size = batch_size
-        self.weights = weights
-        self.head_epochs = head_epochs
-        self.aug_epochs = aug_epochs
-        self.unfrozen_cycles = unfrozen_cycles
-        self.group_ratio = group_ratio
-        self.n_aug = n_aug
-        self.max_lr = max_lr
-        self.bn_freeze = bn_freeze
-        self.tensorboard = tensorboard
-        self.seed = seed
-        self.val_pct = val_pct
-        self.cache = cache
-        self.distribute = distribute
-        # Checked here, before any image is read (not after minutes of training).
-        for name in ("image_size", "batch_size", "head_epochs", "unfrozen_cycles"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("aug_epochs", aug_epochs, minimum=0)
-        _check_int("n_aug", n_aug, minimum=0)
-        for name in ("group_ratio", "max_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"TrainConfig {name} must be a number > 0. Received {name}={value!r}.")
-        if not 0 < val_pct < 1:
-            raise ValueError(f"TrainConfig val_pct must be in (0, 1). Received val_pct={val_pct!r}.")
-
-
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ValueError(f"TrainConfig {name} must be an integer >= {minimum}. Received {name}={value!r}.")
 
 
 def _choose_lr(result, cap, floor=0.0):
@@ -219,51 +126,88 @@ def _restore_kept(learn, kept_weights, replicas):
 
 
 def _savefig(ax_or_fig, path):
+    """Writes the figure of `ax_or_fig` (axes or figure) to `path` (atomically), then closes it."""
     fig = getattr(ax_or_fig, "figure", ax_or_fig)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
     import matplotlib.pyplot as plt
 
-    plt.close(fig)
+    plt.close(fig)  # a figure made through pyplot (the report's plots) is forgotten; others: no-op
 
 
 def _plot_schedules(records, path):
-    """LR per group over all fits, stage boundaries marked."""
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
-    offset = 0
-    colors = {"group0": "tab:blue", "group1": "tab:orange", "head": "tab:green"}
-    seen = set()
-    for rec in records:
-        steps = np.arange(len(rec.lr_history)) + offset
-        for g, name in enumerate(rec.group_names):
-            label = name if name not in seen else None
-            seen.add(name)
-            ax.plot(steps, rec.lr_history[:, g], color=colors.get(name), label=label)
-        ax.axvline(offset, color="grey", lw=0.5)
-        # x in batches, y in axes fraction: the label sits at the top
-        # whatever the (log) LR range.
-        ax.text(offset, 0.98, f" {rec.stage}", fontsize=7, va="top", rotation=90, transform=ax.get_xaxis_transform())
-        offset += len(rec.lr_history)
-    ax.set_yscale("log")
-    ax.set_xlabel("batch (all stages)")
-    ax.set_ylabel("learning rate")
-    ax.set_title("LR schedule per layer group (SGDR restarts)")
-    ax.legend()
-    _savefig(ax, path)
+    _savefig(plot_schedules(records, ax=_new_axes()), path)
 
 
+def _no_finder(learn):
+    """The `LRFindResult` of an `lr_find` that did not run (`config.lr` given): no points."""
+    return LRFindResult([], [], [], learn.data.batch_size)
+
+
+def _new_axes(figsize=(8, 4)):
+    """Axes of a figure that no backend or pyplot state knows of: written, never shown."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=figsize).subplots()
+
+
+@contextlib.contextmanager
+def removed_on_failure(out_dir):
+    """Deletes the run folder `out_dir` if the block made it and fails before any work was saved.
+
+    "Work" is what a resume would use: `model.keras` (written from the
+    first epoch on) or a step recorded in `progress.json`. A folder that
+    existed before the block is never deleted.
+
+    Example:
+
+    ```python
+    with removed_on_failure("runs/new"):
+        check_out_dir("runs/new")
+        ...  # a bad data folder raises: runs/new is gone
+    ```
+    """
+    out_dir = os.fspath(out_dir)
+    existed = os.path.lexists(out_dir)
+    try:
+        yield
+    except BaseException:
+        if not existed and os.path.isdir(out_dir) and not _holds_work(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _holds_work(out_dir):
+    if os.path.exists(os.path.join(out_dir, "model.keras")):
+        return True
+    try:
+        return bool(RunProgress.load(out_dir).meta["stages"])
+    except (OSError, ValueError):
+        return False
+
+
+def _removes_unused_out_dir(run):
+    @functools.wraps(run)
+    def wrapper(data_dir, out_dir, *args, **kwargs):
+        with removed_on_failure(out_dir):
+            return run(data_dir, out_dir, *args, **kwargs)
+
+    return wrapper
+
+
+@_removes_unused_out_dir
 def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=False, *, _scratch=False):
     """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
 
     Steps: (1) precompute=True; (2) `lr_find`, choose the LR (min/10,
     clipped to `[max_lr / 100, max_lr]` so one noisy curve cannot pick an
-    absurd LR; after unfreezing, to `[lr / 10, lr]`); (3) train the head on precomputed activations;
+    absurd LR; after unfreezing, to `[lr / 10, lr]`), or take `config.lr`
+    and skip both `lr_find`s; (3) train the head on precomputed activations;
     (4) precompute=False, train the head with augmentation, `cycle_len=1`;
     (5) unfreeze; (6) earlier groups at `group_ratio`x lower LRs; (7)
-    `lr_find` again; (8) fit with `cycle_len=1, cycle_mult=2`. Then the
+    `lr_find` again; (8) fit with `config.cycle_len`, `config.cycle_mult`
+    (default 1 and 2). Then the
     run keeps the weights of the epoch with the lowest validation loss
     over every epoch of every stage (a head trained on precomputed
     activations is that head on the unchanged body), evaluates them and
@@ -305,13 +249,17 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
 
     Args:
         data_dir: fast.ai-layout folder (`train/<class>/*`, `valid|val/...`).
-        out_dir: run folder (created). Every file is written under a
-            temporary name and renamed into place
+        out_dir: run folder (created; deleted again if the run fails
+            before its first epoch or step is saved). Every file is written
+            under a temporary name and renamed into place
             (`kertransfer.run_folder.atomic_path`): a run killed while
             saving leaves the previous files whole.
         config: `TrainConfig`. With `resume`, None uses the run's own; a
             config given must equal it.
-        verbose: 1 shows Keras progress bars.
+        verbose: 1 shows Keras progress bars. What the job does and
+            finds (sizes, LRs, the kept epoch, accuracies) goes to the
+            `kertransfer.train` logger at INFO level (the command line shows
+            it; in Python, `logging.basicConfig(level="INFO")`).
         overwrite: allow an `out_dir` that already holds a run; its files
             are replaced as the new run writes them.
         resume: continue the run in `out_dir` (see above). A finished run
@@ -342,14 +290,8 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     train("data/dogscats", "runs/dogscats", resume=True)
     ```
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
     wall = time.time()
-
-    def say(msg):
-        if verbose:
-            print(f"[kertransfer] {msg}", flush=True)
+    say = logger.info
 
     # Before anything is read or built: a bad switch or batch, or a run
     # folder holding a run (or, resuming, not holding one), fails fast.
@@ -410,6 +352,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         tfms=tfms,
         val_pct=config.val_pct,
         cache=config.cache,
+        max_images=config.max_images,
     )
     n_train = len(data.train_index)
     if n_train // config.batch_size < 2:
@@ -469,15 +412,17 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         commit(name, {"record": learn.sched.to_dict()})
         return learn.sched
 
-    # (1)-(2): precompute, find the head LR.
-    if progress.done("lr_find"):
+    # (1)-(2): precompute, find the head LR (or take config.lr).
+    if config.lr is not None:
+        finder, lr = _no_finder(learn), config.lr
+    elif progress.done("lr_find"):
         finder, lr = LRFindResult(**progress.result("lr_find")["finder"]), progress.result("lr_find")["lr"]
     else:
         finder = timed("lr_find", learn.lr_find)
         lr = _choose_lr(finder, config.max_lr, floor=config.max_lr / 100) or config.max_lr
-        _savefig(finder.plot(mark=lr), os.path.join(out_dir, "lr_find.png"))
+        _savefig(finder.plot(ax=_new_axes((6, 4)), mark=lr), os.path.join(out_dir, "lr_find.png"))
         commit("lr_find", {"lr": lr, "finder": finder.to_dict()})
-    say(f"lr_find -> lr={lr:.3g}")
+    say(f"{'given' if config.lr is not None else 'lr_find ->'} lr={lr:.3g}")
     records = []
     lrs_used = {}
 
@@ -491,22 +436,27 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         records.append(fit_stage("head_augmented", lr, config.aug_epochs, cycle_len=1))
         lrs_used["head_augmented"] = [lr]
 
-    # (5)-(8) unfreeze, differential LRs, lr_find again, SGDR with cycle_mult=2.
+    # (5)-(8) unfreeze, differential LRs, lr_find again, SGDR (cycle_len, cycle_mult).
     learn.bn_freeze(config.bn_freeze)
     learn.unfreeze()
     n_groups = len(learn.layer_groups)
     ratios = [config.group_ratio ** -(n_groups - 1 - i) for i in range(n_groups)]
-    if progress.done("lr_find_unfrozen"):
+    if config.lr is not None:
+        finder2, lr2 = _no_finder(learn), config.lr
+    elif progress.done("lr_find_unfrozen"):
         found = progress.result("lr_find_unfrozen")
         finder2, lr2 = LRFindResult(**found["finder"]), found["lr"]
     else:
         finder2 = timed("lr_find_unfrozen", learn.lr_find, group_ratios=ratios)
         lr2 = _choose_lr(finder2, lr, floor=lr / 10) or lr
-        _savefig(finder2.plot(mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
+        _savefig(finder2.plot(ax=_new_axes((6, 4)), mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
         commit("lr_find_unfrozen", {"lr": lr2, "finder": finder2.to_dict()})
     lrs = [lr2 * r for r in ratios]
-    say(f"unfrozen lr_find -> lrs={[float(f'{x:.3g}') for x in lrs]}")
-    records.append(fit_stage("unfrozen", np.array(lrs), config.unfrozen_cycles, cycle_len=1, cycle_mult=2))
+    say(f"unfrozen {'' if config.lr is not None else 'lr_find -> '}lrs={[float(f'{x:.3g}') for x in lrs]}")
+    records.append(fit_stage(
+        "unfrozen", np.array(lrs), config.unfrozen_cycles, cycle_len=config.cycle_len,
+        cycle_mult=config.cycle_mult,
+    ))
     lrs_used["unfrozen"] = lrs
 
     # The best weights of the whole run: on a small dataset, fine-tuning the

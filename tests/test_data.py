@@ -133,3 +133,29 @@ def test_transforms_reject_bad_args():
         ImageTransforms(32, max_zoom=0.5)
     with pytest.raises(ValueError, match="Unknown backbone"):
         tfms_from_model("no_such_net", 32)
+
+
+@pytest.mark.one_backend
+def test_subsample_is_seeded_and_spread_over_the_classes():
+    from kertransfer.data.sources import subsample
+
+    labels = np.array([0] * 30 + [1] * 6 + [2] * 2)
+    keep = subsample(labels, 12, seed=3)
+    assert len(keep) == 12 and len(set(keep.tolist())) == 12 and np.all(np.diff(keep) > 0)
+    # Class by class in turn: 2 (all) of class 2, then 5 each of 0 and 1 share the rest.
+    assert np.bincount(labels[keep], minlength=3).tolist() == [5, 5, 2]
+    np.testing.assert_array_equal(keep, subsample(labels, 12, seed=3))
+    assert not np.array_equal(keep, subsample(labels, 12, seed=4))
+    np.testing.assert_array_equal(subsample(labels, 100, seed=3), np.arange(38))
+    np.testing.assert_array_equal(subsample(labels, None, seed=3), np.arange(38))
+
+
+@pytest.mark.one_backend
+def test_from_paths_max_images_keeps_at_most_n_per_split(synthetic_folder):
+    full = ImageClassifierData.from_paths(synthetic_folder, batch_size=4, tfms=_tfms())
+    small = ImageClassifierData.from_paths(synthetic_folder, batch_size=4, tfms=_tfms(), max_images=10)
+    assert small.counts("train") == {"ants": 5, "bees": 5}
+    assert small.counts("valid") == {"ants": 5, "bees": 5}
+    assert set(small.train_paths) <= set(full.train_paths)
+    again = ImageClassifierData.from_paths(synthetic_folder, batch_size=4, tfms=_tfms(), max_images=10)
+    assert again.train_paths == small.train_paths

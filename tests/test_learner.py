@@ -39,6 +39,23 @@ def test_head_architecture_and_frozen_body(tiny_data):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_head_takes_keras_names_and_fastai_aliases(tiny_data):
+    from kertransfer.heads import head_layers
+
+    def head(learn):
+        return [(l.name, getattr(l, "rate", None), getattr(l, "units", None)) for l in learn.head]
+
+    keras_names = ConvLearner.pretrained("tiny_cnn", tiny_data, weights=None, dropout=0.2, hidden_units=(16, 8))
+    aliases = ConvLearner.pretrained("tiny_cnn", tiny_data, weights=None, ps=0.2, xtra_fc=(16, 8))
+    assert head(keras_names) == head(aliases)
+    assert [r for _, r, _ in head(keras_names) if r is not None] == [0.1, 0.1, 0.2]
+    assert [u for _, _, u in head(keras_names) if u is not None] == [16, 8, 2]
+    with pytest.raises(ValueError, match="ps is fast.ai's name for dropout: pass one of them"):
+        ConvLearner.pretrained("tiny_cnn", tiny_data, weights=None, dropout=0.2, ps=0.3)
+    with pytest.raises(ValueError, match=r"dropout needs one rate per dense layer \(2"):
+        head_layers(2, dropout=[0.1, 0.2, 0.3], hidden_units=(16,))
+
+
 def test_freeze_to_and_unfreeze(tiny_data):
     learn = _learner(tiny_data)
     learn.freeze_to(1)

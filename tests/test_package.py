@@ -28,6 +28,30 @@ def test_import_and_help_do_not_import_keras_or_a_backend():
     assert "HEAVY []" in out
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["train", "--help"], ["predict", "--help"]])
+def test_python_m_kertransfer_answers_without_a_backend(argv):
+    # `python -m kertransfer ...` as a user types it; the wrapper then lists
+    # the heavy modules the run imported.
+    code = (
+        "import runpy, sys\n"
+        f"sys.argv = ['kertransfer', *{argv!r}]\n"
+        "try:\n"
+        "    runpy.run_module('kertransfer', run_name='__main__', alter_sys=True)\n"
+        "except SystemExit as exit:\n"
+        "    assert exit.code in (0, None), exit.code\n"
+        "heavy = sorted(m for m in ('keras', 'tensorflow', 'jax', 'torch') if m in sys.modules)\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    if argv == ["--version"]:
+        assert out.startswith(f"kertransfer {kertransfer.__version__}")
+    else:
+        assert "usage: kertransfer" in out
+    if argv == ["train", "--help"]:
+        assert "efficientnet_lite0," in out and "--n-aug N_AUG, --tta N_AUG" in out
+
+
 def test_version_flag(capsys):
     from kertransfer.cli import main
 

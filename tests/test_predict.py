@@ -144,6 +144,16 @@ def test_predict_tta_matches_learner_tta(trained, photos, capsys):
     np.testing.assert_allclose(ok0["prob_1"], plain.max(1), rtol=1e-4, atol=1e-5)
     assert main(["predict", str(run), str(photos / "valid"), "--tta", "--n-aug", "1"]) == 0
     assert "with TTA" in capsys.readouterr().err
+    # --n-aug alone turns TTA on, as in `train`; --n-aug 0 is the plain prediction.
+    csv_path = run.parent / "tta.csv"
+    assert main(["predict", str(run), str(photos / "valid"), "--n-aug", "2", "--seed", "3", "--csv", str(csv_path)]) == 0
+    assert "with TTA" in capsys.readouterr().err
+    rows = pd.read_csv(csv_path)
+    rows = rows[rows["status"] == "ok"]
+    got_ants = np.where(rows["class_1"] == "ants", rows["prob_1"], rows["prob_2"])
+    np.testing.assert_allclose(got_ants, expected[:, 0], rtol=0, atol=1e-5)
+    assert main(["predict", str(run), str(photos / "valid"), "--n-aug", "0"]) == 0
+    assert "with TTA" not in capsys.readouterr().err
 
 
 def test_nothing_predictable_exits_nonzero(trained, photos, tmp_path, capsys):

@@ -103,3 +103,16 @@ def test_suggest_lrs_on_a_known_curve():
     assert 5e-3 < s.min_div10 < 2e-2
     with pytest.raises(ValueError, match="Too few"):
         suggest_lrs(lrs[:2], loss[:2])
+
+
+def test_one_cycle_multiplier_end_points_and_checks():
+    # fastai v2 combined_cos(pct_start, 1/div, 1, 1/div_final): cosine up, then down.
+    assert schedules.one_cycle_multiplier(0.0, 0.25, 25.0, 1e5) == pytest.approx(1 / 25)
+    assert schedules.one_cycle_multiplier(0.125, 0.25, 25.0, 1e5) == pytest.approx((1 / 25 + 1) / 2)
+    assert schedules.one_cycle_multiplier(0.25, 0.25, 25.0, 1e5) == pytest.approx(1.0)
+    assert schedules.one_cycle_multiplier(1.0, 0.25, 25.0, 1e5) == pytest.approx(1e-5)
+    assert schedules.one_cycle_multiplier(0.0, 0.0) == pytest.approx(1.0)  # no warm-up
+    with pytest.raises(ValueError, match=r"pct_start .* \[0, 1\)"):
+        schedules.one_cycle_multiplier(0.5, pct_start=1.0)
+    with pytest.raises(ValueError, match="div and div_final"):
+        schedules.one_cycle_multiplier(0.5, div=0)

@@ -147,10 +147,17 @@ def test_cli_unknown_arch(tmp_path, synthetic_folder, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--head-epochs", "0"], "--head-epochs: must be a positive integer, got 0"),
+        (["--head-epochs", "0"], "--head-epochs: must be an integer >= 1, got 0"),
         (["--tta", "-1"], "--tta: must be an integer >= 0, got -1"),
         (["--aug-epochs", "-2"], "--aug-epochs: must be an integer >= 0, got -2"),
         (["--val-pct", "1.5"], "--val-pct"),
+        (["--lr", "0"], "argument --lr: must be a number > 0, got 0"),
+        (["--lr", "fast"], "argument --lr: must be a number > 0, got fast"),
+        (["--cycle-len", "0"], "argument --cycle-len: must be an integer >= 1, got 0"),
+        (["--cycle-mult", "1.5"], "argument --cycle-mult: must be an integer >= 1, got 1.5"),
+        (["--max-images", "0"], "argument --max-images: must be an integer >= 1, got 0"),
+        (["--n-aug", "-1"], "argument --n-aug/--tta: must be an integer >= 0, got -1"),
+        (["--group-ratio", "-2"], "argument --group-ratio: must be a number > 0, got -2"),
     ],
 )
 def test_cli_rejects_bad_flags_before_reading_data(tmp_path, synthetic_folder, capsys, monkeypatch, flags, message):

@@ -49,6 +49,9 @@ def test_tta_beta_blends_original_with_augmented_mean(tiny_data):
     stack, _ = learn.TTA(n_aug=3, seed=3, return_all=True)
     assert stack.shape == (4, *plain.shape)
     np.testing.assert_allclose(stack, np.stack([plain, *copies]), rtol=1e-5, atol=1e-6)
+    # ...whose mean over the copies is the default output (probabilities,
+    # not v0.7's log-probabilities: no np.exp before the mean).
+    np.testing.assert_allclose(stack.mean(0), mean, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="one of beta= and return_all=True"):
         learn.TTA(n_aug=3, beta=0.25, return_all=True)
 

@@ -5,7 +5,9 @@ from kertransfer.callbacks.best import KeepBestWeights
 from kertransfer.callbacks.checkpoint import FitCheckpoint
 from kertransfer.callbacks.lr_finder import LRFinder
 from kertransfer.callbacks.lr_finder import raw_batch_losses
+from kertransfer.callbacks.one_cycle import OneCycle
 from kertransfer.callbacks.sgdr import SGDR
+from kertransfer.callbacks.step_schedule import StepSchedule
 from kertransfer.callbacks.tensorboard import TensorBoardLogger
 
 __all__ = [
@@ -14,6 +16,8 @@ __all__ = [
     "FitCheckpoint",
     "KeepBestWeights",
     "LRFinder",
+    "OneCycle",
+    "StepSchedule",
     "TensorBoardLogger",
     "raw_batch_losses",
 ]

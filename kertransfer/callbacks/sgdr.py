@@ -1,18 +1,12 @@
 """SGDR: cosine annealing with warm restarts, per layer group."""
 
-import keras
-
 from kertransfer import schedules
-from kertransfer.callbacks._optim import check_settable_learning_rates
-from kertransfer.callbacks._optim import learning_rate_logs
-from kertransfer.callbacks._optim import optimizer_steps
-from kertransfer.callbacks._optim import set_learning_rates
-from kertransfer.callbacks._optim import sub_optimizers
+from kertransfer.callbacks.step_schedule import StepSchedule
 
 __all__ = ["SGDR"]
 
 
-class SGDR(keras.callbacks.Callback):
+class SGDR(StepSchedule):
     """Sets each layer group's LR every batch by SGDR (fast.ai `CosAnneal`).
 
     Within a cycle each group's LR anneals from its base LR to 0 along a
@@ -24,27 +18,12 @@ class SGDR(keras.callbacks.Callback):
     the LR stays at its base. Run `model.fit` for
     `schedules.sgdr_total_epochs(n_cycle, cycle_len, cycle_mult)` epochs.
 
-    The LR is a function of the training step: `model.optimizer.iterations`
-    (of a `MultiOptimizer`, its own counter, one per step), counted from
-    the fit's first batch, which is step `epoch * steps_per_epoch`: a fit
-    resumed at `initial_epoch` (`FitCheckpoint`) continues the schedule
-    where it stopped. With `steps_per_execution=N` (TensorFlow, JAX) Keras
-    calls back once per N batches; the LR is then set at each call for the
-    step the call starts at, and holds for its N batches (as it would with
-    `keras.callbacks.LearningRateScheduler`), and the schedule keeps pace
-    with the steps.
-
-    At each epoch's end the current LRs go into the logs as Keras's
-    `LearningRateScheduler` writes them, so `History` (`history.history`),
-    `CSVLogger` and `TensorBoard` record them: `learning_rate` for one
-    optimizer, `learning_rate_<name>` per sub-optimizer of a
-    `MultiOptimizer` (`group_optimizer` names them after their layer groups,
-    e.g. `learning_rate_head`). They are the LRs of the epoch's last batch.
-
-    Per-group LRs need a `keras.optimizers.MultiOptimizer` whose
-    sub-optimizers are in layer-group order (see
-    `kertransfer.groups.group_optimizer`); with a plain optimizer pass one LR.
-    Each optimizer must be built with a float `learning_rate`.
+    The step comes from `model.optimizer.iterations`, so a resumed fit and
+    `steps_per_execution > 1` keep to the schedule; the LRs go into the
+    epoch logs (`learning_rate_<group>`); see `StepSchedule`. Per-group LRs
+    need a `keras.optimizers.MultiOptimizer` in layer-group order
+    (`kertransfer.groups.group_optimizer`); each optimizer must be built
+    with a float `learning_rate`.
 
     Args:
         lrs: float, or one base LR per sub-optimizer.
@@ -78,72 +57,10 @@ class SGDR(keras.callbacks.Callback):
     """
 
     def __init__(self, lrs, steps_per_epoch=None, cycle_len=None, cycle_mult=1):
-        super().__init__()
-        if steps_per_epoch is not None and (
-            int(steps_per_epoch) != steps_per_epoch or steps_per_epoch < 1
-        ):
-            raise ValueError(
-                "steps_per_epoch must be a positive integer or None. Received "
-                f"steps_per_epoch={steps_per_epoch}."
-            )
+        super().__init__(lrs, steps_per_epoch)
         schedules.sgdr_total_epochs(1, cycle_len, cycle_mult)  # validates
-        self.lrs = lrs
-        self.steps_per_epoch = None if steps_per_epoch is None else int(steps_per_epoch)
         self.cycle_len = cycle_len
         self.cycle_mult = cycle_mult
-        self.lr_history = []
 
-    def on_train_begin(self, logs=None):
-        check_settable_learning_rates(self.model, "SGDR")
-        n = len(sub_optimizers(self.model.optimizer))
-        self.base_lrs = schedules.expand_lrs(self.lrs, n)
-        steps = (self.params or {}).get("steps")
-        if self.steps_per_epoch is None and steps is None:
-            raise ValueError(
-                "SGDR needs the number of batches per epoch, and Keras does not know it for this "
-                "data (a generator or a dataset of unknown length). Pass SGDR(..., steps_per_epoch=N)."
-            )
-        if (
-            self.steps_per_epoch is not None
-            and steps is not None
-            and steps != self.steps_per_epoch
-        ):
-            raise ValueError(
-                f"SGDR was given steps_per_epoch={self.steps_per_epoch}, but this fit runs {steps} "
-                "batches per epoch. Pass the fit's number (len(train_dataset)), or None."
-            )
-        self._steps = self.steps_per_epoch or steps
-        self._epoch, self._offset, self._current = 0, None, None
-
-    def _lrs(self, step):
-        mult = schedules.sgdr_multiplier(
-            step, self._steps, self.cycle_len, self.cycle_mult
-        )
-        return [lr * mult for lr in self.base_lrs]
-
-    def _record(self, upto):
-        # `lr_history` up to step `upto`: the LRs in use since the last call,
-        # or, before the fit's first batch (a resumed fit), the schedule's.
-        while len(self.lr_history) < upto:
-            self.lr_history.append(self._current or self._lrs(len(self.lr_history)))
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._epoch = epoch
-
-    def on_train_batch_begin(self, batch, logs=None):
-        iterations = optimizer_steps(self.model)
-        if self._offset is None:
-            # The fit's first batch is step `epoch * steps + batch`; the
-            # optimizer may have counted steps before (an earlier fit).
-            self._offset = iterations - (self._epoch * self._steps + batch)
-            del self.lr_history[self._epoch * self._steps + batch :]
-        step = iterations - self._offset
-        self._record(step)
-        self._current = self._lrs(step)
-        set_learning_rates(self.model, self._current)
-
-    def on_epoch_end(self, epoch, logs=None):
-        if self._offset is not None:
-            self._record(optimizer_steps(self.model) - self._offset)
-        if logs is not None:
-            logs.update(learning_rate_logs(self.model))
+    def multiplier(self, step):
+        return schedules.sgdr_multiplier(step, self._steps, self.cycle_len, self.cycle_mult)

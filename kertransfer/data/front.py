@@ -137,6 +137,7 @@ class ImageClassifierData:
         oversample=False,
         cache="auto",
         memory_budget=None,
+        max_images=None,
     ):
         """Reads a folder of class folders (fast.ai `from_paths`).
 
@@ -172,6 +173,10 @@ class ImageClassifierData:
                 advice for unbalanced data: copy the rare cases). Only the
                 training split; indices are repeated, images are not copied.
                 See also `learn.fit(..., class_weight="balanced")`.
+            max_images: None, or at most this many images per split
+                (training, validation, test), drawn with `seed` and spread
+                evenly over the classes (`sources.subsample`): a quick smoke
+                run. Only the files kept are decoded.
 
         Returns:
             `ImageClassifierData`.
@@ -245,6 +250,13 @@ class ImageClassifierData:
             trn_paths = [trn_paths[i] for i in trn_idx]
             trn_labels = trn_labels[trn_idx]
         test_paths = sources.test_paths(path, test_name)
+        if max_images is not None:
+            keep = sources.subsample(trn_labels, max_images, seed)
+            trn_paths, trn_labels = [trn_paths[i] for i in keep], trn_labels[keep]
+            keep = sources.subsample(val_labels, max_images, seed)
+            val_paths, val_labels = [val_paths[i] for i in keep], val_labels[keep]
+            if test_paths is not None:
+                test_paths = [test_paths[i] for i in sources.subsample(np.zeros(len(test_paths)), max_images, seed)]
         if tfms is None:
             tfms = tfms_from_model(None, image_size)
         split_sources = {

@@ -93,6 +93,37 @@ def random_split(n, val_pct, seed):
     return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
+def subsample(labels, max_images, seed):
+    """Sorted indices of at most `max_images` items, seeded, spread over the classes.
+
+    Items are drawn in a seeded random order, class by class in turn (the
+    first of each class, then the second of each, ...), so every class
+    keeps `max_images // num_classes` items or all it has, and the rest go
+    to the classes with more. All indices when there are no more than
+    `max_images`.
+
+    Args:
+        labels: int class of each item `(n,)`.
+        max_images: None (all), or the most items kept.
+        seed: seed of the draw.
+
+    Returns:
+        int array of the kept indices, ascending.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if max_images is None or n <= max_images:
+        return np.arange(n)
+    order = np.random.default_rng(seed).permutation(n)
+    rank = np.empty(n, dtype="int64")  # place of each item among its class, in `order`
+    for c in np.unique(labels):
+        members = order[labels[order] == c]
+        rank[members] = np.arange(len(members))
+    position = np.empty(n, dtype="int64")
+    position[order] = np.arange(n)
+    return np.sort(np.lexsort((position, rank))[:max_images])
+
+
 def test_paths(path, test_name):
     """Files of the unlabeled `path/<test_name>/` folder, or None."""
     if test_name is None:
