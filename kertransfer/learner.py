@@ -13,7 +13,6 @@ import os
 
 import keras
 
-from kertransfer.backbones import assign_layer_groups
 from kertransfer.backbones import get_backbone
 from kertransfer.distribute import portable_config
 from kertransfer.distribute import predict_padded
@@ -22,6 +21,7 @@ from kertransfer.distribute import synchronize_batch_norm
 from kertransfer.distribute import warn_replicated_dropout
 from kertransfer.fitting import TrainingVerbs
 from kertransfer.fitting import in_scope
+from kertransfer.groups import match_layer_groups
 from kertransfer.groups import trainable_groups
 from kertransfer.heads import head_layers
 from kertransfer.heads import resolve_head_args
@@ -95,10 +95,9 @@ class ConvLearner(TrainingVerbs):
         if self.distribution.engine == "tf.distribute" and self.distribution.devices > 1:
             synchronize_batch_norm(self.model)
             warn_replicated_dropout(self.model)
-        self.layer_groups = assign_layer_groups(backbone, spec.layer_groups) + [
-            [layer for layer in self.head if layer.weights]
-        ]
-        self.group_names = [f"group{i}" for i in range(len(self.layer_groups) - 1)] + ["head"]
+        body_groups = match_layer_groups(backbone, spec.layer_groups)
+        self.layer_groups = [*body_groups.values(), [layer for layer in self.head if layer.weights]]
+        self.group_names = [*body_groups, "head"]
         self._precompute = False
         # id(model) -> (trainable variable ids, optimizer, its fresh state).
         self._compiled = {}

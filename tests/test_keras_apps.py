@@ -14,6 +14,7 @@ from kertransfer.backbones.registry import assign_layer_groups
 from kertransfer.backbones.registry import build_backbone
 from kertransfer.backbones.registry import get_backbone
 from kertransfer.layers import ImagePreprocessing
+from local_servers import closed_port_url
 
 FEATURE_CHANNELS = {
     "resnet50": 2048,
@@ -167,37 +168,35 @@ def test_presets_name_the_files_keras_applications_downloads():
     presets = keras_apps.KERAS_APP_PRESETS
 
     def hashes(arch):
-        files = presets[arch]["weights_files"]
-        return (files[True][1], files[False][1])
+        return (presets[arch]["weights"]["md5"], presets[arch]["weights_notop"]["md5"])
 
-    assert presets["resnet152"]["weights_url"] == resnet.BASE_WEIGHTS_PATH
+    def base_urls(arch):
+        return {presets[arch][key]["base_url"] for key in ("weights", "weights_notop")}
+
+    assert base_urls("resnet152") == {resnet.BASE_WEIGHTS_PATH}
     for arch in ("resnet50", "resnet101", "resnet152"):
         assert hashes(arch) == resnet.WEIGHTS_HASHES[arch]
-    assert presets["mobilenet_v2"]["weights_url"] == mobilenet_v2.BASE_WEIGHT_PATH
-    assert presets["mobilenet_v3_small"]["weights_url"] == (
-        mobilenet_v3.BASE_WEIGHT_PATH
-    )
+    assert base_urls("mobilenet_v2") == {mobilenet_v2.BASE_WEIGHT_PATH}
+    assert base_urls("mobilenet_v3_small") == {mobilenet_v3.BASE_WEIGHT_PATH}
     assert hashes("mobilenet_v3_small") == (
         mobilenet_v3.WEIGHTS_HASHES["small_224_1.0_float"]
     )
-    assert presets["efficientnet_b0"]["weights_url"] == (
-        efficientnet.BASE_WEIGHTS_PATH
-    )
+    assert base_urls("efficientnet_b0") == {efficientnet.BASE_WEIGHTS_PATH}
     assert hashes("efficientnet_b0") == efficientnet.WEIGHTS_HASHES["b0"]
 
 
-def _network_down(fname, origin, **kwargs):
-    raise Exception(
-        f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure "
-        "in name resolution"
-    )
+def _offline(monkeypatch, arch):
+    """Points `arch`'s downloads at 127.0.0.1, where nothing listens."""
+    for key in ("weights", "weights_notop"):
+        source = keras_apps.KERAS_APP_PRESETS[arch][key]
+        monkeypatch.setitem(source, "base_url", closed_port_url(""))
 
 
 # Finding the cached file is backend-independent.
 @pytest.mark.one_backend
 def test_imagenet_weights_come_from_the_keras_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(keras.utils, "get_file", _network_down)
+    _offline(monkeypatch, "mobilenet_v2")
     shape = (SIZE, SIZE, 3)
     source = keras.applications.MobileNetV2(
         include_top=False, weights=None, input_shape=shape
@@ -220,7 +219,7 @@ def test_imagenet_weights_come_from_the_keras_cache(tmp_path, monkeypatch):
 @pytest.mark.one_backend
 def test_offline_imagenet_fails_fast_with_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(keras.utils, "get_file", _network_down)
+    _offline(monkeypatch, "resnet50")
     with pytest.raises(OSError) as info:
         build_backbone("resnet50", weights="imagenet")
     message = str(info.value)
