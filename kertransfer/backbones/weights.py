@@ -33,6 +33,7 @@ import urllib.error
 import urllib.request
 
 from kertransfer.backbones.torch_weights import load_torch_state_dict
+from kertransfer.run_folder import atomic_path
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -144,7 +145,7 @@ def hash_mismatch(path, sha256=None, md5=None):
 
 
 def _download(origin, target, timeout):
-    """Downloads `origin` to `target` (a `.part` file); `timeout` per request."""
+    """Downloads `origin` to `target`, with `timeout` seconds per request."""
     os.makedirs(os.path.dirname(target), exist_ok=True)
     logger.info("Downloading %s to %s.", origin, target)
     with urllib.request.urlopen(origin, timeout=timeout) as response, open(target, "wb") as f:
@@ -202,32 +203,29 @@ def fetch_weights(
                 f"download it again, or {advice}."
             )
         return target
-    part = f"{target}.{os.getpid()}.part"
-    try:
-        _download(origin, part, timeout)
+    # Written to a temporary file that becomes `target` only if all goes well.
+    with atomic_path(target) as part:
+        try:
+            _download(origin, part, timeout)
+        except (urllib.error.URLError, OSError, ValueError) as e:
+            reason = getattr(e, "reason", e)  # URLError wraps a connect timeout
+            if isinstance(reason, TimeoutError):  # socket.timeout too
+                problem = f"no answer within timeout={timeout} s ({reason})"
+            else:
+                problem = f"{type(e).__name__}: {e}"
+            raise OSError(
+                f"Could not get the ImageNet weights of arch={arch!r}: the file "
+                f"{fname} is not in {folder} and downloading it from {origin} "
+                f"failed ({problem}). If this machine is offline, copy {fname} "
+                f"into {folder}, or {advice}."
+            ) from e
         mismatch = hash_mismatch(part, sha256, md5)
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        if os.path.exists(part):
-            os.remove(part)
-        reason = getattr(e, "reason", e)  # URLError wraps a connect timeout
-        if isinstance(reason, TimeoutError):  # socket.timeout too
-            problem = f"no answer within timeout={timeout} s ({reason})"
-        else:
-            problem = f"{type(e).__name__}: {e}"
-        raise OSError(
-            f"Could not get the ImageNet weights of arch={arch!r}: the file "
-            f"{fname} is not in {folder} and downloading it from {origin} "
-            f"failed ({problem}). If this machine is offline, copy {fname} "
-            f"into {folder}, or {advice}."
-        ) from e
-    if mismatch:
-        os.remove(part)
-        raise OSError(
-            f"The download of {fname} for arch={arch!r} from {origin} is "
-            f"not the expected file: {mismatch}. Nothing was cached; copy the "
-            f"right {fname} into {folder}, or {advice}."
-        )
-    os.replace(part, target)
+        if mismatch:
+            raise OSError(
+                f"The download of {fname} for arch={arch!r} from {origin} is "
+                f"not the expected file: {mismatch}. Nothing was cached; copy "
+                f"the right {fname} into {folder}, or {advice}."
+            )
     return target
 
 
@@ -344,6 +342,7 @@ def load_weights(model, resolved, convert=None):
     convert(model, load_torch_state_dict(path))
     if save_as is not None:
         logger.info("Caching converted %s weights as %s.", model.name, save_as)
+        # Not `atomic_path`: Keras wants the name to end in `.weights.h5`.
         tmp = f"{save_as[: -len('.weights.h5')]}.{os.getpid()}.tmp.weights.h5"
         model.save_weights(tmp)
         os.replace(tmp, save_as)
