@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 from keras.src.utils import file_utils
+from local_servers import closed_port_url
 
 from kertransfer.backbones import keras_apps
 from kertransfer.backbones.registry import assign_layer_groups
 from kertransfer.backbones.registry import build_backbone
 from kertransfer.backbones.registry import get_backbone
 from kertransfer.layers import ImagePreprocessing
-from local_servers import closed_port_url
 
 FEATURE_CHANNELS = {
     "resnet50": 2048,

@@ -6,13 +6,13 @@ import os
 import keras
 import numpy as np
 import pytest
+from local_servers import closed_port_url
 
 from kertransfer.backbones import resnet
 from kertransfer.backbones.registry import assign_layer_groups
 from kertransfer.backbones.registry import get_backbone
 from kertransfer.backbones.registry import list_backbones
 from kertransfer.layers import ImagePreprocessing
-from local_servers import closed_port_url
 
 torch = pytest.importorskip("torch", reason="the reference model needs torch")
 from torch_resnet_reference import BasicBlock  # noqa: E402

@@ -10,12 +10,12 @@ import os
 import socket
 
 import pytest
-
-from kertransfer.backbones import weights
-from kertransfer.backbones.efficientnet_lite_presets import LITE_PRESETS
 from local_servers import closed_port_url
 from local_servers import file_server
 from local_servers import silent_server
+
+from kertransfer.backbones import weights
+from kertransfer.backbones.efficientnet_lite_presets import LITE_PRESETS
 
 pytestmark = pytest.mark.one_backend
 
