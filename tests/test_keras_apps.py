@@ -64,11 +64,13 @@ def _save_legacy_h5(model, path):
         legacy_h5_format.save_weights_to_hdf5_group(f, model)
 
 
-# Saving and reloading is Keras code, not backend code: every arch in the
-# TensorFlow pass, ResNet50 on each backend.
+# Saving and reloading is Keras code, not backend code: ResNet50 on each
+# backend, one of each other family once (ResNet101 and ResNet152 are
+# ResNet50's code with more blocks; their groups are checked in
+# tests/test_groups.py).
 @pytest.mark.parametrize("arch", [
     a if a == "resnet50" else pytest.param(a, marks=pytest.mark.one_backend)
-    for a in FEATURE_CHANNELS
+    for a in FEATURE_CHANNELS if a not in ("resnet101", "resnet152")
 ])
 def test_builds_groups_and_reloads_local_weights(arch, tmp_path):
     spec = get_backbone(arch)
