@@ -268,7 +268,7 @@ class ConvLearner(TrainingVerbs):
             `data.is_multi` (`None` for the unlabeled test split).
         """
         probs = predict_padded(self.model, self.data.fixed_batches(split))
-        targets = None if split == "test" else self.data._splits[split].labels
+        targets = None if split == "test" else self.data.split(split).labels
         return probs, targets
 
     @in_scope
