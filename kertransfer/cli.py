@@ -1,6 +1,7 @@
 """`kertransfer train|demo|predict|report|export`: the command line."""
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
@@ -260,13 +261,24 @@ class _ConsoleHandler(logging.Handler):
         print(f"[kertransfer] {self.format(record)}", file=sys.stdout, flush=True)
 
 
-def _show_progress_messages():
-    """Shows the main job's INFO messages on stdout (once per process)."""
+@contextlib.contextmanager
+def _progress_messages():
+    """Shows the main job's INFO messages on stdout while the block runs.
+
+    Only for `train` and `demo`: afterwards the logger is as it was, so a
+    later `predict` in the same process keeps its table alone on stdout.
+    """
     logger = logging.getLogger("kertransfer")
-    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
-        logger.addHandler(_ConsoleHandler())
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+    level = logger.level
+    handler = _ConsoleHandler()
+    logger.addHandler(handler)
+    if level == logging.NOTSET or level > logging.INFO:
         logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def main(argv=None):
@@ -274,6 +286,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    messages = None  # train and demo: the main job's messages on stdout
     if args.command == "export":  # its own errors and exit status
         return _export(args)
     try:
@@ -291,7 +304,8 @@ def main(argv=None):
 
         if args.command == "train":
             args.out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data_dir)))
-        _show_progress_messages()
+        messages = contextlib.ExitStack()
+        messages.enter_context(_progress_messages())
         if args.resume:
             from kertransfer.progress import RunProgress
 
@@ -319,6 +333,9 @@ def main(argv=None):
     except (OSError, ValueError, ImportError) as e:  # OSError: FileNotFoundError, CSV
         print(f"kertransfer: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if messages is not None:
+            messages.close()
     return 0
 
 
