@@ -14,7 +14,6 @@ import os
 import keras
 
 from kertransfer.backbones import get_backbone
-from kertransfer.distribute import portable_config
 from kertransfer.distribute import predict_padded
 from kertransfer.distribute import resolve_distribution
 from kertransfer.distribute import synchronize_batch_norm
@@ -26,6 +25,10 @@ from kertransfer.groups import trainable_groups
 from kertransfer.heads import head_layers
 from kertransfer.heads import resolve_head_args
 from kertransfer.layers import AdaptiveConcatPooling2D
+from kertransfer.portable import copy_weights
+from kertransfer.portable import portable_model
+from kertransfer.portable import read_model_info
+from kertransfer.portable import save_portable
 from kertransfer.precompute import ActivationCache
 from kertransfer.tta import tta_probs
 
@@ -333,34 +336,55 @@ class ConvLearner(TrainingVerbs):
 
     # ------------------------------------------------------------ saving
     def save(self, path):
-        """Saves the model as a `.keras` file (architecture + weights).
+        """Saves the model as a `.keras` file that plain Keras loads.
+
+        The file holds `kertransfer.portable.portable_model(self.model)`:
+        Keras's own layers only, with this model's weights, so
+        `keras.saving.load_model(path)` works in any Python with Keras and
+        a backend, without kertransfer; it takes raw RGB pixels `(batch,
+        height, width, 3)` in `[0, 255]` and returns probabilities `(batch,
+        num_classes)`. The class names, multi-label flag, framing (image
+        size, crop) and normalization are in the archive's
+        `metadata.json` (`kertransfer.portable.read_model_info`). No
+        optimizer: every fit starts fresh optimizers (fast.ai), and its
+        state would double or triple the file (one momentum per group).
 
         Args:
             path: file path; `.keras` is appended when missing.
 
         Returns:
             The path written.
+
+        Example:
+
+        ```python
+        learn.save("runs/dogscats/model.keras")
+        model = keras.saving.load_model("runs/dogscats/model.keras")  # no kertransfer needed
+        ```
         """
         path = os.fspath(path)
         if not path.endswith(".keras"):
             path += ".keras"
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        # Without the optimizer: every fit starts fresh optimizers (fast.ai),
-        # and its state would double or triple the file (one momentum per
-        # group) for TF Serving / LiteRT export, which never uses it.
-        # (`clone_model` would copy the compiled optimizer too.)
-        # `portable_config`: a BatchNorm synchronized for MirroredStrategy
-        # would not load on JAX or torch.
-        clean = keras.Model.from_config(portable_config(self.model.get_config()))
-        clean.set_weights(self.model.get_weights())
-        clean.save(path)
-        return path
+        framing = self.data.valid_tfms.framing
+        info = {
+            "arch": self.arch,
+            "classes": [str(c) for c in self.data.classes],
+            "multi_label": self.is_multi,
+            "preprocessing": framing.to_dict(),
+        }
+        return save_portable(self.model, path, info)
 
     def load(self, path):
         """Loads weights saved by `save` into this learner's model.
 
+        Files of every kertransfer version load: a portable file (Keras's
+        layers, `kertransfer.portable`) and one written before (this
+        model's own layers).
+
         Raises:
             FileNotFoundError: if `path` (or `path + ".keras"`) is missing.
+            ValueError: if the file's weights do not fit this model.
         """
         path = os.fspath(path)
         if not path.endswith(".keras"):
@@ -368,5 +392,12 @@ class ConvLearner(TrainingVerbs):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No saved model at {path}.")
         saved = keras.saving.load_model(path, compile=False)
+        # A portable file has the layout of `portable_model(self.model)`:
+        # its weights go there in order, then across by layer name.
+        twin = portable_model(self.model) if read_model_info(path) else None
         with self.distribution.scope():
-            self.model.set_weights(saved.get_weights())
+            if twin is None:
+                self.model.set_weights(saved.get_weights())
+            else:
+                twin.set_weights(saved.get_weights())
+                copy_weights(twin, self.model)

@@ -3,7 +3,9 @@
 A tiny model that follows the trainer's contract (raw pixels in, softmax
 out, `ImagePreprocessing` and `AdaptiveConcatPooling2D` inside) is fitted on
 40 real hymenoptera photos under the current Keras backend, saved as a run
-folder, then exported once through the CLI entry point (`export_main`).
+folder (`model.keras` of Keras's own layers, as `kertransfer train` writes
+it: `kertransfer.portable`), then exported once through the CLI entry point
+(`export_main`).
 Under JAX or torch the export runs in its TensorFlow subprocess, so every
 test can run on every backend; TensorFlow itself must be installed (it is a
 dependency of the export, not of the backend). `make test` runs the checks on
@@ -29,6 +31,7 @@ from kertransfer import images
 from kertransfer.images import Framing
 from kertransfer.images import frame_images
 from kertransfer.layers import AdaptiveConcatPooling2D, ImagePreprocessing
+from kertransfer.portable import save_portable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "..", "shared", "data", "hymenoptera")
@@ -78,7 +81,9 @@ def make_run(run_dir, image_size=IMAGE_SIZE, per_class=20, epochs=6):
                   "sparse_categorical_crossentropy")
     model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
     os.makedirs(run_dir, exist_ok=True)
-    model.save(os.path.join(run_dir, "model.keras"))
+    # As `kertransfer train` saves it: Keras's own layers in model.keras.
+    save_portable(model, os.path.join(run_dir, "model.keras"),
+                  {"classes": CLASSES})
     with open(os.path.join(run_dir, "metrics.json"), "w") as f:
         json.dump({"classes": CLASSES, "image_size": image_size,
                    "arch": "tiny-test"}, f)
