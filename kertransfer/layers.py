@@ -1,4 +1,9 @@
-"""Small serializable layers shared by the backbones and the head."""
+"""Small serializable layers shared by the backbones and the head.
+
+They live in the training model; the `.keras` file `ConvLearner.save`
+writes holds Keras's own equivalents instead (`kertransfer.portable`), so it
+loads without kertransfer.
+"""
 
 import keras
 from keras import ops

@@ -103,8 +103,9 @@ def _read_metrics(run_dir):
 def load_run(run_dir):
     """Loads the model and metadata of a run folder.
 
-    The custom layers of kertransfer (`kertransfer.layers`) are registered
-    before loading, so the `.keras` file needs no `custom_objects`.
+    `model.keras` holds Keras's own layers (`kertransfer.portable`), or
+    kertransfer's in run folders of earlier versions, which are registered
+    before loading (`kertransfer.run_folder.load_model_file`).
 
     Args:
         run_dir: a folder written by `kertransfer train`, holding

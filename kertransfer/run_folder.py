@@ -209,8 +209,10 @@ def read_state(json_path):
 def load_model_file(model_path):
     """Loads a `.keras` file written by kertransfer, without its optimizer.
 
-    kertransfer's custom layers (`kertransfer.layers`) are registered
-    first, so the file needs no `custom_objects`.
+    Files written by `ConvLearner.save` hold Keras's own layers
+    (`kertransfer.portable`); older ones hold kertransfer's, which are
+    registered first (`kertransfer.layers`), so neither needs
+    `custom_objects`.
 
     Args:
         model_path: path of the `.keras` file.
