@@ -212,6 +212,7 @@ def test_portable_model_swaps_every_kertransfer_layer(tmp_path):
         portable_model(keras.Model(inputs, sequential(inputs)))
 
 
+@pytest.mark.one_backend
 def test_read_model_info_of_other_files(tmp_path):
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     model.save(tmp_path / "plain.keras")
