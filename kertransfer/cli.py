@@ -228,22 +228,25 @@ def _export(args):
     """`kertransfer export`: the exports, their report table, an exit status."""
     from kertransfer.export import QUANTIZATIONS, export
 
+    from kertransfer.console import progress_bars
+
     quantize = [q.strip() for q in args.quantize.split(",") if q.strip()]
     if quantize == ["all"]:
         quantize = list(QUANTIZATIONS[1:])
     try:
-        report = export(
-            args.run_dir,
-            out_dir=args.out,
-            formats=args.formats,
-            quantize=quantize,
-            name=args.name,
-            version=args.version,
-            representative_images=args.representative_images,
-            images=args.images,
-            overwrite=args.overwrite,
-            print_fn=print,
-        )
+        with progress_bars(1):  # a bar while validating each .tflite
+            report = export(
+                args.run_dir,
+                out_dir=args.out,
+                formats=args.formats,
+                quantize=quantize,
+                name=args.name,
+                version=args.version,
+                representative_images=args.representative_images,
+                images=args.images,
+                overwrite=args.overwrite,
+                print_fn=print,
+            )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"kertransfer export: error: {error}", file=sys.stderr)
         return 2
@@ -332,9 +335,9 @@ def _run(parser, argv, args):
 
             print(write_report(args.run_dir))
             return 0
-        config = _config(args)  # every setting checked before any image is read
-        if not args.quiet:
+        if not args.quiet:  # checking --arch imports them
             print("[kertransfer] loading Keras and its backend", flush=True)
+        config = _config(args)  # every setting checked before any image is read
         from kertransfer.run_folder import check_out_dir
         from kertransfer.train import removed_on_failure
         from kertransfer.train import train

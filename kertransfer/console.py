@@ -190,7 +190,8 @@ def epoch_table(history, kept_epoch=None):
 
 # Start-up messages of the backends that say nothing about the run: CUDA
 # probing on a machine without a GPU, absl's note that it is not set up yet,
-# TensorFlow's CPU and oneDNN notices, JAX's CPU fallback.
+# TensorFlow's CPU and oneDNN notices, JAX's CPU fallback, LiteRT's CPU
+# delegate.
 BACKEND_NOISE = (
     r"All log messages before absl::InitializeLog\(\) is called are written to STDERR",
     r"Could not find cuda drivers on your machine",
@@ -202,6 +203,7 @@ BACKEND_NOISE = (
     r"To enable the following instructions: .* rebuild TensorFlow",
     r"TF-TRT Warning: Could not find TensorRT",
     r"An NVIDIA GPU may be present on this machine, but a CUDA-enabled jaxlib is not installed",
+    r"Created TensorFlow Lite XNNPACK delegate for CPU",
 )
 
 
