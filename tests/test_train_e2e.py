@@ -341,9 +341,12 @@ def test_cli_console_names_stages_shows_bars_and_ends_with_the_epoch_table(synth
         starts.append(found[0])
     assert starts == sorted(starts)
     stage_text = {name: "\n".join(text.split("\n")[a:b]) for name, a, b in zip(names, starts, starts[1:] + [None])}
+    # What a terminal shows: each line as its last rewrite (a bar rewrites its line).
+    stage_lines = {name: lines[a:b] for name, a, b in zip(names, starts, starts[1:] + [None])}
 
     def finished_bars(name):  # Keras Progbars that reached their target: "k/k ━━━"
-        return [m for m in re.findall(r"(\d+)/(\d+) ━+", stage_text[name]) if m[0] == m[1]]
+        bars = [re.match(r"\s*(\d+)/(\d+) ━+", line) for line in stage_lines[name]]
+        return [m.groups() for m in bars if m and m[1] == m[2]]
 
     assert len(finished_bars("load_data")) == 2  # decoding the train and valid images
     assert "Precomputing train activations" in stage_text["lr_find"]
