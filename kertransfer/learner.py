@@ -13,7 +13,6 @@ import os
 
 import keras
 
-from kertransfer.backbones import assign_layer_groups
 from kertransfer.backbones import get_backbone
 from kertransfer.console import counted_batches
 from kertransfer.console import progress_bar
@@ -25,6 +24,7 @@ from kertransfer.distribute import synchronize_batch_norm
 from kertransfer.distribute import warn_replicated_dropout
 from kertransfer.fitting import TrainingVerbs
 from kertransfer.fitting import in_scope
+from kertransfer.groups import match_layer_groups
 from kertransfer.groups import trainable_groups
 from kertransfer.heads import head_layers
 from kertransfer.heads import resolve_head_args
@@ -98,10 +98,9 @@ class ConvLearner(TrainingVerbs):
         if self.distribution.engine == "tf.distribute" and self.distribution.devices > 1:
             synchronize_batch_norm(self.model)
             warn_replicated_dropout(self.model)
-        self.layer_groups = assign_layer_groups(backbone, spec.layer_groups) + [
-            [layer for layer in self.head if layer.weights]
-        ]
-        self.group_names = [f"group{i}" for i in range(len(self.layer_groups) - 1)] + ["head"]
+        body_groups = match_layer_groups(backbone, spec.layer_groups)
+        self.layer_groups = [*body_groups.values(), [layer for layer in self.head if layer.weights]]
+        self.group_names = [*body_groups, "head"]
         self._precompute = False
         # id(model) -> (trainable variable ids, optimizer, its fresh state).
         self._compiled = {}
@@ -281,7 +280,7 @@ class ConvLearner(TrainingVerbs):
         return probs, self._targets(split)
 
     def _targets(self, split):
-        return None if split == "test" else self.data._splits[split].labels
+        return None if split == "test" else self.data.split(split).labels
 
     @in_scope
     def TTA(self, n_aug=4, split="valid", seed=0, beta=None, return_all=False, verbose=0):

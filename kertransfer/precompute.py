@@ -62,7 +62,7 @@ class ActivationCache:
         folder = os.path.join(cache_dir(), "precompute")
         os.makedirs(folder, exist_ok=True)
         path = os.path.join(folder, f"{self.arch}_{data.image_size}_{split}_{key}.npy")
-        shape = (len(data._splits[split]), self.body_model.output_shape[-1])
+        shape = (len(data.split(split)), self.body_model.output_shape[-1])
         feats = load_checked(path, shape)  # None when missing or damaged (logged)
         if feats is None:
             logger.info("Precomputing %s activations -> %s", split, path)
@@ -92,7 +92,7 @@ class ActivationCache:
     def _compute(self, data, split, path, chunk=8):
         """Writes the body's activations of `split` to `path`, a few batches at a time."""
         batches = data.fixed_batches(split)
-        n = len(data._splits[split])
+        n = len(data.split(split))
         dim = self.body_model.output_shape[-1]
         tmp = f"{path}.{os.getpid()}.tmp.npy"
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype="float32", shape=(n, dim))

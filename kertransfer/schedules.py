@@ -17,6 +17,10 @@ import math
 
 import numpy as np
 
+# Moved to `kertransfer.groups` (the home of layer groups); kept here for
+# code written against kertransfer 0.1.
+from kertransfer.groups import expand_lrs
+
 __all__ = [
     "sched_cos",
     "sched_exp",
@@ -205,50 +209,3 @@ def sgdr_lrs(base_lrs, n_cycle, steps_per_epoch, cycle_len=None, cycle_mult=1):
         ]
     )
     return mult[:, None] * base[None, :]
-
-
-def expand_lrs(lrs, num_groups):
-    """Turns `lrs` (float, sequence or slice) into one LR per layer group.
-
-    fast.ai accepts a float (same LR for every group), an array with one LR
-    per group, or (v1/v2) `slice(lo, hi)`: geometric spacing from `lo` for the
-    first group to `hi` for the last; `slice(hi)` gives `hi / 10` to earlier
-    groups and `hi` to the last.
-
-    Args:
-        lrs: float, sequence of `num_groups` floats, or `slice`.
-        num_groups: number of layer groups.
-
-    Returns:
-        list of `num_groups` floats.
-
-    Raises:
-        ValueError: if a sequence has the wrong length or an LR is not
-            positive.
-
-    Example:
-
-    >>> expand_lrs(slice(1e-4, 1e-2), 3)
-    [0.0001, 0.001, 0.01]
-    """
-    if isinstance(lrs, slice):
-        if lrs.start is None:
-            values = [lrs.stop / 10] * (num_groups - 1) + [lrs.stop]
-        elif num_groups == 1:
-            values = [lrs.stop]
-        else:
-            values = list(
-                np.geomspace(lrs.start, lrs.stop, num_groups).tolist()
-            )
-    elif np.ndim(lrs) == 0:
-        values = [float(lrs)] * num_groups
-    else:
-        values = [float(v) for v in np.asarray(lrs).ravel()]
-        if len(values) != num_groups:
-            raise ValueError(
-                f"Received {len(values)} learning rates for {num_groups} "
-                "layer groups. Pass one float, one LR per group, or a slice."
-            )
-    if not all(v > 0 and math.isfinite(v) for v in values):
-        raise ValueError(f"Learning rates must be positive. Received {lrs}.")
-    return [float(v) for v in values]

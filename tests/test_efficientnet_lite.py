@@ -9,8 +9,9 @@ from kertransfer.backbones import assign_layer_groups
 from kertransfer.backbones import build_backbone
 from kertransfer.backbones import efficientnet_lite0
 from kertransfer.backbones import get_backbone
-from kertransfer.backbones.efficientnet_lite import _packaged_checkpoint
+from kertransfer.backbones.efficientnet_lite_presets import LITE_PRESETS
 from kertransfer.backbones.torch_weights import load_torch_state_dict
+from kertransfer.backbones.weights import preset_file
 from kertransfer.data import ImageClassifierData
 from kertransfer.transforms import ImageTransforms
 
@@ -25,6 +26,11 @@ STAGE_STRIDES = (1, 2, 2, 2, 1, 2, 1)
 # Zero-shot top-1 of Lite0 on hymenoptera val at 224 px, measured 2026-12-03
 # (TensorFlow): 126 of 153 photos (ants 57/70, bees 69/83).
 LITE0_ZERO_SHOT = 126 / 153
+
+
+def _packaged_checkpoint(arch):
+    """The PyTorch checkpoint in the weights package of `arch`."""
+    return preset_file(arch, LITE_PRESETS[arch]["weights"], "a .pth file")
 
 
 def _torch_reference(state, x):

@@ -7,7 +7,7 @@ folder, then exported once through the CLI entry point (`export_main`).
 Under JAX or torch the export runs in its TensorFlow subprocess, so every
 test can run on every backend; TensorFlow itself must be installed (it is a
 dependency of the export, not of the backend). `make test` runs the checks on
-the exported files (`one_backend`) in the TensorFlow pass only: there,
+the exported files (marked `tensorflow`) in the TensorFlow pass only: there,
 `test_model_trained_under_other_backend_exports` trains under JAX and torch
 and checks their exports, end to end.
 """
@@ -254,7 +254,7 @@ def _special_images(folder):
     return paths
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_serving_graph_frames_like_validation(tmp_path):
     """The SavedModel's decode/crop equals kertransfer.images' to +-2 levels.
 
@@ -290,7 +290,7 @@ def test_serving_graph_frames_like_validation(tmp_path):
             assert int(got) == Image.open(path).getexif()[0x0112], path
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_exif_rotated_photo_same_class_in_predict_and_serving(run, signatures,
                                                               tmp_path):
     import tensorflow as tf
@@ -328,7 +328,7 @@ def _saved_model_cli(*args):
     return result.stdout
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_saved_model_cli_shows_both_signatures(exported):
     shown = _saved_model_cli("show", "--all", "--dir", exported["saved_model"])
     default = shown.split("signature_def['serving_default']")[1]
@@ -344,7 +344,7 @@ def test_saved_model_cli_shows_both_signatures(exported):
         assert f"outputs['{output}']" not in pixels
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_saved_model_cli_run_on_a_jpeg_matches_keras(run, exported,
                                                      tmp_path):
     """Through a TF1 session, as TF Serving runs it: a truncated JPEG beside
@@ -373,7 +373,7 @@ def test_saved_model_cli_run_on_a_jpeg_matches_keras(run, exported,
     assert probabilities[1].tolist() == [0.0, 0.0]
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_saved_model_is_lean(run, exported):
     weights = sum(np.prod(w.shape) * 4 for w in run["model"].weights)
     folder = exported["saved_model"]
@@ -390,7 +390,7 @@ def test_saved_model_is_lean(run, exported):
     assert Framing.load(os.path.join(folder, "assets")) == Framing(IMAGE_SIZE)
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_rest_body_feeds_serving_default(run, signatures):
     import tensorflow as tf
 
@@ -443,7 +443,7 @@ def _rest_rows(outputs):
     return rows
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_client_rest_round_trip_with_a_stand_in_server(run, signatures,
                                                        tmp_path, capsys):
     """client.py against a local HTTP stand-in for TF Serving's REST API."""
@@ -516,7 +516,7 @@ def test_client_rest_round_trip_with_a_stand_in_server(run, signatures,
         server.server_close()
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_grpc_predict_request_feeds_serving_default(run, signatures):
     pytest.importorskip(
         "tensorflow_serving",
@@ -592,7 +592,7 @@ def _bad_items(photo_path):
     }
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_serving_default_rejects_bad_items_one_by_one(run, signatures,
                                                       tmp_path):
     """[good, bad]: the good photo's outputs equal a call with it alone;
@@ -630,7 +630,7 @@ def test_serving_default_rejects_bad_items_one_by_one(run, signatures,
         assert out["top_classes"][1].tolist() == [b"", b""], name
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_serving_default_keeps_items_in_place(run, signatures):
     """Bad items anywhere; all bad; none at all: rows stay with their item."""
     import tensorflow as tf
@@ -661,7 +661,7 @@ def test_serving_default_keeps_items_in_place(run, signatures):
     assert no_items["status"].shape == (0,)
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_serving_default_all_good_batch_unchanged(run, signatures, tmp_path):
     """An all-good batch (JPEGs, a GIF, a PNG) is classified exactly as the
     framing graph plus the classifier give it, with no tf.data in between,
@@ -699,7 +699,7 @@ def test_serving_default_all_good_batch_unchanged(run, signatures, tmp_path):
                                keras_probabilities, atol=0.02)
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_validate_flags_files_serving_cannot_decode(run, exported, tmp_path):
     """A PNG without its IEND chunk: Pillow reads it, TF's decoder does not.
 
@@ -728,7 +728,7 @@ def test_validate_flags_files_serving_cannot_decode(run, exported, tmp_path):
 # --- LiteRT and the report ---------------------------------------------------
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_tflite_quantizations_agree_and_shrink(exported):
     rows = exported["rows"]
     assert rows["tflite:float32"]["top1_agreement"] == 1.0
@@ -746,7 +746,7 @@ def test_tflite_quantizations_agree_and_shrink(exported):
         assert f.read().split() == CLASSES
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_int8_is_fully_quantized(exported):
     from ai_edge_litert.interpreter import Interpreter
 
@@ -759,7 +759,7 @@ def test_int8_is_fully_quantized(exported):
     assert len(float_tensors) <= 2 < len(int8_tensors)
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_litert_runner_prints_the_keras_top_class(run, exported):
     runner = os.path.join(REPO, "export", "mobile", "litert_runner.py")
     result = subprocess.run(
@@ -773,7 +773,7 @@ def test_litert_runner_prints_the_keras_top_class(run, exported):
     assert line.startswith(f"{run['image']}: {run['top_class']} ")
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_litert_runner_frames_like_predict(run, exported):
     runner = _load_kit_module(os.path.join("export", "mobile",
                                            "litert_runner.py"))
@@ -793,7 +793,7 @@ def test_litert_runner_frames_like_predict(run, exported):
                                    expected, atol=1e-4)
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_export_report_json(run, exported):
     report = exported["report"]
     assert report["passed"], kexport.format_report(report)
@@ -820,7 +820,7 @@ def test_export_report_json(run, exported):
     assert "tflite:int8" in kexport.format_report(report)
 
 
-@pytest.mark.one_backend
+@pytest.mark.tensorflow
 def test_onnx_export_matches_keras(run, tmp_path):
     pytest.importorskip(
         "tf2onnx",

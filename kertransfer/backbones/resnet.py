@@ -12,6 +12,10 @@ one pixel less on the top/left at stride 2, so every convolution is an
 explicit `ZeroPadding2D` followed by a `"valid"` `Conv2D`. BatchNorm epsilon
 is PyTorch's 1e-5; convolutions have no bias.
 
+Presets (architecture, weights file and hash, preprocessing, layer
+groups) are data in `resnet_presets.py`; the five constructors below are
+`resnet_from_preset` with a name, as timm writes them.
+
 Keras layer names are torchvision's parameter prefixes with `.` -> `_`
 (`layer2.0.downsample.0` -> `layer2_0_downsample_0`), so importing a
 torchvision or timm state dict is a name mapping and layer groups are name
@@ -19,21 +23,26 @@ regexes. Padding and activation layers carry no weights and get names of
 their own (`conv1_pad`, `layer1_0_relu1`, ...).
 """
 
-import hashlib
-import logging
 import os
-import socket
 
 import keras
 import numpy as np
 from keras import layers
 
-from kertransfer.backbones.registry import BackboneSpec
-from kertransfer.backbones.registry import cache_dir
-from kertransfer.backbones.registry import local_weights_file
-from kertransfer.backbones.registry import register_backbone
-from kertransfer.backbones.torch_weights import load_torch_state_dict
+from kertransfer.backbones import weights as weights_lib
+from kertransfer.backbones.registry import register_presets
+from kertransfer.backbones.resnet_presets import LAYER_GROUPS  # noqa: F401
+from kertransfer.backbones.resnet_presets import RESNET_PRESETS
+from kertransfer.backbones.resnet_presets import TORCHVISION_MEAN
+from kertransfer.backbones.resnet_presets import TORCHVISION_STD
+from kertransfer.backbones.resnet_presets import TORCHVISION_URL  # noqa: F401
+from kertransfer.backbones.weights import DOWNLOAD_TIMEOUT_S  # noqa: F401
+from kertransfer.backbones.weights import TORCH_SUFFIXES
+from kertransfer.backbones.weights import fetch_weights
 from kertransfer.layers import ImagePreprocessing
+
+# The F401 names were defined here in kertransfer 0.1 (now data in
+# `resnet_presets`, and the resolver's in `weights`): they still import.
 
 __all__ = [
     "RESNET_PRESETS",
@@ -48,56 +57,11 @@ __all__ = [
     "resnext101_32x8d",
 ]
 
-logger = logging.getLogger(__name__)
-
-# torchvision's ImageNet normalisation, in pixel units (0-255), RGB.
-TORCHVISION_MEAN = (0.485 * 255, 0.456 * 255, 0.406 * 255)
-TORCHVISION_STD = (0.229 * 255, 0.224 * 255, 0.225 * 255)
-TORCHVISION_URL = "https://download.pytorch.org/models/"
 BN_EPSILON = 1e-5  # PyTorch's default.
 BN_MOMENTUM = 0.9  # Keras' convention for PyTorch's momentum=0.1.
 STAGE_PLANES = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
-DOWNLOAD_TIMEOUT_S = 15
-TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
-LAYER_GROUPS = (
-    r"^(preprocess|conv1|bn1|relu|maxpool|layer1_|layer2_)",
-    r"^(layer3_|layer4_)",
-)
-
-# Presets are plain data: architecture and where the ImageNet weights live.
-# The 8 hex digits in a torchvision file name are the start of its sha256.
-RESNET_PRESETS = {
-    "resnet18": {
-        "block": "basic",
-        "stage_depths": (2, 2, 2, 2),
-        "weights_file": "resnet18-f37072fd.pth",
-    },
-    "resnet34": {
-        "block": "basic",
-        "stage_depths": (3, 4, 6, 3),
-        "weights_file": "resnet34-b627a593.pth",
-    },
-    "tv_resnet50": {
-        "block": "bottleneck",
-        "stage_depths": (3, 4, 6, 3),
-        "weights_file": "resnet50-0676ba61.pth",
-    },
-    "resnext50_32x4d": {
-        "block": "bottleneck",
-        "stage_depths": (3, 4, 6, 3),
-        "cardinality": 32,
-        "base_width": 4,
-        "weights_file": "resnext50_32x4d-7cdf4587.pth",
-    },
-    "resnext101_32x8d": {
-        "block": "bottleneck",
-        "stage_depths": (3, 4, 23, 3),
-        "cardinality": 32,
-        "base_width": 8,
-        "weights_file": "resnext101_32x8d-8ba56ff5.pth",
-    },
-}
+WEIGHTS_FORMATS = "a .pth, .safetensors or .weights.h5 file"
 
 # torchvision: kaiming_normal_(mode="fan_out", nonlinearity="relu") for
 # convolutions; nn.Linear's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
@@ -178,6 +142,8 @@ def build_resnet(
     classes=1000,
     classifier_activation="softmax",
     name="resnet",
+    mean=TORCHVISION_MEAN,
+    std=TORCHVISION_STD,
 ):
     """Builds a randomly initialised ResNet/ResNeXt in torchvision's layout.
 
@@ -197,11 +163,13 @@ def build_resnet(
         classes: outputs of `fc` when `include_top=True`.
         classifier_activation: activation of `fc`; `None` returns logits.
         name: name of the model.
+        mean, std: per-channel input normalisation in pixel units, RGB
+            (default torchvision's ImageNet statistics).
 
     Returns:
         A `keras.Model` taking RGB pixels in `[0, 255]`,
-        `(batch, height, width, 3)`, normalised inside with torchvision's
-        ImageNet mean and std. Output: the `(batch, h/32, w/32, C)` feature
+        `(batch, height, width, 3)`, normalised inside with `mean` and
+        `std`. Output: the `(batch, h/32, w/32, C)` feature
         map of `layer4` (C = 512 basic, 2048 bottleneck), or
         `(batch, classes)` with `include_top=True`.
 
@@ -240,9 +208,7 @@ def build_resnet(
         )
     block_fn = _BLOCKS[block]
     inputs = keras.Input(shape=input_shape, name="image")
-    x = ImagePreprocessing(
-        mean=TORCHVISION_MEAN, std=TORCHVISION_STD, name="preprocess"
-    )(inputs)
+    x = ImagePreprocessing(mean=mean, std=std, name="preprocess")(inputs)
     x = _conv(x, 64, 7, strides=2, name="conv1")
     x = _bn("bn1")(x)
     x = layers.ReLU(name="relu")(x)
@@ -401,129 +367,11 @@ def convert_torchvision_state_dict(model, state_dict):
     return model
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def fetch_weights(
-    fname,
-    origin,
-    arch,
-    sha256_prefix=None,
-    file_hash=None,
-    formats=".pth, .safetensors or .weights.h5",
-    timeout=DOWNLOAD_TIMEOUT_S,
-):
-    """Returns the local path of a weights file, downloading it if needed.
-
-    The file lives in the Keras cache, `$KERAS_HOME/models/` (default
-    `~/.keras/models/`, where `keras.applications` also keeps its weights).
-    A cached file is used without touching the network; otherwise it is
-    downloaded with `keras.utils.get_file` under a `timeout`-second socket
-    timeout, and any network error becomes one clear `OSError`, so an
-    offline machine fails at once instead of hanging.
-
-    Args:
-        fname: file name in the cache, e.g. `"resnet18-f37072fd.pth"`.
-        origin: URL to download it from.
-        arch: backbone name, for the error message.
-        sha256_prefix: if given, the file's sha256 must start with it
-            (torchvision's convention: the 8 hex digits in its file names).
-        file_hash: if given, a full md5 or sha256 that `keras.utils.get_file`
-            checks (Keras' own convention).
-        formats: the local weight formats `arch` accepts, for the message.
-        timeout: socket timeout in seconds for the download.
-
-    Returns:
-        The path of the verified file.
-
-    Raises:
-        OSError: if the file is not cached and cannot be downloaded, or its
-            hash is wrong. The message names the file, where it was looked
-            for, and how to pass a local file instead (`weights=PATH`,
-            CLI `--weights PATH`).
-    """
-    keras_home = os.path.dirname(cache_dir())
-    models_dir = os.path.join(keras_home, "models")
-    target = os.path.join(models_dir, fname)
-    if os.path.isfile(target) and file_hash is None:
-        path = target
-    else:
-        problem = (
-            f"{target} fails its hash check"
-            if os.path.isfile(target)
-            else f"the file {fname} is not in {models_dir}"
-        )
-        previous = socket.getdefaulttimeout()
-        socket.setdefaulttimeout(timeout)
-        try:
-            path = keras.utils.get_file(
-                fname,
-                origin,
-                file_hash=file_hash,
-                cache_subdir="models",
-                cache_dir=keras_home,
-            )
-        except Exception as e:  # get_file re-raises URL errors as Exception.
-            raise OSError(
-                f"Could not get the ImageNet weights of arch={arch!r}: "
-                f"{problem} and downloading it from {origin} failed "
-                f"({type(e).__name__}: {e}). If this machine "
-                f"is offline, copy {fname} into {models_dir}, or pass a local "
-                f"weights file ({formats}): weights=PATH in Python, "
-                "--weights PATH on the command line."
-            ) from e
-        finally:
-            socket.setdefaulttimeout(previous)
-    if sha256_prefix and not _sha256(path).startswith(sha256_prefix):
-        raise OSError(
-            f"{path} is corrupt or not the expected file: its sha256 should "
-            f"start with {sha256_prefix}. Delete it to download it again, or "
-            f"pass a local weights file ({formats}): weights=PATH in Python, "
-            "--weights PATH on the command line."
-        )
-    return path
-
-
-def _imagenet_source(arch, include_top):
-    """`(converted cache path, torchvision file name, url, sha256 prefix)`."""
-    fname = RESNET_PRESETS[arch]["weights_file"]
-    stem = fname.rsplit(".", 1)[0]
+def _converted_cache(arch, include_top):
+    """Where the `"imagenet"` weights of `arch` are cached as `.weights.h5`."""
+    stem = RESNET_PRESETS[arch]["weights"]["file"].rsplit(".", 1)[0]
     suffix = "" if include_top else "_notop"
-    cached = os.path.join(cache_dir(), f"{stem}{suffix}.weights.h5")
-    sha256_prefix = stem.rsplit("-", 1)[1]
-    return cached, fname, TORCHVISION_URL + fname, sha256_prefix
-
-
-def _resolve_weights(arch, weights, include_top):
-    """Checks `weights` and finds its file before the (slow) model build.
-
-    Returns `None`, or `(kind, path)` with kind `"keras"` (a `.weights.h5`)
-    or `"torch"` (`.pth`/`.safetensors`, to convert).
-    """
-    if weights is None:
-        return None
-    if isinstance(weights, str) and weights == "imagenet":
-        cached, fname, url, sha256_prefix = _imagenet_source(arch, include_top)
-        if os.path.isfile(cached):
-            return ("keras", cached)
-        return ("torch", fetch_weights(fname, url, arch, sha256_prefix))
-    path = local_weights_file(
-        arch, weights, "a .pth, .safetensors or .weights.h5 file"
-    )
-    if path.endswith(".weights.h5"):
-        return ("keras", path)
-    if path.endswith(TORCH_SUFFIXES):
-        return ("torch", path)
-    raise ValueError(
-        f"Cannot read {arch} weights from {path}: expected a torchvision/timm "
-        f"checkpoint ({', '.join(TORCH_SUFFIXES)}) or a Keras .weights.h5 "
-        "file."
-    )
+    return os.path.join(weights_lib.cache_dir(), f"{stem}{suffix}.weights.h5")
 
 
 def resnet_from_preset(
@@ -571,153 +419,45 @@ def resnet_from_preset(
             f"Unknown ResNet preset arch={arch!r}. Available: "
             f"{', '.join(RESNET_PRESETS)}."
         )
-    source = _resolve_weights(arch, weights, include_top)
-    preset = dict(RESNET_PRESETS[arch])
-    del preset["weights_file"]
+    preset = RESNET_PRESETS[arch]
+    resolved = weights_lib.resolve_weights(
+        arch, weights, preset["weights"], WEIGHTS_FORMATS,
+        (".weights.h5", *TORCH_SUFFIXES), _converted_cache(arch, include_top),
+    )
     model = build_resnet(
-        **preset,
+        **preset["config"],
+        **preset["preprocessing"],
         input_shape=input_shape,
         include_top=include_top,
         classifier_activation=classifier_activation,
         name=arch,
     )
-    if source is None:
-        return model
-    kind, path = source
-    if kind == "keras":
-        model.load_weights(path)
-        return model
-    convert_torchvision_state_dict(model, load_torch_state_dict(path))
-    if isinstance(weights, str) and weights == "imagenet":
-        cached = _imagenet_source(arch, include_top)[0]
-        logger.info("Caching converted %s weights as %s.", arch, cached)
-        tmp = f"{cached[: -len('.weights.h5')]}.{os.getpid()}.tmp.weights.h5"
-        model.save_weights(tmp)
-        os.replace(tmp, cached)
-    return model
+    return weights_lib.load_weights(model, resolved, convert_torchvision_state_dict)
 
 
-def resnet18(
-    weights="imagenet",
-    input_shape=(None, None, 3),
-    include_top=False,
-    classifier_activation="softmax",
-):
-    """ResNet-18 (He et al. 2016), torchvision layout, 11.69 M parameters.
-
-    Args, returns and raises as `resnet_from_preset`; features: 512 channels.
-
-    Example:
-
-    >>> resnet18(weights=None, input_shape=(64, 64, 3)).output_shape
-    (None, 2, 2, 512)
-    """
-    return resnet_from_preset(
-        "resnet18", weights, input_shape, include_top, classifier_activation
-    )
+def resnet18(weights="imagenet", **kwargs):
+    """ResNet-18 (He et al. 2016), 11.69 M parameters, 512 feature channels; see `resnet_from_preset`."""
+    return resnet_from_preset("resnet18", weights, **kwargs)
 
 
-def resnet34(
-    weights="imagenet",
-    input_shape=(None, None, 3),
-    include_top=False,
-    classifier_activation="softmax",
-):
-    """ResNet-34 (He et al. 2016), torchvision layout, 21.80 M parameters.
-
-    Args, returns and raises as `resnet_from_preset`; features: 512 channels.
-
-    Example:
-
-    >>> resnet34(weights=None, input_shape=(64, 64, 3)).output_shape
-    (None, 2, 2, 512)
-    """
-    return resnet_from_preset(
-        "resnet34", weights, input_shape, include_top, classifier_activation
-    )
+def resnet34(weights="imagenet", **kwargs):
+    """ResNet-34 (He et al. 2016), 21.80 M parameters, 512 feature channels; see `resnet_from_preset`."""
+    return resnet_from_preset("resnet34", weights, **kwargs)
 
 
-def tv_resnet50(
-    weights="imagenet",
-    input_shape=(None, None, 3),
-    include_top=False,
-    classifier_activation="softmax",
-):
-    """ResNet-50 v1.5 (He et al. 2016), torchvision layout, 25.56 M parameters.
-
-    The plain name `resnet50` is `keras.applications.ResNet50` (v1, caffe
-    preprocessing; see `keras_apps`). Args, returns and raises as
-    `resnet_from_preset`; features: 2048 channels.
-
-    Example:
-
-    >>> tv_resnet50(weights=None, input_shape=(64, 64, 3)).output_shape
-    (None, 2, 2, 2048)
-    """
-    return resnet_from_preset(
-        "tv_resnet50", weights, input_shape, include_top, classifier_activation
-    )
+def tv_resnet50(weights="imagenet", **kwargs):
+    """ResNet-50 v1.5, torchvision's (`resnet50` is keras.applications' v1), 25.56 M parameters, 2048 channels."""
+    return resnet_from_preset("tv_resnet50", weights, **kwargs)
 
 
-def resnext50_32x4d(
-    weights="imagenet",
-    input_shape=(None, None, 3),
-    include_top=False,
-    classifier_activation="softmax",
-):
-    """ResNeXt-50 32x4d (Xie et al. 2017), torchvision layout, 25.03 M params.
-
-    Args, returns and raises as `resnet_from_preset`; features: 2048 channels.
-
-    Example:
-
-    >>> resnext50_32x4d(weights=None, input_shape=(64, 64, 3)).output_shape
-    (None, 2, 2, 2048)
-    """
-    return resnet_from_preset(
-        "resnext50_32x4d", weights, input_shape, include_top,
-        classifier_activation,
-    )
+def resnext50_32x4d(weights="imagenet", **kwargs):
+    """ResNeXt-50 32x4d (Xie et al. 2017), 25.03 M parameters, 2048 feature channels; see `resnet_from_preset`."""
+    return resnet_from_preset("resnext50_32x4d", weights, **kwargs)
 
 
-def resnext101_32x8d(
-    weights="imagenet",
-    input_shape=(None, None, 3),
-    include_top=False,
-    classifier_activation="softmax",
-):
-    """ResNeXt-101 32x8d (Xie et al. 2017), torchvision layout, 88.79 M params.
-
-    Args, returns and raises as `resnet_from_preset`; features: 2048 channels.
-
-    Example:
-
-    >>> resnext101_32x8d(weights=None, input_shape=(64, 64, 3)).output_shape
-    (None, 2, 2, 2048)
-    """
-    return resnet_from_preset(
-        "resnext101_32x8d", weights, input_shape, include_top,
-        classifier_activation,
-    )
+def resnext101_32x8d(weights="imagenet", **kwargs):
+    """ResNeXt-101 32x8d (Xie et al. 2017), 88.79 M parameters, 2048 feature channels; see `resnet_from_preset`."""
+    return resnet_from_preset("resnext101_32x8d", weights, **kwargs)
 
 
-for _arch, _builder in (
-    ("resnet18", resnet18),
-    ("resnet34", resnet34),
-    ("tv_resnet50", tv_resnet50),
-    ("resnext50_32x4d", resnext50_32x4d),
-    ("resnext101_32x8d", resnext101_32x8d),
-):
-    register_backbone(
-        BackboneSpec(
-            name=_arch,
-            builder=_builder,
-            # fast.ai's split: stem + layer1-2 / layer3-4; the learner adds
-            # the head as the last group.
-            layer_groups=LAYER_GROUPS,
-            default_image_size=224,
-            weights_note="ImageNet, torchvision "
-            + TORCHVISION_URL
-            + RESNET_PRESETS[_arch]["weights_file"],
-        )
-    )
+register_presets(RESNET_PRESETS, resnet_from_preset)

@@ -1,11 +1,14 @@
-"""Images and labels for training: sources, caches, batches, and their front.
+"""Images and labels for training, in the order the data flows.
 
 - `sources`: folders (fast.ai's and Keras's layouts) and label CSVs -> paths
-  and labels;
+  and labels (`read_folders`, `read_csv`);
+- `splits`: the held-out validation split, subsamples, and `Split` (one
+  split's files and labels, decoded through a store);
 - `cache`: where decoded pixels live (memory, disk, or streamed);
-- `batches`: `Split`, `ImageBatches` (decoded, cropped, augmented on the
-  fly) and `FeatureBatches` (precomputed activations by index);
-- `front`: `ImageClassifierData`, the fast.ai-named front users build.
+- `batches`: `ImageBatches` (decoded, cropped, augmented on the fly) and
+  `FeatureBatches` (precomputed activations by index);
+- `front`: `ImageClassifierData`, the fast.ai-named front users build;
+  `preview`: its augmented samples and their plot.
 """
 
 from kertransfer.data.batches import FeatureBatches

@@ -1,118 +1,20 @@
 """Batches for `model.fit`: images decoded on the fly, or cached activations.
 
-`Split` holds one split's files and labels and serves decoded images from a
-store (`kertransfer.data.cache`); a file that fails to decode in the middle
-of an epoch is replaced by another image of the same class, reported once
-(`Split.failed`), and the epoch keeps its size. `ImageBatches` crops and
-augments those images into float32 batches in Keras `PyDataset` worker
-threads (Pillow releases the GIL while decoding). `FeatureBatches` serves
-precomputed activations (a memory-mapped `.npy`) by index, so shuffling and
-oversampling never copy the whole array.
+`ImageBatches` crops and augments the images of a `Split`
+(`kertransfer.data.splits`) into float32 batches in Keras `PyDataset`
+worker threads (Pillow releases the GIL while decoding). `FeatureBatches`
+serves precomputed activations (a memory-mapped `.npy`) by index, so
+shuffling and oversampling never copy the whole array.
 """
-
-import logging
-import threading
-import warnings
 
 import keras
 import numpy as np
 
-from kertransfer.data.cache import check_files
+# `Split` and `load_split` lived here before `kertransfer.data.splits`.
+from kertransfer.data.splits import Split
+from kertransfer.data.splits import load_split
 
 __all__ = ["FeatureBatches", "ImageBatches", "Split", "load_split"]
-
-logger = logging.getLogger(__name__)
-
-
-class Split:
-    """One split's files and labels; pixels come from a store on demand.
-
-    Args:
-        paths: image files.
-        labels: int32 `(n,)`, multi-hot float32 `(n, num_classes)`, or None.
-        store: an `ImageStore` (`kertransfer.data.cache`).
-
-    Attributes:
-        failed: `{index: reason}` of files that failed to decode after the
-            scan (each reported once, then replaced in every batch).
-    """
-
-    def __init__(self, paths, labels, store):
-        self.paths = list(paths)
-        self.labels = labels
-        self.store = store
-        self.failed = {}
-        self._lock = threading.Lock()
-
-    def __len__(self):
-        return len(self.paths)
-
-    def image(self, index):
-        """The decoded uint8 `(h, w, 3)` image `index`, or its stand-in.
-
-        A file that cannot be decoded any more (changed, truncated or
-        removed after the scan) is reported once and replaced by the next
-        readable image of the same class (the same tags, multi-label; any
-        image, unlabeled), so an epoch never dies and keeps its size.
-
-        Raises:
-            ValueError: when no readable image is left to stand in.
-        """
-        tried = set()
-        while True:
-            if index not in self.failed:
-                try:
-                    return self.store.get(self.paths[index])
-                except Exception as e:  # Pillow raises many types on bad files.
-                    self._fail(index, f"{type(e).__name__}: {e}")
-            tried.add(index)
-            index = self._stand_in(index, tried)
-
-    def _fail(self, index, reason):
-        with self._lock:
-            if index in self.failed:
-                return
-            self.failed[index] = reason
-        message = (
-            f"Cannot decode {self.paths[index]} any more ({reason}); it was "
-            "readable when the data was scanned. Using another image of the same "
-            "class in its place from now on (listed in data.skipped)."
-        )
-        logger.warning(message)
-        warnings.warn(message, stacklevel=4)
-
-    def _stand_in(self, index, tried):
-        n = len(self.paths)
-        for step in range(1, n):
-            other = (index + step) % n
-            if other in tried or other in self.failed:
-                continue
-            if self.labels is None or np.array_equal(self.labels[other], self.labels[index]):
-                return other
-        raise ValueError(
-            f"No readable image is left to stand in for {self.paths[index]} (its class's "
-            f"files all failed to decode: {[self.paths[i] for i in sorted(tried)][:5]}). "
-            "Check the data folder and restart."
-        )
-
-    @property
-    def skipped(self):
-        """`[(path, reason)]` of the files that failed after the scan."""
-        return [(self.paths[i], why) for i, why in sorted(self.failed.items())]
-
-
-def load_split(paths, labels, store, num_workers):
-    """A `Split` of the files that `store` can serve, and the rest.
-
-    See `kertransfer.data.cache.check_files`: a memory store decodes every
-    file now; the others read headers only.
-
-    Returns:
-        `(split, skipped)` with `skipped` as `[(path, reason)]`.
-    """
-    kept, skipped = check_files(paths, store, num_workers)
-    kept_labels = None if labels is None else labels[kept]
-    return Split([paths[i] for i in kept], kept_labels, store), skipped
 
 
 def _check_multiple(batch_multiple, batch_size):

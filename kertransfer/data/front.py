@@ -21,11 +21,11 @@ import warnings
 
 import numpy as np
 
+from kertransfer.data import preview
 from kertransfer.data import sources
 from kertransfer.data.batches import ImageBatches
-from kertransfer.data.batches import Split
-from kertransfer.data.batches import load_split
 from kertransfer.data.cache import make_store
+from kertransfer.data.splits import load_splits
 from kertransfer.images import DECODE_VERSION
 from kertransfer.transforms import tfms_from_model
 
@@ -43,29 +43,6 @@ def _fingerprint(paths, *extra):
 
 
 _UNSET = object()  # an argument not given
-
-
-def _check_two_classes(classes, source):
-    """A classifier needs two classes; checked before any image is decoded."""
-    if len(classes) < 2:
-        raise ValueError(
-            f"{source} has {len(classes)} class(es) {classes}; a classifier needs at "
-            "least 2. Add a folder (or CSV label) per class."
-        )
-
-
-def _check_every_class_trains(classes, source, split, bad):
-    """Raises if a class lost all its training images to unreadable files."""
-    counts = np.bincount(split.labels, minlength=len(classes))
-    listed = np.bincount(np.asarray(source[1]), minlength=len(classes))
-    empty = [c for c, n, m in zip(classes, counts, listed) if n == 0 and m > 0]
-    if empty:
-        examples = [p for p, _ in bad if any(os.sep + c + os.sep in p for c in empty)][:3]
-        raise ValueError(
-            f"No readable training image for class(es) {empty}: all their files were "
-            f"skipped as unreadable, e.g. {examples or bad[:3]}. Replace them with "
-            "images, or remove the class."
-        )
 
 
 class ImageClassifierData:
@@ -195,79 +172,12 @@ class ImageClassifierData:
         >>> data.classes
         ['cats', 'dogs']
         """
-        path = os.fspath(path)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"Data folder not found: {path}")
-        trn_dir = os.path.join(path, trn_name)
-        keras_layout = not os.path.isdir(trn_dir) and val_name is None and sources.is_keras_layout(path)
-        if keras_layout:
-            trn_dir = path
-        elif not os.path.isdir(trn_dir):
-            raise FileNotFoundError(
-                f"No training folder {trn_dir} and no class folders of images in "
-                f"{path}. Expected fast.ai's layout {path}/{trn_name}/<class>/*.jpg "
-                f"(with {path}/valid/<class>/*.jpg; pass trn_name= for another "
-                f"folder name) or Keras's layout {path}/<class>/*.jpg (val_pct of "
-                "the images held out)."
-            )
-        trn_paths, trn_labels, classes, listed_skipped = sources.read_split(trn_dir)
-        if keras_layout:
-            val_name = None
-            if test_name is not None and test_name in classes:
-                raise ValueError(
-                    f"{os.path.join(path, test_name)} would be both a class folder "
-                    "and the test folder; move the test images elsewhere."
-                )
-        elif val_name is None:
-            val_name = next(
-                (n for n in ("valid", "val") if os.path.isdir(os.path.join(path, n))),
-                None,
-            )
-        elif not os.path.isdir(os.path.join(path, val_name)):
-            raise FileNotFoundError(
-                f"Validation folder not found: {os.path.join(path, val_name)}"
-            )
-        if val_name is not None:
-            val_paths, val_labels, _, bad = sources.read_split(
-                os.path.join(path, val_name), classes
-            )
-            listed_skipped += bad
-        else:
-            if not 0 < val_pct < 1:
-                raise ValueError(
-                    f"{path} has no valid/ or val/ folder, so val_pct of the "
-                    f"training images are held out; val_pct must be in (0, 1). "
-                    f"Received val_pct={val_pct}."
-                )
-            if len(trn_paths) < 2:
-                raise ValueError(
-                    f"{trn_dir} has {len(trn_paths)} image(s); holding out val_pct for "
-                    "validation needs at least 2."
-                )
-            trn_idx, val_idx = sources.random_split(len(trn_paths), val_pct, seed)
-            val_paths = [trn_paths[i] for i in val_idx]
-            val_labels = trn_labels[val_idx]
-            trn_paths = [trn_paths[i] for i in trn_idx]
-            trn_labels = trn_labels[trn_idx]
-        test_paths = sources.test_paths(path, test_name)
-        if max_images is not None:
-            keep = sources.subsample(trn_labels, max_images, seed)
-            trn_paths, trn_labels = [trn_paths[i] for i in keep], trn_labels[keep]
-            keep = sources.subsample(val_labels, max_images, seed)
-            val_paths, val_labels = [val_paths[i] for i in keep], val_labels[keep]
-            if test_paths is not None:
-                test_paths = [test_paths[i] for i in sources.subsample(np.zeros(len(test_paths)), max_images, seed)]
+        found = sources.read_folders(path, trn_name, val_name, test_name, val_pct, seed, max_images)
         if tfms is None:
             tfms = tfms_from_model(None, image_size)
-        split_sources = {
-            "train": (trn_paths, trn_labels),
-            "valid": (val_paths, val_labels),
-            "test": (test_paths, None) if test_paths is not None else None,
-        }
-        _check_two_classes(classes, trn_dir)
         data = cls._load(
-            path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget,
-            listed_skipped=listed_skipped,
+            found.path, found.classes, found.splits, tfms, batch_size, num_workers, cache,
+            memory_budget, listed_skipped=found.skipped,
         )
         data.oversample = bool(oversample)
         return data
@@ -362,85 +272,16 @@ class ImageClassifierData:
         >>> data.is_multi, data.classes[:3]
         (True, ['agriculture', 'artisinal_mine', 'bare_ground'])
         """
-        path = os.fspath(path)
-        if not os.path.isdir(path):
-            raise FileNotFoundError(f"Data folder not found: {path}")
-        csv_path = os.fspath(csv_fname)
-        if not os.path.isfile(csv_path) and os.path.isfile(os.path.join(path, csv_path)):
-            csv_path = os.path.join(path, csv_path)
-        if not os.path.isfile(csv_path):
-            raise FileNotFoundError(
-                f"Label CSV not found: {csv_fname} (also looked in {path}). "
-                "Pass its path, or its file name inside the data folder."
-            )
-        img_dir = os.path.join(path, folder)
-        if not os.path.isdir(img_dir):
-            raise FileNotFoundError(
-                f"Image folder not found: {img_dir} (folder={folder!r} is "
-                f"relative to path={path!r})."
-            )
         if cat_separator is not _UNSET:
             label_delim = cat_separator
-        if multi_label not in (None, True, False):
-            raise ValueError(f"multi_label must be None, True or False. Received {multi_label!r}.")
-        ids, tags, header = sources.read_label_csv(csv_path, skip_header, label_delim, multi_label)
-        if header and os.path.isfile(os.path.join(img_dir, f"{header}{suffix}")):
-            raise ValueError(
-                f"The first line of {csv_path} names an image ({header}{suffix} is in "
-                f"{img_dir}), so it is data, not a header; skip_header=True would drop it. "
-                "Pass skip_header=False."
-            )
-        root = os.path.realpath(img_dir)
-        outside = [
-            r for r, i in enumerate(ids)
-            if os.path.isabs(i)
-            or os.path.commonpath([root, os.path.normpath(os.path.join(root, i))]) != root
-        ]
-        if outside:
-            raise ValueError(
-                f"{csv_path}: {sources.csv_row_names(outside, ids)} name files outside "
-                f"the image folder {img_dir} (absolute paths or '..'). File ids are "
-                "names inside folder=; fix or delete those rows."
-            )
-        paths = [os.path.join(img_dir, f"{i}{suffix}") for i in ids]
-        missing = [r for r, p in enumerate(paths) if not os.path.isfile(p)]
-        if missing:
-            listing = "\n".join(f"  {paths[r]}  (row {r})" for r in missing[:20])
-            more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
-            raise FileNotFoundError(
-                f"{len(missing)} of the {len(paths)} images listed in "
-                f"{csv_path} are missing from {img_dir}:\n{listing}{more}\n"
-                f"Check folder= and suffix= (received suffix={suffix!r}), or "
-                "delete those rows."
-            )
-        classes = sorted({t for row in tags for t in row})
-        index = {c: i for i, c in enumerate(classes)}
-        if multi_label or any(len(row) != 1 for row in tags):
-            labels = np.zeros((len(ids), len(classes)), dtype="float32")
-            for r, row in enumerate(tags):
-                labels[r, [index[t] for t in row]] = 1.0
-        else:
-            labels = np.asarray([index[row[0]] for row in tags], dtype="int32")
-        if val_idxs is not None:
-            trn_idx, val_idx = sources.check_val_idxs(val_idxs, len(paths), csv_path)
-        elif not 0 < val_pct < 1 or len(paths) < 2:
-            raise ValueError(
-                f"Without val_idxs, val_pct of the {len(paths)} rows of "
-                f"{csv_path} are held out for validation; val_pct must be in "
-                f"(0, 1) and there must be 2+ rows. Received val_pct={val_pct}."
-            )
-        else:
-            trn_idx, val_idx = sources.random_split(len(paths), val_pct, seed)
-        test_paths = sources.test_paths(path, test_name)
-        split_sources = {
-            "train": ([paths[i] for i in trn_idx], labels[trn_idx]),
-            "valid": ([paths[i] for i in val_idx], labels[val_idx]),
-            "test": (test_paths, None) if test_paths is not None else None,
-        }
+        found = sources.read_csv(
+            path, folder, csv_fname, val_idxs, suffix, skip_header, test_name, val_pct, seed,
+            label_delim, multi_label,
+        )
         tfms = tfms if tfms is not None else tfms_from_model(None, image_size)
-        _check_two_classes(classes, csv_path)
         return cls._load(
-            path, classes, split_sources, tfms, batch_size, num_workers, cache, memory_budget
+            found.path, found.classes, found.splits, tfms, batch_size, num_workers, cache,
+            memory_budget,
         )
 
     @classmethod
@@ -453,20 +294,8 @@ class ImageClassifierData:
             "%d images, cache=%s (%s)", total, store.kind,
             "decoding all now" if store.kind == "memory" else "checking headers",
         )
-        splits, skipped = {}, list(listed_skipped)
-        for name, source in split_sources.items():
-            if source is None:
-                continue
-            split, bad = load_split(source[0], source[1], store, workers)
-            if len(split) == 0 and not allow_empty:
-                raise ValueError(
-                    f"None of the {len(source[0])} {name} files under {path} "
-                    f"could be read as images, e.g. {bad[:1]}."
-                )
-            if name == "train" and split.labels is not None and split.labels.ndim == 1:
-                _check_every_class_trains(classes, source, split, bad)
-            splits[name] = split
-            skipped += bad
+        splits, skipped = load_splits(split_sources, store, workers, path, classes, allow_empty)
+        skipped = list(listed_skipped) + skipped
         if skipped and warn:
             listing = "\n".join(f"  {p}  ({why})" for p, why in skipped)
             warnings.warn(
@@ -520,6 +349,22 @@ class ImageClassifierData:
     @property
     def image_size(self):
         return self.valid_tfms.image_size
+
+    def split(self, name):
+        """The `Split` named `name`: its files, labels and decoded images.
+
+        Args:
+            name: "train", "valid" or "test".
+
+        Returns:
+            `kertransfer.data.splits.Split`.
+
+        Raises:
+            ValueError: if this data has no split `name` (no test folder).
+        """
+        if name not in self._splits:
+            raise ValueError(f"No {name!r} split in this data (have {list(self._splits)}).")
+        return self._splits[name]
 
     @property
     def train_paths(self):
@@ -622,12 +467,8 @@ class ImageClassifierData:
         are seeded per image (`ImageBatches(per_image_seeds=True)`), so the
         result does not depend on `batch_size`.
         """
-        if split not in self._splits:
-            raise ValueError(
-                f"No {split!r} split in this data (have {list(self._splits)})."
-            )
         return ImageBatches(
-            self._splits[split],
+            self.split(split),
             tfms or self.valid_tfms,
             batch_size or self.batch_size,
             augment=augment,
@@ -643,103 +484,21 @@ class ImageClassifierData:
     def augmented_samples(self, n=8, split="train", seed=0, images=0):
         """Center crops and `n` augmented copies of some images of `split`.
 
-        The copies go through exactly what training does: the training
-        transforms' random crop and zoom, and their augmentation layers
-        called with `training=True`.
-
-        Args:
-            n: augmented copies per image.
-            split: "train", "valid" or "test".
-            seed: seed of the augmentation; equal seeds give equal copies.
-            images: index (or list of indices) into the split's images.
-
-        Returns:
-            `(center, augmented)`: float32 arrays `(k, size, size, 3)` (the
-            validation center crops) and `(k, n, size, size, 3)`, pixels in
-            [0, 255], for the `k` images asked for.
-
-        Raises:
-            ValueError: on `n < 1`, an unknown split, or an index out of
-                range.
+        See `kertransfer.data.preview.augmented_samples`.
         """
-        if isinstance(n, bool) or int(n) != n or n < 1:
-            raise ValueError(f"n must be an integer >= 1. Received n={n!r}.")
-        if split not in self._splits:
-            raise ValueError(
-                f"No {split!r} split in this data (have {list(self._splits)})."
-            )
-        source = self._splits[split]
-        indices = [images] if np.ndim(images) == 0 else list(images)
-        bad = [i for i in indices if not -len(source) <= int(i) < len(source)]
-        if bad or not indices:
-            raise ValueError(
-                f"images must index the {len(source)} {split} images (one "
-                f"index or a non-empty list). Received images={images!r}."
-            )
-        center, augmented = [], []
-        for k, i in enumerate(indices):
-            image = source.image(int(i))
-            center.append(self.valid_tfms.crop(image, None).astype("float32"))
-            copies = Split([source.paths[int(i)]] * int(n), None, source.store)
-            batches = ImageBatches(
-                copies, self.train_tfms, int(n), augment=True, seed=seed + k
-            )
-            augmented.append(batches[0][0])
-        return np.stack(center), np.stack(augmented)
+        return preview.augmented_samples(self, n, split, seed, images)
 
     def plot_augmented(self, n=8, path=None, split="train", seed=0, images=0):
         """Grid of augmented copies, to check the augmentation by eye.
 
-        fast.ai lesson 1 `plots(get_augs())`: one row per image, its center
-        crop first, then `n` augmented copies (see `augmented_samples`).
-        Needs matplotlib.
-
-        Args:
-            n: augmented copies per image.
-            path: PNG file to write, or None to return the figure.
-            split: "train", "valid" or "test".
-            seed: seed of the augmentation.
-            images: index (or list of indices) into the split's images.
-
-        Returns:
-            The path written (str) when `path` is given (the figure is
-            closed), else the `matplotlib.figure.Figure`.
-
-        Raises:
-            ValueError: as `augmented_samples`.
+        See `kertransfer.data.preview.plot_augmented`.
 
         Example:
 
         >>> data.plot_augmented(n=8, path="augmented.png", images=[0, 1])
         'augmented.png'
         """
-        center, augmented = self.augmented_samples(n, split, seed, images)
-        try:
-            import matplotlib.pyplot as plt
-        except ImportError as e:
-            raise ImportError(
-                "plot_augmented needs matplotlib: pip install matplotlib"
-            ) from e
-        rows, cols = len(center), int(n) + 1
-        fig, axes = plt.subplots(
-            rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False
-        )
-        for r in range(rows):
-            tiles = [center[r]] + list(augmented[r])
-            for c, tile in enumerate(tiles):
-                ax = axes[r, c]
-                ax.imshow(np.clip(tile, 0, 255).astype("uint8"))
-                ax.set_axis_off()
-                if r == 0:
-                    ax.set_title("center crop" if c == 0 else f"aug {c}", fontsize=8)
-        fig.tight_layout()
-        if path is None:
-            return fig
-        path = os.fspath(path)
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        fig.savefig(path, dpi=80)
-        plt.close(fig)
-        return path
+        return preview.plot_augmented(self, n, path, split, seed, images)
 
     def resize(self, image_size):
         """The same data at another `image_size` (progressive resizing).

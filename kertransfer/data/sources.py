@@ -1,19 +1,29 @@
 """Where images and labels come from: class folders and label CSVs.
 
 Every reader returns plain lists of file paths and numpy label arrays; no
-pixels are read here. Layouts:
+pixels are read here. `read_folders` and `read_csv` list a whole data set
+as a `Listing` (classes, each split's paths and labels, files skipped).
+Layouts:
 
 - fast.ai's (`from_paths`): `path/train/<class>/*` and `path/valid|val/<class>/*`;
 - Keras's (`keras.utils.image_dataset_from_directory`): `path/<class>/*`,
-  with a seeded `val_pct` held out for validation (`read_class_folders`);
-- a label CSV (`from_csv`): `file_id,tags` rows, single- or multi-label.
+  with a seeded `val_pct` held out for validation (`read_folders`);
+- a label CSV (`from_csv`): `file_id,tags` rows, single- or multi-label
+  (`read_csv`).
+
+The index arithmetic of the splits (`random_split`, `subsample`,
+`check_val_idxs`) lives in `kertransfer.data.splits`.
 """
 
 import os
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
+from kertransfer.data.splits import check_val_idxs
+from kertransfer.data.splits import random_split
+from kertransfer.data.splits import subsample
 from kertransfer.images import is_image_name
 
 
@@ -47,6 +57,20 @@ def class_folders(split_dir):
         for d in os.listdir(split_dir)
         if not d.startswith(".") and os.path.isdir(os.path.join(split_dir, d))
     )
+
+
+def is_keras_layout(path):
+    """True when `path` holds class folders of images directly (Keras's layout).
+
+    Keras's `image_dataset_from_directory` layout is `path/<class>/*` with no
+    `train/` folder; a folder counts when at least one of its sub-folders
+    holds an image file (`IMAGE_EXTENSIONS`).
+    """
+    for name in class_folders(path):
+        folder = os.path.join(path, name)
+        if any(is_image_name(f) for f in os.listdir(folder)):
+            return True
+    return False
 
 
 def read_split(split_dir, classes=None):
@@ -86,44 +110,6 @@ def read_split(split_dir, classes=None):
     return paths, np.asarray(labels, dtype="int32"), classes, skipped
 
 
-def random_split(n, val_pct, seed):
-    """`(train_idx, valid_idx)`: sorted indices, a seeded `val_pct` held out."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(val_pct * n)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def subsample(labels, max_images, seed):
-    """Sorted indices of at most `max_images` items, seeded, spread over the classes.
-
-    Items are drawn in a seeded random order, class by class in turn (the
-    first of each class, then the second of each, ...), so every class
-    keeps `max_images // num_classes` items or all it has, and the rest go
-    to the classes with more. All indices when there are no more than
-    `max_images`.
-
-    Args:
-        labels: int class of each item `(n,)`.
-        max_images: None (all), or the most items kept.
-        seed: seed of the draw.
-
-    Returns:
-        int array of the kept indices, ascending.
-    """
-    labels = np.asarray(labels)
-    n = len(labels)
-    if max_images is None or n <= max_images:
-        return np.arange(n)
-    order = np.random.default_rng(seed).permutation(n)
-    rank = np.empty(n, dtype="int64")  # place of each item among its class, in `order`
-    for c in np.unique(labels):
-        members = order[labels[order] == c]
-        rank[members] = np.arange(len(members))
-    position = np.empty(n, dtype="int64")
-    position[order] = np.arange(n)
-    return np.sort(np.lexsort((position, rank))[:max_images])
-
-
 def test_paths(path, test_name):
     """Files of the unlabeled `path/<test_name>/` folder, or None."""
     if test_name is None:
@@ -132,6 +118,119 @@ def test_paths(path, test_name):
     if not os.path.isdir(test_dir):
         raise FileNotFoundError(f"Test folder not found: {test_dir}")
     return list_files(test_dir)[0]
+
+
+class Listing(NamedTuple):
+    """A data set as listed by `read_folders` or `read_csv` (no pixels read).
+
+    Attributes:
+        path: the data folder (`os.fspath`).
+        classes: sorted class names; label `i` is `classes[i]`.
+        splits: `{"train": (paths, labels), "valid": (paths, labels),
+            "test": (paths, None) or None}`; labels are int32 `(n,)` or
+            multi-hot float32 `(n, num_classes)`.
+        skipped: `[(path, reason)]` of entries that are not files
+            (`list_files`).
+    """
+
+    path: str
+    classes: list
+    splits: dict
+    skipped: list
+
+
+def check_two_classes(classes, source):
+    """A classifier needs two classes; checked before any image is decoded.
+
+    Raises:
+        ValueError: naming `source` (the folder or CSV) and the classes found.
+    """
+    if len(classes) < 2:
+        raise ValueError(
+            f"{source} has {len(classes)} class(es) {classes}; a classifier needs at "
+            "least 2. Add a folder (or CSV label) per class."
+        )
+
+
+def read_folders(path, trn_name="train", val_name=None, test_name=None, val_pct=0.2, seed=42, max_images=None):
+    """Lists a folder of class folders, fast.ai's layout or Keras's.
+
+    The listing behind `ImageClassifierData.from_paths`, whose docstring
+    gives the layouts and arguments.
+
+    Returns:
+        `Listing`.
+
+    Raises:
+        FileNotFoundError, ValueError: as `ImageClassifierData.from_paths`.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Data folder not found: {path}")
+    trn_dir = os.path.join(path, trn_name)
+    keras_layout = not os.path.isdir(trn_dir) and val_name is None and is_keras_layout(path)
+    if keras_layout:
+        trn_dir = path
+    elif not os.path.isdir(trn_dir):
+        raise FileNotFoundError(
+            f"No training folder {trn_dir} and no class folders of images in "
+            f"{path}. Expected fast.ai's layout {path}/{trn_name}/<class>/*.jpg "
+            f"(with {path}/valid/<class>/*.jpg; pass trn_name= for another "
+            f"folder name) or Keras's layout {path}/<class>/*.jpg (val_pct of "
+            "the images held out)."
+        )
+    trn_paths, trn_labels, classes, listed_skipped = read_split(trn_dir)
+    if keras_layout:
+        val_name = None
+        if test_name is not None and test_name in classes:
+            raise ValueError(
+                f"{os.path.join(path, test_name)} would be both a class folder "
+                "and the test folder; move the test images elsewhere."
+            )
+    elif val_name is None:
+        val_name = next(
+            (n for n in ("valid", "val") if os.path.isdir(os.path.join(path, n))),
+            None,
+        )
+    elif not os.path.isdir(os.path.join(path, val_name)):
+        raise FileNotFoundError(
+            f"Validation folder not found: {os.path.join(path, val_name)}"
+        )
+    if val_name is not None:
+        val_paths, val_labels, _, bad = read_split(os.path.join(path, val_name), classes)
+        listed_skipped += bad
+    else:
+        if not 0 < val_pct < 1:
+            raise ValueError(
+                f"{path} has no valid/ or val/ folder, so val_pct of the "
+                f"training images are held out; val_pct must be in (0, 1). "
+                f"Received val_pct={val_pct}."
+            )
+        if len(trn_paths) < 2:
+            raise ValueError(
+                f"{trn_dir} has {len(trn_paths)} image(s); holding out val_pct for "
+                "validation needs at least 2."
+            )
+        trn_idx, val_idx = random_split(len(trn_paths), val_pct, seed)
+        val_paths = [trn_paths[i] for i in val_idx]
+        val_labels = trn_labels[val_idx]
+        trn_paths = [trn_paths[i] for i in trn_idx]
+        trn_labels = trn_labels[trn_idx]
+    test = test_paths(path, test_name)
+    if max_images is not None:
+        keep = subsample(trn_labels, max_images, seed)
+        trn_paths, trn_labels = [trn_paths[i] for i in keep], trn_labels[keep]
+        keep = subsample(val_labels, max_images, seed)
+        val_paths, val_labels = [val_paths[i] for i in keep], val_labels[keep]
+        if test is not None:
+            test = [test[i] for i in subsample(np.zeros(len(test)), max_images, seed)]
+    check_two_classes(classes, trn_dir)
+    split_sources = {
+        "train": (trn_paths, trn_labels),
+        "valid": (val_paths, val_labels),
+        "test": (test, None) if test is not None else None,
+    }
+    return Listing(path, classes, split_sources, listed_skipped)
 
 
 def csv_row_names(rows, ids, limit=10):
@@ -266,39 +365,91 @@ def split_tags(cells, ids, csv_path, label_delim, multi_label):
     return tags
 
 
-def check_val_idxs(val_idxs, n, csv_path):
-    """`(train_idx, valid_idx)` from user row indices, validated."""
-    val = np.asarray(val_idxs).reshape(-1)
-    if val.size and not np.issubdtype(val.dtype, np.integer):
-        raise ValueError(
-            f"val_idxs must be integer row indices of {csv_path} (0 = first "
-            f"row after the header). Received dtype {val.dtype}."
-        )
-    val = np.unique(val.astype(np.int64))
-    if val.size == 0 or val.size >= n:
-        raise ValueError(
-            f"val_idxs must hold between 1 and {n - 1} of the {n} rows of "
-            f"{csv_path}, so both splits have images. Received {val.size}."
-        )
-    if val[0] < 0 or val[-1] >= n:
-        raise ValueError(
-            f"val_idxs must be row indices in [0, {n - 1}] for {csv_path}. "
-            f"Received values from {val[0]} to {val[-1]}."
-        )
-    return np.setdiff1d(np.arange(n), val), val
+def read_csv(path, folder, csv_fname, val_idxs=None, suffix="", skip_header=True, test_name=None, val_pct=0.2, seed=42, label_delim=" ", multi_label=None):
+    """Lists the images named in a CSV of labels, and their split.
 
+    The listing behind `ImageClassifierData.from_csv`, whose docstring
+    gives the CSV format and arguments (`label_delim` already resolved from
+    fast.ai's `cat_separator`).
 
+    Returns:
+        `Listing` (nothing skipped: a listed file that is missing raises).
 
-
-def is_keras_layout(path):
-    """True when `path` holds class folders of images directly (Keras's layout).
-
-    Keras's `image_dataset_from_directory` layout is `path/<class>/*` with no
-    `train/` folder; a folder counts when at least one of its sub-folders
-    holds an image file (`IMAGE_EXTENSIONS`).
+    Raises:
+        FileNotFoundError, ValueError: as `ImageClassifierData.from_csv`.
     """
-    for name in class_folders(path):
-        folder = os.path.join(path, name)
-        if any(is_image_name(f) for f in os.listdir(folder)):
-            return True
-    return False
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"Data folder not found: {path}")
+    csv_path = os.fspath(csv_fname)
+    if not os.path.isfile(csv_path) and os.path.isfile(os.path.join(path, csv_path)):
+        csv_path = os.path.join(path, csv_path)
+    if not os.path.isfile(csv_path):
+        raise FileNotFoundError(
+            f"Label CSV not found: {csv_fname} (also looked in {path}). "
+            "Pass its path, or its file name inside the data folder."
+        )
+    img_dir = os.path.join(path, folder)
+    if not os.path.isdir(img_dir):
+        raise FileNotFoundError(
+            f"Image folder not found: {img_dir} (folder={folder!r} is "
+            f"relative to path={path!r})."
+        )
+    if multi_label not in (None, True, False):
+        raise ValueError(f"multi_label must be None, True or False. Received {multi_label!r}.")
+    ids, tags, header = read_label_csv(csv_path, skip_header, label_delim, multi_label)
+    if header and os.path.isfile(os.path.join(img_dir, f"{header}{suffix}")):
+        raise ValueError(
+            f"The first line of {csv_path} names an image ({header}{suffix} is in "
+            f"{img_dir}), so it is data, not a header; skip_header=True would drop it. "
+            "Pass skip_header=False."
+        )
+    root = os.path.realpath(img_dir)
+    outside = [
+        r for r, i in enumerate(ids)
+        if os.path.isabs(i)
+        or os.path.commonpath([root, os.path.normpath(os.path.join(root, i))]) != root
+    ]
+    if outside:
+        raise ValueError(
+            f"{csv_path}: {csv_row_names(outside, ids)} name files outside "
+            f"the image folder {img_dir} (absolute paths or '..'). File ids are "
+            "names inside folder=; fix or delete those rows."
+        )
+    paths = [os.path.join(img_dir, f"{i}{suffix}") for i in ids]
+    missing = [r for r, p in enumerate(paths) if not os.path.isfile(p)]
+    if missing:
+        listing = "\n".join(f"  {paths[r]}  (row {r})" for r in missing[:20])
+        more = f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else ""
+        raise FileNotFoundError(
+            f"{len(missing)} of the {len(paths)} images listed in "
+            f"{csv_path} are missing from {img_dir}:\n{listing}{more}\n"
+            f"Check folder= and suffix= (received suffix={suffix!r}), or "
+            "delete those rows."
+        )
+    classes = sorted({t for row in tags for t in row})
+    index = {c: i for i, c in enumerate(classes)}
+    if multi_label or any(len(row) != 1 for row in tags):
+        labels = np.zeros((len(ids), len(classes)), dtype="float32")
+        for r, row in enumerate(tags):
+            labels[r, [index[t] for t in row]] = 1.0
+    else:
+        labels = np.asarray([index[row[0]] for row in tags], dtype="int32")
+    if val_idxs is not None:
+        trn_idx, val_idx = check_val_idxs(val_idxs, len(paths), csv_path)
+    elif not 0 < val_pct < 1 or len(paths) < 2:
+        raise ValueError(
+            f"Without val_idxs, val_pct of the {len(paths)} rows of "
+            f"{csv_path} are held out for validation; val_pct must be in "
+            f"(0, 1) and there must be 2+ rows. Received val_pct={val_pct}."
+        )
+    else:
+        trn_idx, val_idx = random_split(len(paths), val_pct, seed)
+    test = test_paths(path, test_name)
+    check_two_classes(classes, csv_path)
+    split_sources = {
+        "train": ([paths[i] for i in trn_idx], labels[trn_idx]),
+        "valid": ([paths[i] for i in val_idx], labels[val_idx]),
+        "test": (test, None) if test is not None else None,
+    }
+    return Listing(path, classes, split_sources, [])
