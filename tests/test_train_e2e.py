@@ -212,16 +212,20 @@ def test_batch_size_larger_than_half_the_data_fails_before_the_model_is_built(tm
     assert "has 12. Use --batch-size 6 or less" in err
 
 
+def _tiny_train_argv(data_dir, out, *flags):
+    """`kertransfer train` of tiny_cnn at 32 px: 1 augmented epoch, 2 unfrozen cycles (1 + 2 epochs), 1 TTA copy."""
+    return [
+        "train", str(data_dir), "--out", str(out), "--arch", "tiny_cnn", "--image-size", "32",
+        "--batch-size", "16", "--weights", "none", "--aug-epochs", "1", "--unfrozen-cycles", "2",
+        "--tta", "1", *flags,
+    ]
+
+
 @pytest.mark.slow
 def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path, capsys):
     """`train --tensorboard` logs every stage; report.html shows the real matrix; --quiet hides bars only."""
     out = tmp_path / "run"
-    argv = [
-        "train", str(hymenoptera), "--out", str(out), "--arch", "tiny_cnn", "--image-size", "32",
-        "--batch-size", "16", "--weights", "none", "--head-epochs", "1", "--aug-epochs", "1",
-        "--unfrozen-cycles", "2", "--tta", "1", "--quiet", "--tensorboard",
-    ]
-    assert main(argv) == 0
+    assert main(_tiny_train_argv(hymenoptera, out, "--head-epochs", "1", "--quiet", "--tensorboard")) == 0
     # --quiet: no progress bars, but the stage headers, the table and the results.
     console = capsys.readouterr().out
     assert "━" not in console and "Epoch " not in console
@@ -319,12 +323,7 @@ def test_cli_console_names_stages_shows_bars_and_ends_with_the_epoch_table(synth
     console = _TimedConsole()
     monkeypatch.setattr("sys.stdout", console)
     out = tmp_path / "run"
-    argv = [
-        "train", str(synthetic_folder), "--out", str(out), "--arch", "tiny_cnn", "--image-size", "32",
-        "--batch-size", "16", "--weights", "none", "--head-epochs", "2", "--aug-epochs", "1",
-        "--unfrozen-cycles", "2", "--tta", "1", "--seed", "0",
-    ]
-    assert main(argv) == 0
+    assert main(_tiny_train_argv(synthetic_folder, out, "--head-epochs", "2", "--seed", "0")) == 0
     text = console.text
     lines = [line.split("\r")[-1].replace("\b", "") for line in text.split("\n")]
     with open(out / "history.csv") as f:
