@@ -50,11 +50,11 @@ class _FitLog(BatchLosses):
     logs and seconds; `FitCheckpoint` saves its state.
 
     An epoch's `seconds` run from its start to the next one's (the last:
-    to the fit's end), so what the other callbacks do at its end (backups,
-    saving the best model) counts in it, and the first epoch's run from
-    `start`, the fit's start (compiling counts): the epochs of a fit add up
-    to its wall time. (The backup of an epoch, written at its end, holds
-    its seconds until then.)
+    to `close()`, when `model.fit` has returned), so what the other
+    callbacks do at its end (backups, saving the best model) counts in it,
+    and the first epoch's run from `start`, the fit's start (compiling
+    counts): the epochs of a fit add up to its wall time. (The backup of an
+    epoch, written at its end, holds its seconds until then.)
     """
 
     def __init__(self, start=None):
@@ -63,7 +63,8 @@ class _FitLog(BatchLosses):
         self._mark = time.time() if start is None else start
         self._open = None  # the last epoch's row, until the next one begins
 
-    def _close(self):
+    def close(self):
+        """Ends the last epoch's time (call when the fit has returned)."""
         now = time.time()
         if self._open is not None:
             self._open["seconds"] = now - self._mark
@@ -71,7 +72,7 @@ class _FitLog(BatchLosses):
             self._mark = now
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._close()
+        self.close()
         super().on_epoch_begin(epoch, logs)
 
     def on_epoch_end(self, epoch, logs=None):
@@ -79,9 +80,6 @@ class _FitLog(BatchLosses):
         row["seconds"] = time.time() - self._mark
         self.epochs.append(row)
         self._open = row
-
-    def on_train_end(self, logs=None):
-        self._close()
 
     def state_dict(self):
         return {"losses": self.losses, "sizes": self.sizes, "epochs": self.epochs}
@@ -399,6 +397,7 @@ class TrainingVerbs:
             initial_epoch=initial_epoch, verbose=verbose, class_weight=weights,
             shuffle=False,  # see lr_find
         )
+        log.close()  # Keras's own end of the fit counts in the last epoch
         self.sched = FitRecord(schedule.lr_history, [self.group_names[i] for i in active], log.losses, steps, stage)
         first = len(self.history)
         used = np.asarray(schedule.lr_history, dtype="float64").reshape(-1, len(active))
