@@ -4,6 +4,7 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
 
 from kertransfer import __version__
@@ -11,6 +12,8 @@ from kertransfer.config import add_config_flags
 from kertransfer.config import config_from_args
 from kertransfer.config import non_negative_int
 from kertransfer.config import positive_int
+from kertransfer.console import heartbeat
+from kertransfer.console import quiet_backend_logs
 
 __all__ = ["export_main", "main"]
 
@@ -18,7 +21,11 @@ __all__ = ["export_main", "main"]
 def _train_args(p):
     """The flags of `train` and `demo`: one per `TrainConfig` field, then the run's own."""
     add_config_flags(p)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress bars (the stage headers, the table of epochs and the results are still shown)",
+    )
     how = p.add_mutually_exclusive_group()
     how.add_argument(
         "--overwrite",
@@ -32,10 +39,20 @@ def _train_args(p):
         "it started with (other flags are not needed; one that differs is an error); the steps "
         "done are skipped. A finished run is left as it is. Not with --overwrite",
     )
+    _verbose_flag(p)
 
 
 # Flags that do not change what is trained: allowed with --resume.
-_RUN_FLAGS = {"command", "data_dir", "out", "dataset", "quiet", "overwrite", "resume"}
+_RUN_FLAGS = {"command", "data_dir", "out", "dataset", "quiet", "verbose", "overwrite", "resume"}
+
+
+def _verbose_flag(p):
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also show the backends' start-up messages (CUDA probing on a machine without a GPU, "
+        "TensorFlow's notices), hidden by default",
+    )
 
 
 def _given_flags(parser, argv):
@@ -104,6 +121,7 @@ def _export_args(p):
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing SavedModel version")
     p.add_argument("--strict", action="store_true", help="exit with status 1 if a target is missed")
+    _verbose_flag(p)
 
 
 def _config(args):
@@ -151,8 +169,10 @@ def build_parser():
     p.add_argument("--csv", default=None, metavar="OUT.csv", help="also write all rows, errors included, to this CSV file")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
     p.add_argument("--seed", type=int, default=0, help="TTA augmentation seed (default 0)")
+    _verbose_flag(p)
     p = sub.add_parser("report", help="rebuild report.html of a run folder")
     p.add_argument("run_dir", help="folder written by `kertransfer train`")
+    _verbose_flag(p)
     p = sub.add_parser(
         "export",
         help="SavedModel (TF Serving) / LiteRT / ONNX from a run folder, validated",
@@ -208,22 +228,25 @@ def _export(args):
     """`kertransfer export`: the exports, their report table, an exit status."""
     from kertransfer.export import QUANTIZATIONS, export
 
+    from kertransfer.console import progress_bars
+
     quantize = [q.strip() for q in args.quantize.split(",") if q.strip()]
     if quantize == ["all"]:
         quantize = list(QUANTIZATIONS[1:])
     try:
-        report = export(
-            args.run_dir,
-            out_dir=args.out,
-            formats=args.formats,
-            quantize=quantize,
-            name=args.name,
-            version=args.version,
-            representative_images=args.representative_images,
-            images=args.images,
-            overwrite=args.overwrite,
-            print_fn=print,
-        )
+        with progress_bars(1):  # a bar while validating each .tflite
+            report = export(
+                args.run_dir,
+                out_dir=args.out,
+                formats=args.formats,
+                quantize=quantize,
+                name=args.name,
+                version=args.version,
+                representative_images=args.representative_images,
+                images=args.images,
+                overwrite=args.overwrite,
+                print_fn=print,
+            )
     except (ValueError, FileNotFoundError, FileExistsError, ImportError) as error:
         print(f"kertransfer export: error: {error}", file=sys.stderr)
         return 2
@@ -255,10 +278,26 @@ def export_main(argv=None):
 
 
 class _ConsoleHandler(logging.Handler):
-    """`[kertransfer] message` lines on the current `sys.stdout`."""
+    """`[kertransfer] message` lines on the current `sys.stdout`.
+
+    Attributes:
+        stage: the last stage header's `stage i/n: name`, or None.
+    """
+
+    stage = None
 
     def emit(self, record):
-        print(f"[kertransfer] {self.format(record)}", file=sys.stdout, flush=True)
+        message = self.format(record)
+        header = re.search(r"stage \d+/\d+: \S+", message)
+        if header and message.startswith("──"):
+            _ConsoleHandler.stage = header.group(0)
+        print(f"[kertransfer] {message}", file=sys.stdout, flush=True)
+
+
+def _still_working(seconds):
+    """The heartbeat's line: where the run is, and how long since the last update."""
+    where = f" ({_ConsoleHandler.stage})" if _ConsoleHandler.stage else ""
+    return f"[kertransfer] ... still working{where}: {seconds:.0f} s since the last update"
 
 
 @contextlib.contextmanager
@@ -286,6 +325,17 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Before any backend is imported: its harmless start-up noise is hidden.
+    # Training without --quiet: a line at least every 8 s, even while one
+    # step (an import, a model's first batch) takes longer.
+    talks = args.command in ("train", "demo") and not args.quiet
+    _ConsoleHandler.stage = None
+    with quiet_backend_logs(args.verbose), heartbeat(_still_working) if talks else contextlib.nullcontext():
+        return _run(parser, argv, args)
+
+
+def _run(parser, argv, args):
+    """The command of parsed `args`; its exit status."""
     messages = None  # train and demo: the main job's messages on stdout
     if args.command == "export":  # its own errors and exit status
         return _export(args)
@@ -297,6 +347,8 @@ def main(argv=None):
 
             print(write_report(args.run_dir))
             return 0
+        if not args.quiet:  # checking --arch imports them
+            print("[kertransfer] loading Keras and its backend", flush=True)
         config = _config(args)  # every setting checked before any image is read
         from kertransfer.run_folder import check_out_dir
         from kertransfer.train import removed_on_failure

@@ -47,20 +47,39 @@ def in_scope(method):
 
 class _FitLog(BatchLosses):
     """Records each batch's training loss (`BatchLosses`) and each epoch's
-    logs and seconds; `FitCheckpoint` saves its state."""
+    logs and seconds; `FitCheckpoint` saves its state.
 
-    def __init__(self):
+    An epoch's `seconds` run from its start to the next one's (the last:
+    to `close()`, when `model.fit` has returned), so what the other
+    callbacks do at its end (backups, saving the best model) counts in it,
+    and the first epoch's run from `start`, the fit's start (compiling
+    counts): the epochs of a fit add up to its wall time. (The backup of an
+    epoch, written at its end, holds its seconds until then.)
+    """
+
+    def __init__(self, start=None):
         super().__init__()
         self.epochs = []
+        self._mark = time.time() if start is None else start
+        self._open = None  # the last epoch's row, until the next one begins
+
+    def close(self):
+        """Ends the last epoch's time (call when the fit has returned)."""
+        now = time.time()
+        if self._open is not None:
+            self._open["seconds"] = now - self._mark
+            self._open = None
+            self._mark = now
 
     def on_epoch_begin(self, epoch, logs=None):
+        self.close()
         super().on_epoch_begin(epoch, logs)
-        self._start = time.time()
 
     def on_epoch_end(self, epoch, logs=None):
         row = {k: float(v) for k, v in (logs or {}).items()}
-        row["seconds"] = time.time() - self._start
+        row["seconds"] = time.time() - self._mark
         self.epochs.append(row)
+        self._open = row
 
     def state_dict(self):
         return {"losses": self.losses, "sizes": self.sizes, "epochs": self.epochs}
@@ -252,6 +271,17 @@ class TrainingVerbs:
         constant LR without `cycle_len`. Each batch, each trainable group's
         LR is its base LR times the cosine-annealing factor of the cycle.
 
+        Each epoch adds a row to `learn.history` (`history.csv` of a run):
+        `epoch` (counted over all fits of the learner, from 1), `stage`,
+        the epoch's logs (`loss`, `val_loss`, metrics, and
+        `learning_rate_<group>`: each trained group's LR at the epoch's
+        last batch, as Keras's `LearningRateScheduler` logs it), `lr` (the
+        largest LR any group trained at in the epoch: the base LR at a
+        restart, less later in a cycle), `precompute`, `best` and
+        `seconds` (wall time from the epoch's start to the next one's, the
+        first from the fit's start, the last to its end: a fit's rows add
+        up to its time).
+
         Args:
             lrs: float (all groups), one LR per layer group (earliest first,
                 e.g. `np.array([1e-4, 1e-3, 1e-2])`), or `slice(lo, hi)`.
@@ -319,6 +349,7 @@ class TrainingVerbs:
         """One `model.fit` of `epochs` with fresh optimizers, the LRs set by
         `make_schedule(active_base_lrs, steps_per_epoch)` (a `StepSchedule`);
         `schedule_args` identify the schedule in a backup. See `fit`."""
+        start = time.time()
         weights = resolve_class_weight(
             class_weight, self.data.train_labels, self.data.num_classes
         )
@@ -342,7 +373,7 @@ class TrainingVerbs:
             for _ in range(initial_epoch):
                 train.on_epoch_end()
         schedule = make_schedule([base[i] for i in active], steps)
-        log = _FitLog()
+        log = _FitLog(start)
         cbs = [schedule, log]
         if self.distribution.devices > 1:
             # Keras's validation would need every batch to divide by the
@@ -366,12 +397,17 @@ class TrainingVerbs:
             initial_epoch=initial_epoch, verbose=verbose, class_weight=weights,
             shuffle=False,  # see lr_find
         )
+        log.close()  # Keras's own end of the fit counts in the last epoch
         self.sched = FitRecord(schedule.lr_history, [self.group_names[i] for i in active], log.losses, steps, stage)
         first = len(self.history)
+        used = np.asarray(schedule.lr_history, dtype="float64").reshape(-1, len(active))
         for e, logs in enumerate(log.epochs):
             row = {"epoch": first + e + 1, "stage": stage or "fit"}
             row.update({k: v for k, v in logs.items() if k != "seconds"})
-            row["lr"] = max(base[i] for i in active)
+            # The largest LR any group trained at in the epoch (a restart's
+            # base LR; less later in a cosine cycle).
+            epoch_lrs = used[e * steps : (e + 1) * steps]
+            row["lr"] = float(epoch_lrs.max()) if epoch_lrs.size else max(base[i] for i in active)
             row["precompute"] = self.precompute
             row["best"] = bool(best and best.best_epoch == e)
             row["seconds"] = logs["seconds"]

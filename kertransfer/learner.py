@@ -14,6 +14,9 @@ import os
 import keras
 
 from kertransfer.backbones import get_backbone
+from kertransfer.console import counted_batches
+from kertransfer.console import progress_bar
+from kertransfer.console import progress_bars
 from kertransfer.distribute import predict_padded
 from kertransfer.distribute import resolve_distribution
 from kertransfer.distribute import synchronize_batch_norm
@@ -262,20 +265,28 @@ class ConvLearner(TrainingVerbs):
 
     # --------------------------------------------------------- inference
     @in_scope
-    def predict(self, split="valid"):
+    def predict(self, split="valid", verbose=0):
         """Probabilities on `split` with validation transforms (center crop).
+
+        Args:
+            split: "valid", "train" or "test".
+            verbose: 1 shows a progress bar over the batches.
 
         Returns:
             `(probs, targets)`: `(n, num_classes)` float array and int labels
             `(n,)`, or multi-hot float32 `(n, num_classes)` when
             `data.is_multi` (`None` for the unlabeled test split).
         """
-        probs = predict_padded(self.model, self.data.fixed_batches(split))
-        targets = None if split == "test" else self.data.split(split).labels
-        return probs, targets
+        with progress_bars(verbose):
+            batches = self.data.fixed_batches(split)
+            probs = predict_padded(self.model, counted_batches(batches, progress_bar(len(batches))))
+        return probs, self._targets(split)
+
+    def _targets(self, split):
+        return None if split == "test" else self.data.split(split).labels
 
     @in_scope
-    def TTA(self, n_aug=4, split="valid", seed=0, beta=None, return_all=False):
+    def TTA(self, n_aug=4, split="valid", seed=0, beta=None, return_all=False, verbose=0):
         """Test-time augmentation (fast.ai v0.7 `learn.TTA`).
 
         Averages the probabilities of the original (center-cropped) images
@@ -296,6 +307,7 @@ class ConvLearner(TrainingVerbs):
                 (fast.ai v0.7 returned this stack, as log-probabilities:
                 its `np.mean(np.exp(log_preds), 0)` is `probs.mean(0)`
                 here).
+            verbose: 1 shows a progress bar over the batches of all copies.
 
         Returns:
             `(probs, targets)` as in `predict`; with `return_all`, `probs`
@@ -305,11 +317,9 @@ class ConvLearner(TrainingVerbs):
             ValueError: on `n_aug < 0`, `beta` outside [0, 1], or `beta`
                 with `n_aug=0`.
         """
-        probs, targets = self.predict(split)
-        blended = tta_probs(
-            self.model, self.data, n_aug, split, seed, probs=probs, beta=beta, return_all=return_all
-        )
-        return blended, targets
+        with progress_bars(verbose):
+            blended = tta_probs(self.model, self.data, n_aug, split, seed, beta=beta, return_all=return_all)
+        return blended, self._targets(split)
 
     def set_data(self, data):
         """Swaps in `data` (e.g. `data.resize(299)`), keeping all weights.

@@ -8,6 +8,7 @@ import keras
 import numpy as np
 
 from kertransfer.backbones import cache_dir
+from kertransfer.console import progress_bar
 from kertransfer.data.cache import load_checked
 from kertransfer.data.cache import write_checksum
 from kertransfer.distribute import predict_padded
@@ -96,11 +97,14 @@ class ActivationCache:
         tmp = f"{path}.{os.getpid()}.tmp.npy"
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype="float32", shape=(n, dim))
         row = 0
+        bar = progress_bar(len(batches))  # within `kertransfer.console.progress_bars()`
         with self.distribution.scope():
             for start in range(0, len(batches), chunk):
-                x = np.concatenate([batches[i][0] for i in range(start, min(start + chunk, len(batches)))])
+                stop = min(start + chunk, len(batches))
+                x = np.concatenate([batches[i][0] for i in range(start, stop)])
                 out[row : row + len(x)] = predict_padded(self.body_model, x, batch_size=batches.batch_size)
                 row += len(x)
+                bar.update(stop)
         out.flush()
         del out
         os.replace(tmp, path)

@@ -12,8 +12,12 @@ import time
 import keras
 import numpy as np
 
+from kertransfer.callbacks import RunProgbarLogger
 from kertransfer.callbacks import TensorBoardLogger
 from kertransfer.config import TrainConfig
+from kertransfer.console import epoch_table
+from kertransfer.console import progress_bars
+from kertransfer.console import stage_header
 from kertransfer.data import ImageClassifierData
 from kertransfer.distribute import resolve_distribution
 from kertransfer.groups import trainable_groups
@@ -25,6 +29,7 @@ from kertransfer.recorder import plot_schedules
 from kertransfer.run_folder import RunFolder
 from kertransfer.run_folder import atomic_path
 from kertransfer.run_folder import check_out_dir
+from kertransfer.schedules import sgdr_total_epochs
 from kertransfer.transforms import tfms_from_model
 
 __all__ = ["TrainConfig", "removed_on_failure", "train"]
@@ -187,16 +192,48 @@ def _holds_work(out_dir):
         return False
 
 
-def _removes_unused_out_dir(run):
+def _job(run):
+    """`run` deleting an unused run folder on failure, with progress bars when `verbose`."""
+
     @functools.wraps(run)
-    def wrapper(data_dir, out_dir, *args, **kwargs):
-        with removed_on_failure(out_dir):
-            return run(data_dir, out_dir, *args, **kwargs)
+    def wrapper(data_dir, out_dir, config=None, verbose=1, *args, **kwargs):
+        with removed_on_failure(out_dir), progress_bars(verbose):
+            return run(data_dir, out_dir, config, verbose, *args, **kwargs)
 
     return wrapper
 
 
-@_removes_unused_out_dir
+def _stages(config):
+    """The steps of the main job, in order: `{name: epochs}` (0: not a fit)."""
+    find = config.lr is None
+    epochs = {
+        "load_data": 0, "build": 0, "lr_find": 0 if find else None,
+        "head_precomputed": config.head_epochs, "head_augmented": config.aug_epochs or None,
+        "lr_find_unfrozen": 0 if find else None,
+        "unfrozen": sgdr_total_epochs(config.unfrozen_cycles, config.cycle_len, config.cycle_mult),
+        "evaluate": 0, "tta": 0, "write": 0,
+    }
+    return {name: n for name, n in epochs.items() if n is not None}
+
+
+def _kept_reason(kept, history):
+    """Which epoch's weights the run kept, and why, in one sentence."""
+    last = history[-1]
+    losses = [float(row["val_loss"]) for row in history]
+    if not np.isfinite(losses).any():
+        return (f"kept the weights of the last epoch, {last['epoch']}: no epoch had a finite validation "
+                "loss (the training diverged; try a lower --max-lr or --lr)")
+    n_stage = sum(r["stage"] == kept["stage"] for r in history)
+    text = (f"kept the weights of epoch {kept['epoch']} of {len(history)} ({kept['stage']}, its epoch "
+            f"{kept['stage_epoch']} of {n_stage}; * above): the lowest validation loss, {kept['val_loss']:.4f}")
+    if kept["epoch"] == last["epoch"]:
+        return text + ", at the last epoch"
+    later = len(history) - kept["epoch"]
+    return (text + f"; the {later} later epoch(s) did not beat it (the last ended at "
+            f"{float(last['val_loss']):.4f}), so their weights were dropped")
+
+
+@_job
 def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=False, *, _scratch=False):
     """Runs the fast.ai lesson-1 recipe on `data_dir`, writing `out_dir`.
 
@@ -256,10 +293,14 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
             saving leaves the previous files whole.
         config: `TrainConfig`. With `resume`, None uses the run's own; a
             config given must equal it.
-        verbose: 1 shows Keras progress bars. What the job does and
-            finds (sizes, LRs, the kept epoch, accuracies) goes to the
-            `kertransfer.train` logger at INFO level (the command line shows
-            it; in Python, `logging.basicConfig(level="INFO")`).
+        verbose: 1 shows progress bars (`keras.utils.Progbar`): decoding,
+            precomputing, each `lr_find`, each epoch (numbered over the
+            whole run, as in `history.csv`), evaluation and TTA. What
+            the job does and finds (a header as each stage starts, sizes,
+            LRs, the table of epochs, the kept epoch and why, accuracies)
+            goes to the `kertransfer.train` logger at INFO level, also with
+            `verbose=0` (the command line shows it; in Python,
+            `logging.basicConfig(level="INFO")`).
         overwrite: allow an `out_dir` that already holds a run; its files
             are replaced as the new run writes them.
         resume: continue the run in `out_dir` (see above). A finished run
@@ -327,6 +368,11 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     if not resume:
         check_out_dir(out_dir, overwrite)
     stage_seconds = {}
+    stages = _stages(config)
+
+    def header(name, detail=""):
+        """Names the stage starting now: `── stage 3/10: head_precomputed (...) ──`."""
+        say(stage_header(list(stages).index(name) + 1, len(stages), name, detail))
 
     def timed(name, fn, *args, **kwargs):
         t = time.time()
@@ -336,7 +382,9 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
 
     if config.seed is not None:
         keras.utils.set_random_seed(int(config.seed))
-    callbacks = []
+    # Keras's progress bar, each epoch numbered in the run (as history.csv).
+    progbar = RunProgbarLogger(sum(stages.values()))
+    callbacks = [progbar]
     log_dir = None
     tensorboard = None
     if config.tensorboard:
@@ -344,6 +392,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         tensorboard = TensorBoardLogger(log_dir, group_names=lambda: _trainable_group_names(learn))
         callbacks.append(tensorboard)
     tfms = tfms_from_model(config.arch, config.image_size)
+    header("load_data", f"read and decode the images of {data_dir}")
     data = timed(
         "load_data",
         ImageClassifierData.from_paths,
@@ -376,6 +425,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     say(f"{len(data.train_paths)} train / {len(data.valid_paths)} valid images, classes {data.classes}, skipped {len(data.skipped)}")
     # What the model sees in the augmented stages (fast.ai `plots` of aug_tfms).
     data.plot_augmented(n=6, path=os.path.join(out_dir, "augmented.png"), images=[0, len(data.train_paths) - 1])
+    header("build", f"{config.arch} with a new head, weights {config.weights}")
     learn = timed(
         "build", ConvLearner.pretrained, config.arch, data, precompute=True,
         weights=config.weights, distribution=replicas,
@@ -398,12 +448,17 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
             stateful=[kept_weights],
         )
 
-    def fit_stage(name, lrs, n_cycle, **kwargs):
+    def fit_stage(name, lrs, n_cycle, detail, **kwargs):
         """One fit, backed up every epoch, skipped when done; its FitRecord."""
         if progress.done(name):
+            header(name, "done before the resume")
             return FitRecord(**progress.result(name)["record"])
+        header(name, f"{stages[name]} epoch{'s' if stages[name] > 1 else ''}, {detail}")
         if tensorboard is not None:
+            # The run's epoch and batch numbers go on from the fits before.
             tensorboard.epochs_logged = len(learn.history)
+            tensorboard.batches_logged = sum(len(r.lr_history) for r in records)
+        progbar.epochs_before, progbar.stage = len(learn.history), name
         kept_weights.stage = name
         timed(
             name, learn.fit, lrs, n_cycle, stage=name, callbacks=[*callbacks, kept_weights],
@@ -416,9 +471,11 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     if config.lr is not None:
         finder, lr = _no_finder(learn), config.lr
     elif progress.done("lr_find"):
+        header("lr_find", "done before the resume")
         finder, lr = LRFindResult(**progress.result("lr_find")["finder"]), progress.result("lr_find")["lr"]
     else:
-        finder = timed("lr_find", learn.lr_find)
+        header("lr_find", "precompute the body's activations, then the LR range test of the head")
+        finder = timed("lr_find", learn.lr_find, verbose=verbose)
         lr = _choose_lr(finder, config.max_lr, floor=config.max_lr / 100) or config.max_lr
         _savefig(finder.plot(ax=_new_axes((6, 4)), mark=lr), os.path.join(out_dir, "lr_find.png"))
         commit("lr_find", {"lr": lr, "finder": finder.to_dict()})
@@ -427,13 +484,16 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     lrs_used = {}
 
     # (3) head on precomputed activations.
-    records.append(fit_stage("head_precomputed", lr, config.head_epochs))
+    records.append(fit_stage("head_precomputed", lr, config.head_epochs, f"LR {lr:.3g}, the head on precomputed activations"))
     lrs_used["head_precomputed"] = [lr]
 
     # (4) head with augmentation, SGDR cycle_len=1.
     learn.precompute = False
     if config.aug_epochs:
-        records.append(fit_stage("head_augmented", lr, config.aug_epochs, cycle_len=1))
+        records.append(fit_stage(
+            "head_augmented", lr, config.aug_epochs, f"LR {lr:.3g}, SGDR cycle_len=1, the head on augmented images",
+            cycle_len=1,
+        ))
         lrs_used["head_augmented"] = [lr]
 
     # (5)-(8) unfreeze, differential LRs, lr_find again, SGDR (cycle_len, cycle_mult).
@@ -444,18 +504,21 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     if config.lr is not None:
         finder2, lr2 = _no_finder(learn), config.lr
     elif progress.done("lr_find_unfrozen"):
+        header("lr_find_unfrozen", "done before the resume")
         found = progress.result("lr_find_unfrozen")
         finder2, lr2 = LRFindResult(**found["finder"]), found["lr"]
     else:
-        finder2 = timed("lr_find_unfrozen", learn.lr_find, group_ratios=ratios)
+        header("lr_find_unfrozen", f"the LR range test of all layers, groups at 1/{config.group_ratio:g} steps")
+        finder2 = timed("lr_find_unfrozen", learn.lr_find, group_ratios=ratios, verbose=verbose)
         lr2 = _choose_lr(finder2, lr, floor=lr / 10) or lr
         _savefig(finder2.plot(ax=_new_axes((6, 4)), mark=lr2), os.path.join(out_dir, "lr_find_unfrozen.png"))
         commit("lr_find_unfrozen", {"lr": lr2, "finder": finder2.to_dict()})
     lrs = [lr2 * r for r in ratios]
     say(f"unfrozen {'' if config.lr is not None else 'lr_find -> '}lrs={[float(f'{x:.3g}') for x in lrs]}")
     records.append(fit_stage(
-        "unfrozen", np.array(lrs), config.unfrozen_cycles, cycle_len=config.cycle_len,
-        cycle_mult=config.cycle_mult,
+        "unfrozen", np.array(lrs), config.unfrozen_cycles,
+        f"LRs {[float(f'{x:.3g}') for x in lrs]}, SGDR cycle_len={config.cycle_len}, cycle_mult={config.cycle_mult}",
+        cycle_len=config.cycle_len, cycle_mult=config.cycle_mult,
     ))
     lrs_used["unfrozen"] = lrs
 
@@ -463,15 +526,12 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     # body (or augmentation) can make things worse, or diverge; then an
     # earlier stage's weights are kept.
     kept = _restore_kept(learn, kept_weights, replicas)
-    n_stage = sum(r["stage"] == kept["stage"] for r in learn.history)
-    say(
-        f"kept the weights of epoch {kept['epoch']} of {len(learn.history)} ({kept['stage']}, "
-        f"its epoch {kept['stage_epoch']} of {n_stage}): the lowest valid loss, {kept['val_loss']:.4f}"
-    )
 
     # Evaluate, TTA.
-    probs, targets = timed("evaluate", learn.predict)
-    tta_probs, _ = timed("tta", learn.TTA, config.n_aug)
+    header("evaluate", f"the kept weights on the {len(data.valid_paths)} validation images")
+    probs, targets = timed("evaluate", learn.predict, verbose=verbose)
+    header("tta", f"the original and {config.n_aug} augmented copies of each validation image")
+    tta_probs, _ = timed("tta", learn.TTA, config.n_aug, verbose=verbose)
     valid_loss = _valid_loss(probs, targets)
     metrics = {
         "valid_accuracy": float((probs.argmax(1) == targets).mean()),
@@ -499,9 +559,9 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     if log_dir is not None:
         metrics["tensorboard"] = os.path.abspath(log_dir)
         say(f"TensorBoard logs in {log_dir}: tensorboard --logdir {log_dir}")
-    say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
 
     # Write the run folder.
+    header("write", "model, predictions, history, plots, report")
     run.write_model(learn)
     # How a photo becomes a model input: read by predict, export, serving.
     data.valid_tfms.framing.save(out_dir)
@@ -524,5 +584,10 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     run.write_metrics(metrics)
     report = write_report(out_dir)
     progress.finish()
+    # fastai's table of the epochs (as history.csv), then the kept epoch and why.
+    for line in epoch_table(learn.history, kept["epoch"]):
+        say(line)
+    say(_kept_reason(kept, learn.history))
+    say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
     say(f"wrote {out_dir} in {metrics['wall_seconds']} s; report: {report}")
     return metrics

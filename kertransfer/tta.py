@@ -9,6 +9,8 @@ new images exactly as the learner scored its validation set.
 
 import numpy as np
 
+from kertransfer.console import counted_batches
+from kertransfer.console import progress_bar
 from kertransfer.distribute import predict_padded
 
 __all__ = ["tta_probs"]
@@ -29,7 +31,8 @@ def tta_probs(model, data, n_aug=4, split="valid", seed=0, probs=None, beta=None
     Probabilities are averaged either way, so multi-label (sigmoid) outputs
     work the same. Under a distribution (`ConvLearner.TTA` runs in the
     learner's), batches are padded to the device count and the outputs
-    trimmed (`kertransfer.distribute.predict_padded`).
+    trimmed (`kertransfer.distribute.predict_padded`). Within
+    `kertransfer.console.progress_bars()`, a progress bar counts the batches.
 
     Args:
         model: `keras.Model` taking raw pixels `(batch, size, size, 3)` in
@@ -87,14 +90,16 @@ def tta_probs(model, data, n_aug=4, split="valid", seed=0, probs=None, beta=None
             "return_all returns every copy's probabilities, so there is no blend "
             "for beta to weight: pass one of beta= and return_all=True."
         )
+    plain = data.fixed_batches(split)
+    bar = progress_bar((int(n_aug) + (probs is None)) * len(plain))
     if probs is None:
-        probs = predict_padded(model, data.fixed_batches(split))
+        probs = predict_padded(model, counted_batches(plain, bar))
     copies = [np.asarray(probs, dtype="float64")]
     for i in range(int(n_aug)):
         batches = data.fixed_batches(
             split, tfms=data.train_tfms, augment=True, seed=seed + i
         )
-        copies.append(np.asarray(predict_padded(model, batches), dtype="float64"))
+        copies.append(np.asarray(predict_padded(model, counted_batches(batches, bar)), dtype="float64"))
     if return_all:
         return np.stack(copies).astype("float32")
     if beta is None:

@@ -120,3 +120,34 @@ def test_lr_find_keeps_its_result_apart_from_the_fits(tiny_data):
     learn.fit(1e-2, 1, verbose=0)
     assert learn.sched is not fit_record and learn.sched.lr_history.shape[1] == 1
     assert learn.lr_finder is finder
+
+
+def test_history_rows_hold_each_epochs_lrs_and_seconds(tiny_data):
+    """`learn.history` (history.csv): the LRs the epoch trained at and its own wall time."""
+    import time
+
+    class SlowEnd(keras.callbacks.Callback):  # a slow save at the end of epoch 2
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                time.sleep(0.3)
+
+    learn = _learner(tiny_data)
+    start = time.time()
+    learn.fit_sgdr(2, 1, lr_max=0.05, callbacks=[SlowEnd()], verbose=0)  # cycle_mult=2: 1 + 2 epochs
+    wall = time.time() - start
+    steps = learn.sched.steps_per_epoch
+    # SGDR written out: a cosine from 0.05 to 0 over each cycle (1, then 2 epochs).
+    cycles = [steps, 2 * steps]
+    want = np.array([0.05 * (1 + math.cos(math.pi * t / n)) / 2 for n in cycles for t in range(n)])
+    rows = learn.history
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    for e, row in enumerate(rows):
+        epoch = want[e * steps : (e + 1) * steps]
+        assert row["learning_rate_head"] == pytest.approx(epoch[-1], rel=1e-5)  # its last batch's (Keras)
+        assert row["lr"] == pytest.approx(epoch.max(), rel=1e-6)  # the largest it trained at
+    assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, want[2 * steps]])
+    # Each epoch's own seconds (the slow end counts in epoch 2), adding up to the fit's.
+    seconds = [r["seconds"] for r in rows]
+    assert len(set(seconds)) == 3 and seconds[1] >= 0.3
+    assert sum(seconds) <= wall
+    assert sum(seconds) == pytest.approx(wall, rel=0.25)

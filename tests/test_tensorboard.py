@@ -28,9 +28,9 @@ def test_fits_write_loss_metrics_and_group_lrs(tiny_data, tmp_path):
 
     train = tensorboard_scalars(tmp_path / "tb" / "train")
     valid = tensorboard_scalars(tmp_path / "tb" / "validation")
-    # One running epoch axis over the three fits.
-    assert [step for step, _ in train["epoch_loss"]] == [0, 1, 2]
-    assert [step for step, _ in valid["epoch_loss"]] == [0, 1, 2]
+    # One running epoch axis over the three fits, numbered as learn.history.
+    assert [step for step, _ in train["epoch_loss"]] == [r["epoch"] for r in learn.history] == [1, 2, 3]
+    assert [step for step, _ in valid["epoch_loss"]] == [1, 2, 3]
     np.testing.assert_allclose(
         [v for _, v in train["epoch_loss"]], [r["loss"] for r in learn.history], rtol=1e-5)
     np.testing.assert_allclose(
@@ -38,11 +38,11 @@ def test_fits_write_loss_metrics_and_group_lrs(tiny_data, tmp_path):
     # Mean LR of each epoch: constant, then a cosine cycle from 1e-2 to ~0
     # (mean ~ half), then the three differential LRs.
     head = dict(train["epoch_lr_head"])
-    assert head[0] == pytest.approx(1e-2)
-    assert 0.3e-2 < head[1] < 0.7e-2
-    assert head[2] == pytest.approx(1e-2)
-    assert train["epoch_lr_group0"] == [(2, pytest.approx(1e-4))]
-    assert train["epoch_lr_group1"] == [(2, pytest.approx(1e-3))]
+    assert head[1] == pytest.approx(1e-2)
+    assert 0.3e-2 < head[2] < 0.7e-2
+    assert head[3] == pytest.approx(1e-2)
+    assert train["epoch_lr_group0"] == [(3, pytest.approx(1e-4))]
+    assert train["epoch_lr_group1"] == [(3, pytest.approx(1e-3))]
     # Keras's own LR scalars: the LR at each epoch's end, named after the
     # layer groups (the same over recompiles), as in `learn.history`.
     lr_tags = {tag for tag in train if tag.startswith("epoch_learning_rate")}
@@ -74,3 +74,32 @@ def test_missing_tensorflow_is_a_clear_error(monkeypatch, tmp_path):
     )
     with pytest.raises(ImportError, match="pip install tensorflow tensorboard"):
         TensorBoardLogger(tmp_path)
+
+
+def _sgdr_closed_form(base, steps, cycle_len, cycle_mult, n_cycle):
+    """LR of each batch of an SGDR fit: a cosine from `base` to 0 per cycle
+    (Loshchilov & Hutter 2017), cycles of `cycle_len * cycle_mult**i` epochs."""
+    lrs = []
+    for i in range(n_cycle):
+        length = cycle_len * cycle_mult**i * steps
+        lrs += [base * (1 + math.cos(math.pi * t / length)) / 2 for t in range(length)]
+    return lrs
+
+
+def test_batch_lrs_over_fits_show_the_sgdr_restarts(tiny_data, tmp_path):
+    """`batch_lr_<group>`: each batch's LR, numbered over the fits, restarts at the base LR."""
+    learn = ConvLearner.pretrained("tiny_cnn", tiny_data, precompute=True, weights=None)
+    tb = TensorBoardLogger(tmp_path / "tb", group_names=["head"])
+    learn.fit(5e-3, 1, callbacks=[tb], verbose=0)  # constant LR
+    first = len(learn.sched.lr_history)
+    learn.fit(1e-2, 2, cycle_len=1, cycle_mult=2, callbacks=[tb], verbose=0)  # 1 + 2 epochs
+    steps = learn.sched.steps_per_epoch
+
+    head = tensorboard_scalars(tmp_path / "tb" / "train")["batch_lr_head"]
+    assert [step for step, _ in head] == list(range(1, first + 3 * steps + 1))
+    want = [5e-3] * first + _sgdr_closed_form(1e-2, steps, 1, 2, 2)
+    np.testing.assert_allclose([v for _, v in head], want, rtol=1e-5)
+    # The restarts: the second fit's first batch, its second cycle's first.
+    values = dict(head)
+    assert values[first + 1] == values[first + steps + 1] == pytest.approx(1e-2)
+    assert values[first + steps] < 1e-2 / 10  # the end of the first cycle, just before

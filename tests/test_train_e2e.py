@@ -212,25 +212,48 @@ def test_batch_size_larger_than_half_the_data_fails_before_the_model_is_built(tm
     assert "has 12. Use --batch-size 6 or less" in err
 
 
-@pytest.mark.slow
-def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path):
-    """`train --tensorboard` logs every stage; report.html shows the real matrix."""
-    out = tmp_path / "run"
-    argv = [
-        "train", str(hymenoptera), "--out", str(out), "--arch", "tiny_cnn", "--image-size", "32",
-        "--batch-size", "16", "--weights", "none", "--head-epochs", "1", "--aug-epochs", "1",
-        "--unfrozen-cycles", "2", "--tta", "1", "--quiet", "--tensorboard",
+def _tiny_train_argv(data_dir, out, *flags):
+    """`kertransfer train` of tiny_cnn at 32 px: 1 augmented epoch, 2 unfrozen cycles (1 + 2 epochs), 1 TTA copy."""
+    return [
+        "train", str(data_dir), "--out", str(out), "--arch", "tiny_cnn", "--image-size", "32",
+        "--batch-size", "16", "--weights", "none", "--aug-epochs", "1", "--unfrozen-cycles", "2",
+        "--tta", "1", *flags,
     ]
-    assert main(argv) == 0
+
+
+@pytest.mark.slow
+def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path, capsys):
+    """`train --tensorboard` logs every stage; report.html shows the real matrix; --quiet hides bars only."""
+    out = tmp_path / "run"
+    assert main(_tiny_train_argv(hymenoptera, out, "--head-epochs", "1", "--quiet", "--tensorboard")) == 0
+    # --quiet: no progress bars, but the stage headers, the table and the results.
+    console = capsys.readouterr().out
+    assert "━" not in console and "Epoch " not in console
+    assert "── stage 10/10: write" in console
+    assert re.search(r"epoch\s+stage\s+train_loss\s+valid_loss\s+accuracy\s+time", console)
+    assert "valid accuracy" in console and "kept the weights of epoch" in console
     train_logs = tensorboard_scalars(out / "tensorboard" / "train")
     valid_logs = tensorboard_scalars(out / "tensorboard" / "validation")
-    # 1 precomputed + 1 augmented + (1 + 2) unfrozen epochs on one axis.
-    assert [step for step, _ in train_logs["epoch_loss"]] == [0, 1, 2, 3, 4]
-    assert [step for step, _ in valid_logs["epoch_loss"]] == [0, 1, 2, 3, 4]
-    assert [step for step, _ in train_logs["epoch_lr_head"]] == [0, 1, 2, 3, 4]
-    assert [step for step, _ in train_logs["epoch_lr_group0"]] == [2, 3, 4]
-    lr0, lr1, lr_head = (dict(train_logs[f"epoch_lr_{g}"])[2] for g in ("group0", "group1", "head"))
+    # 1 precomputed + 1 augmented + (1 + 2) unfrozen epochs on one axis,
+    # numbered as history.csv numbers them.
+    with open(out / "history.csv") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert [step for step, _ in train_logs["epoch_loss"]] == epochs == [1, 2, 3, 4, 5]
+    assert [step for step, _ in valid_logs["epoch_loss"]] == [1, 2, 3, 4, 5]
+    assert [step for step, _ in train_logs["epoch_lr_head"]] == [1, 2, 3, 4, 5]
+    assert [step for step, _ in train_logs["epoch_lr_group0"]] == [3, 4, 5]
+    lr0, lr1, lr_head = (dict(train_logs[f"epoch_lr_{g}"])[3] for g in ("group0", "group1", "head"))
     assert lr0 < lr1 < lr_head  # differential LRs
+    # Each batch's LR, numbered over the fits: the unfrozen fit's first batch
+    # and its second cycle's (SGDR restarts) are at the base LRs.
+    lrs = json.loads((out / "metrics.json").read_text())["lrs"]["unfrozen"]
+    batches = dict(train_logs["batch_lr_head"])
+    assert sorted(batches) == list(range(1, len(batches) + 1))
+    group0 = [step for step, _ in train_logs["batch_lr_group0"]]
+    steps = len(group0) // 3  # 3 unfrozen epochs
+    for restart in (group0[0], group0[0] + steps):
+        assert batches[restart] == pytest.approx(lrs[2], rel=1e-5)
+        assert dict(train_logs["batch_lr_group0"])[restart] == pytest.approx(lrs[0], rel=1e-5)
     assert json.loads((out / "metrics.json").read_text())["tensorboard"] == str(out / "tensorboard")
 
     # report.html's confusion matrix is the interpretation of the TTA
@@ -261,3 +284,124 @@ def test_cli_bn_freeze_flag_reaches_train_config(tmp_path):
     parser = build_parser()
     assert _config(parser.parse_args(["train", str(tmp_path)])).bn_freeze is False
     assert _config(parser.parse_args(["train", str(tmp_path), "--bn-freeze"])).bn_freeze is True
+
+
+class _TimedConsole:
+    """A `sys.stdout` that records when each write comes, and what."""
+
+    def __init__(self):
+        self.writes = []
+
+    def write(self, text):
+        import time
+
+        self.writes.append((time.monotonic(), text))
+        return len(text)
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    @property
+    def text(self):
+        return re.sub(r"\x1b\[[0-9;]*m", "", "".join(text for _, text in self.writes))
+
+
+@pytest.mark.slow  # a whole tiny main job; backend-independent
+def test_cli_console_names_stages_shows_bars_and_ends_with_the_epoch_table(synthetic_folder, tmp_path, monkeypatch):
+    """`kertransfer train` talks: a header per stage, bars while it works, fastai's table at the end.
+
+    The console (stdout) is recorded with the time of each write; the run
+    is the CLI's main job on the tiny synthetic data (tiny_cnn). What it
+    shows must match the run folder: the table and the epoch lines are
+    `history.csv`, the epochs' seconds add up to each stage's time, and
+    the LR columns are the SGDR schedule written out.
+    """
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))  # precompute runs (no cache)
+    console = _TimedConsole()
+    monkeypatch.setattr("sys.stdout", console)
+    out = tmp_path / "run"
+    assert main(_tiny_train_argv(synthetic_folder, out, "--head-epochs", "2", "--seed", "0")) == 0
+    text = console.text
+    lines = [line.split("\r")[-1].replace("\b", "") for line in text.split("\n")]
+    with open(out / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    metrics = json.loads((out / "metrics.json").read_text())
+
+    # A header per stage, in order; the text of each stage up to the next.
+    names = ["load_data", "build", "lr_find", "head_precomputed", "head_augmented", "lr_find_unfrozen",
+             "unfrozen", "evaluate", "tta", "write"]
+    starts = []
+    for i, name in enumerate(names):
+        found = [n for n, line in enumerate(lines) if f"── stage {i + 1}/10: {name}" in line]
+        assert len(found) == 1, (name, text)
+        starts.append(found[0])
+    assert starts == sorted(starts)
+    stage_text = {name: "\n".join(text.split("\n")[a:b]) for name, a, b in zip(names, starts, starts[1:] + [None])}
+    # What a terminal shows: each line as its last rewrite (a bar rewrites its line).
+    stage_lines = {name: lines[a:b] for name, a, b in zip(names, starts, starts[1:] + [None])}
+
+    def finished_bars(name):  # Keras Progbars that reached their target: "k/k ━━━"
+        bars = [re.match(r"\s*(\d+)/(\d+) ━+", line) for line in stage_lines[name]]
+        return [m.groups() for m in bars if m and m[1] == m[2]]
+
+    assert len(finished_bars("load_data")) == 2  # decoding the train and valid images
+    assert "Precomputing train activations" in stage_text["lr_find"]
+    assert "Precomputing valid activations" in stage_text["lr_find"]
+    assert len(finished_bars("lr_find")) == 3  # precompute train, valid, the LR ramp
+    for name in ("head_precomputed", "head_augmented", "lr_find_unfrozen", "unfrozen", "evaluate", "tta"):
+        assert finished_bars(name), (name, stage_text[name])
+    # TTA: one bar over the batches of the original and the 1 augmented copy.
+    valid_batches = 1  # 16 validation images, batches of 16
+    assert finished_bars("tta")[-1] == (str(2 * valid_batches), str(2 * valid_batches))
+
+    # One epoch numbering: the console's epoch lines are history.csv's rows.
+    epochs = re.findall(r"^Epoch (\d+)/(\d+) \((\w+) (\d+)/(\d+)\)$", "\n".join(lines), re.MULTILINE)
+    assert [(int(e), s) for e, _, s, _, _ in epochs] == [(int(r["epoch"]), r["stage"]) for r in rows]
+    assert {int(n) for _, n, _, _, _ in epochs} == {len(rows)} == {6}
+
+    # fastai's table: one row per epoch of history.csv, the kept one starred.
+    head = next(n for n, line in enumerate(lines) if re.search(r"epoch\s+stage\s+train_loss\s+valid_loss\s+accuracy\s+time", line))
+    table = [line.split("] ", 1)[-1].split() for line in lines[head + 1 : head + 1 + len(rows)]]
+    for cells, row in zip(table, rows, strict=True):
+        assert cells[:2] == [row["epoch"], row["stage"]]
+        np.testing.assert_allclose([float(c) for c in cells[2:5]], [float(row[k]) for k in ("loss", "val_loss", "val_accuracy")], atol=1e-6)
+        minutes, seconds = cells[5].split(":")
+        assert int(minutes) * 60 + int(seconds) == round(float(row["seconds"]))
+        assert (cells[6:] == ["*"]) == (row["best"] == "True")
+    kept = metrics["kept"]
+    assert f"kept the weights of epoch {kept['epoch']} of 6 ({kept['stage']}" in text
+    assert "lowest validation loss" in text.split("kept the weights")[-1]
+
+    # history.csv: each epoch's own seconds, adding up to its stage's time.
+    for stage in ("head_precomputed", "head_augmented", "unfrozen"):
+        seconds = [float(r["seconds"]) for r in rows if r["stage"] == stage]
+        assert len(set(seconds)) == len(seconds)
+        assert sum(seconds) <= metrics["stage_seconds"][stage] + 0.01  # rounded to 0.01 there
+        assert sum(seconds) == pytest.approx(metrics["stage_seconds"][stage], rel=0.25)
+    # ... and the LRs each group trained at: SGDR written out, 6 batches an epoch.
+    steps = 6
+
+    def cosine(base, t, length):  # SGDR: from base to 0 over a cycle of `length` batches
+        return base * (1 + np.cos(np.pi * t / length)) / 2
+
+    head_lr = metrics["lrs"]["head_precomputed"][0]
+    unfrozen = dict(zip(("group0", "group1", "head"), metrics["lrs"]["unfrozen"]))
+    for row in rows[:2]:  # constant LR
+        assert float(row["learning_rate_head"]) == pytest.approx(head_lr, rel=1e-6)
+        assert float(row["lr"]) == pytest.approx(head_lr, rel=1e-6)
+        assert row["learning_rate_group0"] == ""  # the body did not train
+    assert float(rows[2]["learning_rate_head"]) == pytest.approx(cosine(head_lr, steps - 1, steps), rel=1e-5)
+    assert float(rows[2]["lr"]) == pytest.approx(head_lr, rel=1e-6)
+    # Unfrozen, cycles of 1 then 2 epochs: each epoch's last batch, per group.
+    for row, (t, length) in zip(rows[3:], [(steps - 1, steps), (steps - 1, 2 * steps), (2 * steps - 1, 2 * steps)]):
+        for group, base in unfrozen.items():
+            assert float(row[f"learning_rate_{group}"]) == pytest.approx(cosine(base, t, length), rel=1e-5)
+    assert [float(r["lr"]) for r in rows[3:]] == pytest.approx(
+        [unfrozen["head"], unfrozen["head"], cosine(unfrozen["head"], steps, 2 * steps)], rel=1e-6)
+
+    # The longest silence of the console (for information: no timing assert).
+    times = [t for t, _ in console.writes]
+    print(f"console: {len(times)} writes, longest gap {max(np.diff(times)):.1f} s")

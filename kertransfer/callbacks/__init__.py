@@ -6,6 +6,7 @@ from kertransfer.callbacks.checkpoint import FitCheckpoint
 from kertransfer.callbacks.lr_finder import LRFinder
 from kertransfer.callbacks.lr_finder import raw_batch_losses
 from kertransfer.callbacks.one_cycle import OneCycle
+from kertransfer.callbacks.run_progbar import RunProgbarLogger
 from kertransfer.callbacks.sgdr import SGDR
 from kertransfer.callbacks.step_schedule import StepSchedule
 from kertransfer.callbacks.tensorboard import TensorBoardLogger
@@ -17,6 +18,7 @@ __all__ = [
     "KeepBestWeights",
     "LRFinder",
     "OneCycle",
+    "RunProgbarLogger",
     "StepSchedule",
     "TensorBoardLogger",
     "raw_batch_losses",

@@ -29,6 +29,7 @@ import os
 
 import numpy as np
 
+from kertransfer.console import progress_bar
 from kertransfer.images import DECODE_VERSION
 from kertransfer.images import decode_image
 from kertransfer.images import probe_image
@@ -248,8 +249,13 @@ def check_files(paths, store, num_workers):
         except Exception as e:  # Pillow raises many types on bad files.
             return f"{type(e).__name__}: {e}"
 
+    # Within `kertransfer.console.progress_bars()`: a bar over the files.
+    bar = progress_bar(len(paths), unit_name="image")
+    errors = []
     with concurrent.futures.ThreadPoolExecutor(max(1, int(num_workers))) as pool:
-        errors = list(pool.map(work, paths))
+        for error in pool.map(work, paths):
+            errors.append(error)
+            bar.update(len(errors))
     kept = [i for i, error in enumerate(errors) if error is None]
     skipped = [(paths[i], error) for i, error in enumerate(errors) if error is not None]
     return kept, skipped

@@ -52,7 +52,8 @@ def export(
         images: validation images (folder or list). Defaults to
             `predictions.npz`.
         overwrite: replace an existing SavedModel version.
-        print_fn: prints the report table; `None` for silence.
+        print_fn: prints each step and the report table; `None` for
+            silence.
 
     Returns:
         The report dict, with `report_path` and `artifacts` paths.
@@ -111,8 +112,10 @@ def export(
         if print_fn is not None:
             print_fn(format_report(report))
         return report
+    say = print_fn or (lambda message: None)
     artifacts = []
     if "saved_model" in formats:
+        say("writing the TF Serving SavedModel")
         artifacts.append(saved_model(
             run_dir, os.path.join(out_dir, "serving"), name=name,
             version=version, overwrite=overwrite))
@@ -120,12 +123,15 @@ def export(
         litert_dir = os.path.join(out_dir, "litert")
         for q in [None] + [q for q in QUANTIZATIONS[1:] if q in quantize]:
             filename = "model.tflite" if q is None else f"model_{q}.tflite"
+            say(f"converting to LiteRT: {filename}")
             artifacts.append(tflite(
                 run_dir, os.path.join(litert_dir, filename), quantize=q,
                 representative_images=representative_images))
     if "onnx" in formats:
+        say("converting to ONNX")
         artifacts.append(onnx(run_dir, os.path.join(out_dir, "onnx",
                                                     "model.onnx")))
+    say(f"validating {len(artifacts)} export(s) against the learner's predictions")
     return validate(
         run_dir, artifacts, images=images,
         report_path=os.path.join(out_dir, REPORT_NAME), print_fn=print_fn,

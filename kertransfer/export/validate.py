@@ -16,6 +16,7 @@ import warnings
 import keras
 import numpy as np
 
+from kertransfer.console import progress_bar
 from kertransfer.export._common import REPORT_NAME
 from kertransfer.export._common import ExportWarning
 from kertransfer.export._common import _import_tensorflow
@@ -423,11 +424,13 @@ def _onnx_rows(artifact, pixels, reference, labels, weights_bytes,
         artifact, options, providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     probabilities, timings = [], []
+    bar = progress_bar(len(pixels), unit_name="image")  # within progress_bars()
     for image in pixels:
         start = time.perf_counter()
         probabilities.append(session.run(
             None, {input_name: image[None]})[0])
         timings.append(time.perf_counter() - start)
+        bar.add(1)
     row = {"name": "onnx:float32", "format": "onnx",
            "quantize": None, "path": artifact,
            "runtime": f"onnxruntime {onnxruntime.__version__} "
@@ -489,11 +492,13 @@ def _tflite_row(artifact, pixels, reference, labels, max_timed_images):
     quantize = _tflite_quantization(artifact)
     interpreter, runtime = _interpreter(artifact)
     probabilities, timings = [], []
+    bar = progress_bar(len(pixels), unit_name="image")  # within progress_bars()
     for image in pixels:
         start = time.perf_counter()
         probabilities.append(_run_interpreter(interpreter,
                                               image[None]))
         timings.append(time.perf_counter() - start)
+        bar.add(1)
     probabilities = np.concatenate(probabilities)
     row = {"name": f"tflite:{quantize or 'float32'}",
            "format": "tflite", "quantize": quantize,
