@@ -140,7 +140,7 @@ def build_parser():
     p.add_argument(
         "data_dir",
         help="folder with train/<class>/* and valid/<class>/* (or val/), or Keras's <class>/* "
-        "(--val-pct held out)",
+        "(--val-pct held out), or with --csv the folder holding --folder",
     )
     p.add_argument("--out", default=None, help="run folder (default runs/<data folder name>)")
     _train_args(p)
@@ -151,7 +151,8 @@ def build_parser():
     p = sub.add_parser(
         "predict",
         help="classify images with a trained run folder",
-        description="Top-k classes of images under a run folder's model.keras, with "
+        description="Top-k classes of images under a run folder's model.keras (for a "
+        "multi-label run, every tag above the run's threshold), with "
         "the run's validation transforms (center crop). Folders are searched for "
         "images; unreadable files are reported and skipped. Exit status 1 only if "
         "nothing could be predicted.",
@@ -165,7 +166,7 @@ def build_parser():
         default=None,
         help="TTA augmented copies; given alone, turns TTA on (0: plain prediction; default 4 with --tta)",
     )
-    p.add_argument("--top-k", type=positive_int, default=None, help="classes per image (default 3, at most the number of classes)")
+    p.add_argument("--top-k", type=positive_int, default=None, help="classes per image (default 3, at most the number of classes; single-label runs)")
     p.add_argument("--csv", default=None, metavar="OUT.csv", help="also write all rows, errors included, to this CSV file")
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per batch (default 32)")
     p.add_argument("--seed", type=int, default=0, help="TTA augmentation seed (default 0)")

@@ -108,7 +108,8 @@ class TrainConfig:
             same backend and machine; other hardware may differ slightly.
         val_pct: fraction of the images held out (seeded) for validation
             when the data folder has no `valid/`/`val/` folder (Keras's
-            `DATA_DIR/<class>/*` layout, or `train/` alone).
+            `DATA_DIR/<class>/*` layout, or `train/` alone), or of the
+            CSV's rows with `csv`.
         cache: where decoded images live: `"auto"` (memory up to 2 GB,
             else streamed), `"memory"`, `"disk"` or None (streamed); see
             `ImageClassifierData.from_paths`.
@@ -126,7 +127,18 @@ class TrainConfig:
             no `lr_find` runs.
         max_images: None, or at most this many images per split (training,
             validation), drawn seeded and spread evenly over the classes: a
-            quick smoke run of the whole recipe.
+            quick smoke run of the whole recipe (not with `csv`).
+        csv: None (class folders), or a multi-label CSV of Kaggle Planet's
+            format (`image_name,tags`, tags space-separated; a file name
+            inside the data folder, or a path): the images are
+            `<data_dir>/<folder>/<image_name><suffix>`, `val_pct` of the rows
+            are held out (seeded), and the run trains a sigmoid head with
+            binary cross-entropy, scored by F2 at the threshold `opt_th`
+            chooses on the validation set (fast.ai lesson 2's Planet).
+        folder: with `csv`, the image folder inside the data folder.
+        suffix: with `csv`, what follows each `image_name` in its file name.
+        per_tag_threshold: with `csv`, choose one threshold per tag
+            (`opt_th(per_class=True)`) instead of one for all tags.
 
     Raises:
         ValueError: on a setting out of its range (naming it), an `arch`
@@ -175,7 +187,7 @@ class TrainConfig:
     )
     val_pct: float = _setting(
         0.2, "fraction held out for validation (seeded) when DATA_DIR has no valid/ or val/ folder, "
-        "e.g. Keras's DATA_DIR/<class>/* layout", _Rule(float, "in (0, 1)", lambda v: 0 < v < 1),
+        "e.g. Keras's DATA_DIR/<class>/* layout, or of the rows of --csv", _Rule(float, "in (0, 1)", lambda v: 0 < v < 1),
     )
     cache: str = _setting(
         "auto", "where decoded images live: memory, a disk cache, or none (decoded for every batch); "
@@ -200,6 +212,17 @@ class TrainConfig:
         None, "a quick smoke run: at most N images per split, drawn seeded and spread over the classes "
         "(default: all)", _Rule(int, "an integer >= 1", lambda v: v >= 1, optional=True), metavar="N",
     )
+    csv: str = _setting(
+        None, "multi-label data: a CSV of Kaggle Planet's format (image_name,tags with space-separated "
+        "tags), in DATA_DIR or a path; images are DATA_DIR/FOLDER/<image_name>SUFFIX; trains a sigmoid "
+        "head scored by F2 (default: class folders, single-label)", metavar="LABELS.csv",
+    )
+    folder: str = _setting("train-jpg", "with --csv: the image folder inside DATA_DIR", metavar="FOLDER")
+    suffix: str = _setting(".jpg", "with --csv: appended to each image_name to name its file", metavar="SUFFIX")
+    per_tag_threshold: bool = _setting(
+        False, "with --csv: choose one threshold per tag on the validation set (default: one for all tags)",
+        action="store_true",
+    )
 
     def __post_init__(self):
         # Checked here, before any image is read (not after minutes of training).
@@ -215,12 +238,31 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig cache must be 'auto', 'memory', 'disk' or None. Received cache={self.cache!r}."
             )
+        if self.csv is None:
+            given = [
+                f"{name}={getattr(self, name)!r} (--{name.replace('_', '-')})"
+                for name in ("folder", "suffix", "per_tag_threshold")
+                if getattr(self, name) != _DEFAULTS[name]
+            ]
+            if given:
+                raise ValueError(
+                    f"TrainConfig {', '.join(given)} only applies to multi-label data read from a CSV: "
+                    "pass csv='labels.csv' (--csv labels.csv) too, or leave them out."
+                )
+        elif self.max_images is not None:
+            raise ValueError(
+                f"TrainConfig max_images={self.max_images} (--max-images) is not supported with "
+                f"csv={self.csv!r} (--csv) yet: leave it out, or write a CSV of fewer rows."
+            )
         if self.max_images is not None and self.max_images < 2 * self.batch_size:
             raise ValueError(
                 f"max_images={self.max_images} (--max-images) leaves fewer than two batches of "
                 f"batch_size={self.batch_size} (--batch-size) for training: pass --max-images "
                 f"{2 * self.batch_size} or more, or a smaller --batch-size."
             )
+
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
 
 def add_config_flags(parser):

@@ -10,7 +10,7 @@ metric is `kertransfer.fbeta_score.SamplesFBetaScore`.
 
 import numpy as np
 
-__all__ = ["check_multi_hot", "fbeta", "fbeta_from_counts", "opt_th"]
+__all__ = ["binary_cross_entropy", "check_multi_hot", "fbeta", "fbeta_from_counts", "opt_th"]
 
 DEFAULT_THRESHOLDS = np.arange(0.05, 0.95, 0.01)
 
@@ -61,6 +61,30 @@ def check_multi_hot(probs, targets, name):
     if not np.all((targets == 0) | (targets == 1)):
         raise ValueError(f"{name} expects targets of 0s and 1s (multi-hot).")
     return probs, targets.astype(bool)
+
+
+def binary_cross_entropy(probs, targets, epsilon=1e-7):
+    """Per-item binary cross-entropy, averaged over tags (Keras's clip).
+
+    `-mean_j(t_j log p_j + (1 - t_j) log(1 - p_j))` with `p` clipped to
+    `[epsilon, 1 - epsilon]`, as `keras.losses.binary_crossentropy`
+    computes it from probabilities: the loss a multi-label (sigmoid) model
+    trains with.
+
+    Args:
+        probs: float array `(num_items, num_tags)` of tag probabilities.
+        targets: multi-hot array `(num_items, num_tags)` of 0/1.
+        epsilon: clipping constant (`keras.config.epsilon()`).
+
+    Returns:
+        float64 array `(num_items,)`.
+
+    Raises:
+        ValueError: if shapes disagree or targets are not 0/1.
+    """
+    probs, true = check_multi_hot(probs, targets, "binary_cross_entropy")
+    p = np.clip(probs, epsilon, 1 - epsilon)
+    return -np.mean(np.where(true, np.log(p), np.log(1 - p)), axis=1)
 
 
 def _samples_fbeta(pred, true, beta):

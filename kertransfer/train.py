@@ -19,9 +19,13 @@ from kertransfer.console import epoch_table
 from kertransfer.console import progress_bars
 from kertransfer.console import stage_header
 from kertransfer.data import ImageClassifierData
+from kertransfer.data.sources import read_csv
 from kertransfer.distribute import resolve_distribution
 from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
+from kertransfer.metrics import binary_cross_entropy
+from kertransfer.metrics import fbeta
+from kertransfer.metrics import opt_th
 from kertransfer.progress import RunProgress
 from kertransfer.recorder import FitRecord
 from kertransfer.recorder import LRFindResult
@@ -51,8 +55,68 @@ def _choose_lr(result, cap, floor=0.0):
 
 
 def _valid_loss(probs, targets, eps=1e-7):
-    """Mean cross-entropy of `(n, num_classes)` probabilities (Keras's clip)."""
+    """Mean cross-entropy of `(n, num_classes)` probabilities (Keras's clip).
+
+    Binary cross-entropy, averaged over tags and items, for multi-hot
+    `targets` `(n, num_classes)` (the loss a multi-label run trains).
+    """
+    if np.ndim(targets) == 2:
+        return float(np.mean(binary_cross_entropy(probs, targets, eps)))
     return float(-np.mean(np.log(np.clip(probs[np.arange(len(targets)), targets], eps, 1))))
+
+
+def _read_data(data_dir, config, tfms):
+    """The run's data: class folders, or a multi-label CSV with `config.csv`.
+
+    Raises:
+        FileNotFoundError: if the CSV, its image folder or an image it
+            names is missing (the missing files listed).
+        ValueError: on a CSV with one label in every row (single-label
+            data), before any image is decoded.
+    """
+    kwargs = {"batch_size": config.batch_size, "tfms": tfms, "val_pct": config.val_pct, "cache": config.cache}
+    if config.csv is None:
+        return ImageClassifierData.from_paths(data_dir, max_images=config.max_images, **kwargs)
+    # Read once without pixels: a wrong CSV fails before any decode.
+    listing = read_csv(data_dir, config.folder, config.csv, suffix=config.suffix, val_pct=config.val_pct, multi_label=True)
+    tags = np.concatenate([listing.splits["train"][1], listing.splits["valid"][1]])
+    if np.all(tags.sum(axis=1) == 1):
+        raise ValueError(
+            f"The label CSV {config.csv!r} (--csv, in {data_dir}) has exactly one label in each of its "
+            f"{len(tags)} rows: single-label data. `kertransfer train --csv` trains multi-label data "
+            "(space-separated tags, Kaggle Planet's image_name,tags). For single-label images, put "
+            "them in class folders (DATA_DIR/train/<class>/*, or DATA_DIR/<class>/*) and leave --csv out."
+        )
+    return ImageClassifierData.from_csv(
+        data_dir, config.folder, config.csv, suffix=config.suffix, multi_label=True, **kwargs
+    )
+
+
+def _train_dir(data_dir, config):
+    """The folder of the training images (a CSV's image folder holds the validation ones too)."""
+    if config.csv is not None:
+        return os.path.join(data_dir, config.folder)
+    return os.path.join(data_dir, "train") if os.path.isdir(os.path.join(data_dir, "train")) else data_dir
+
+
+def _multi_label_scores(probs, tta_probs, targets, per_tag):
+    """`metrics.json`'s scores of a multi-label run.
+
+    F2 (samples-averaged, Kaggle Planet's metric) of the plain and TTA
+    validation predictions, at 0.5 and at the threshold(s) `opt_th` chooses
+    on the plain predictions (those `predict` and the exports give, with
+    no TTA), as fast.ai lesson 2 tunes its threshold on the validation set.
+    """
+    chosen = np.round(np.broadcast_to(opt_th(probs, targets, per_class=per_tag), probs.shape[1:]), 4)
+    return {
+        "multi_label": True,
+        "valid_f2": fbeta(probs, targets, threshold=chosen),
+        "tta_f2": fbeta(tta_probs, targets, threshold=chosen),
+        "valid_f2_at_0.5": fbeta(probs, targets, threshold=0.5),
+        "tta_f2_at_0.5": fbeta(tta_probs, targets, threshold=0.5),
+        "thresholds": [float(t) for t in chosen],
+        "per_tag_threshold": bool(per_tag),
+    }
 
 
 def _trainable_group_names(learn):
@@ -284,8 +348,19 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     `stage_seconds`; `metrics["resumed"]` counts the resumes. A finished
     run leaves `progress.json` (`"finished": true`) and no `checkpoint/`.
 
+    Multi-label data (`config.csv`, Kaggle Planet's `image_name,tags`):
+    the same steps with a sigmoid head and binary cross-entropy (the kept
+    epoch is still the lowest validation loss); `metrics.json` then holds
+    `multi_label: true`, `valid_f2`/`tta_f2` (F2 at the chosen thresholds),
+    `valid_f2_at_0.5`/`tta_f2_at_0.5`, `thresholds` (one per tag, in
+    `classes` order, chosen by `opt_th` on the plain validation
+    predictions; `per_tag_threshold` says whether they may differ) instead
+    of the accuracies, and `predictions.npz` multi-hot `targets`.
+
     Args:
-        data_dir: fast.ai-layout folder (`train/<class>/*`, `valid|val/...`).
+        data_dir: fast.ai-layout folder (`train/<class>/*`, `valid|val/...`),
+            Keras's `<class>/*`, or with `config.csv` the folder holding
+            the CSV's image folder (`config.folder`).
         out_dir: run folder (created; deleted again if the run fails
             before its first epoch or step is saved). Every file is written
             under a temporary name and renamed into place
@@ -393,16 +468,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         callbacks.append(tensorboard)
     tfms = tfms_from_model(config.arch, config.image_size)
     header("load_data", f"read and decode the images of {data_dir}")
-    data = timed(
-        "load_data",
-        ImageClassifierData.from_paths,
-        data_dir,
-        batch_size=config.batch_size,
-        tfms=tfms,
-        val_pct=config.val_pct,
-        cache=config.cache,
-        max_images=config.max_images,
-    )
+    data = timed("load_data", _read_data, data_dir, config, tfms)
     n_train = len(data.train_index)
     if n_train // config.batch_size < 2:
         # lr_find needs two full batches; say so before the model is built.
@@ -533,16 +599,20 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     header("tta", f"the original and {config.n_aug} augmented copies of each validation image")
     tta_probs, _ = timed("tta", learn.TTA, config.n_aug, verbose=verbose)
     valid_loss = _valid_loss(probs, targets)
+    if data.is_multi:
+        scores = _multi_label_scores(probs, tta_probs, targets, config.per_tag_threshold)
+    else:
+        scores = {
+            "valid_accuracy": float((probs.argmax(1) == targets).mean()),
+            "tta_accuracy": float((tta_probs.argmax(1) == targets).mean()),
+        }
     metrics = {
-        "valid_accuracy": float((probs.argmax(1) == targets).mean()),
-        "tta_accuracy": float((tta_probs.argmax(1) == targets).mean()),
+        **scores,
         "valid_loss": valid_loss,
         "classes": data.classes,
         "data_dir": os.path.abspath(data_dir),
         # Training images, e.g. for int8 calibration by `kertransfer export`.
-        "train_dir": os.path.abspath(
-            os.path.join(data_dir, "train") if os.path.isdir(os.path.join(data_dir, "train")) else data_dir
-        ),
+        "train_dir": os.path.abspath(_train_dir(data_dir, config)),
         "arch": config.arch,
         "image_size": config.image_size,
         "crop_pct": data.valid_tfms.crop_pct,
@@ -588,6 +658,12 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     for line in epoch_table(learn.history, kept["epoch"]):
         say(line)
     say(_kept_reason(kept, learn.history))
-    say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
+    if data.is_multi:
+        say(
+            f"valid F2 {metrics['valid_f2']:.4f}, TTA F2 {metrics['tta_f2']:.4f} at threshold(s) "
+            f"{sorted(set(metrics['thresholds']))} (at 0.5: {metrics['valid_f2_at_0.5']:.4f})"
+        )
+    else:
+        say(f"valid accuracy {metrics['valid_accuracy']:.4f}, TTA accuracy {metrics['tta_accuracy']:.4f}")
     say(f"wrote {out_dir} in {metrics['wall_seconds']} s; report: {report}")
     return metrics
