@@ -20,7 +20,10 @@ import numpy as np
 import pandas as pd
 
 from kertransfer.interpret_plots import InterpretationPlots
+from kertransfer.interpret_plots import MultiLabelPlots
+from kertransfer.metrics import DEFAULT_THRESHOLDS
 from kertransfer.metrics import check_multi_hot
+from kertransfer.metrics import fbeta
 from kertransfer.metrics import fbeta_from_counts
 
 __all__ = [
@@ -446,7 +449,7 @@ class ClassificationInterpretation(InterpretationPlots):
         return frame.astype({"support": np.int64})
 
 
-class MultiLabelInterpretation:
+class MultiLabelInterpretation(MultiLabelPlots):
     """Per-tag quality of a multi-label (sigmoid) classifier at thresholds.
 
     An item has a tag when its probability is strictly above the tag's
@@ -583,3 +586,22 @@ class MultiLabelInterpretation:
         fp = (pred & ~true).sum(axis=axis)
         fn = (~pred & true).sum(axis=axis)
         return float(np.mean(self._fbeta(tp, fp, fn, beta)))
+
+    def fbeta_curve(self, thresholds=DEFAULT_THRESHOLDS, beta=2):
+        """Samples-averaged F-beta with every tag at each candidate threshold.
+
+        The curve `kertransfer.metrics.opt_th` takes the maximum of (with
+        the same default candidates, 0.05 to 0.94 by 0.01); it shows how
+        much the choice of threshold matters, and how flat the optimum is.
+
+        Args:
+            thresholds: 1-D candidate thresholds.
+            beta: weight of recall; the column is named `f{beta}` (`f2`).
+
+        Returns:
+            DataFrame with columns `threshold` and `f{beta}`, one row per
+            candidate.
+        """
+        thresholds = np.asarray(thresholds, dtype=np.float64).reshape(-1)
+        scores = [fbeta(self.probs, self.targets, beta, threshold) for threshold in thresholds]
+        return pd.DataFrame({"threshold": thresholds, f"f{beta:g}": scores})

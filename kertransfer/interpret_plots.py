@@ -18,7 +18,7 @@ from kertransfer.images import frame_image
 from kertransfer.images import frame_images
 from kertransfer.images import load_thumbnail
 
-__all__ = ["InterpretationPlots", "placeholder_figure"]
+__all__ = ["InterpretationPlots", "MultiLabelPlots", "placeholder_figure"]
 
 
 def placeholder_figure(message):
@@ -235,3 +235,39 @@ class InterpretationPlots:
         name = self.class_names[self.class_index(cls)]
         return self.plot_images(self.most_uncertain(cls, k),
                                 title=f"Most uncertain {name}", ncols=ncols, figsize=figsize)
+
+
+class MultiLabelPlots:
+    """Plot methods of `kertransfer.interpret.MultiLabelInterpretation` (a mixin).
+
+    Expects `thresholds` and the compute method `fbeta_curve`.
+    """
+
+    def plot_fbeta_curve(self, beta=2, ax=None, label=None, figsize=(6, 4)):
+        """Draws F-beta against one threshold for all tags; marks the interpretation's threshold.
+
+        Args:
+            beta: weight of recall (2: Planet's F2).
+            ax: matplotlib axes to draw on (e.g. to compare plain and TTA
+                predictions on one plot); a new figure if None.
+            label: legend label of the curve.
+            figsize: `(width, height)` in inches of a new figure.
+
+        Returns:
+            The matplotlib axes.
+        """
+        import matplotlib.pyplot as plt
+
+        curve = self.fbeta_curve(beta=beta)
+        name = f"f{beta:g}"
+        if ax is None:
+            _, ax = plt.subplots(figsize=figsize)
+        line, = ax.plot(curve["threshold"], curve[name], label=label or name.upper())
+        if np.all(self.thresholds == self.thresholds[0]):  # one threshold for all tags: mark it
+            at = float(self.thresholds[0])
+            ax.axvline(at, color=line.get_color(), linestyle=":", label=f"threshold {at:g}")
+        ax.set_xlabel("threshold (all tags)")
+        ax.set_ylabel(f"F{beta:g} (samples)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        return ax

@@ -5,13 +5,16 @@
 data URI, no external resources, so it can be mailed, archived or opened
 offline. Run folder contract (all written by the trainer):
 
-- `metrics.json` (required): `valid_accuracy`, `tta_accuracy`, `valid_loss`,
+- `metrics.json` (required): `valid_accuracy`, `tta_accuracy` (multi-label:
+  `multi_label`, `valid_f2`, `tta_f2`, `valid_f2_at_0.5`, `tta_f2_at_0.5`,
+  `thresholds`), `valid_loss`,
   `classes`, `arch`, `image_size`, `lrs` ({stage: [per-group LR]}),
   `stage_seconds` ({stage: seconds}), `wall_seconds`, `dataset`
   (`train_counts`, `valid_counts`: {class: n}; `skipped`: [path]);
   optionally `kept` (the epoch whose weights the run kept: `stage`,
   `epoch` of the run, `stage_epoch`, `val_loss`).
-- `predictions.npz` (required): `probs` (n, c), `targets` (n,), and
+- `predictions.npz` (required): `probs` (n, c), `targets` (n,) (multi-label:
+  multi-hot (n, c)), and
   optionally `tta_probs` (n, c) and `paths` (n,) as a str array.
 - `history.csv` (optional): one row per epoch, columns `epoch`, `stage`,
   `loss`, `accuracy`, `val_loss`, `val_accuracy`, `best` (True on the
@@ -36,7 +39,10 @@ import numpy as np
 import pandas as pd
 
 from kertransfer.interpret import ClassificationInterpretation
+from kertransfer.interpret import MultiLabelInterpretation
 from kertransfer.interpret import cross_entropy
+from kertransfer.metrics import binary_cross_entropy
+from kertransfer.metrics import fbeta
 from kertransfer.report_html import IMAGE_CHECK_SCRIPT
 from kertransfer.report_html import STYLE
 from kertransfer.report_html import esc
@@ -64,9 +70,11 @@ def _describe_kept(kept):
 
 
 def _summary_section(metrics, predictions, run_dir):
+    scores = ("valid F2", "valid_f2"), ("TTA F2", "tta_f2")
+    if not metrics.get("multi_label"):
+        scores = ("valid accuracy", "valid_accuracy"), ("TTA accuracy", "tta_accuracy")
     cards = [
-        ("valid accuracy", format_number(metrics.get("valid_accuracy"))),
-        ("TTA accuracy", format_number(metrics.get("tta_accuracy"))),
+        *((label, format_number(metrics.get(key))) for label, key in scores),
         ("valid loss", format_number(metrics.get("valid_loss"))),
         ("wall time", format_seconds(metrics.get("wall_seconds"))),
     ]
@@ -165,14 +173,15 @@ def plot_history(history, kept=None, figsize=None):
     Args:
         history: `history.csv` as a DataFrame, or `learn.history` (a list
             of dicts): columns `epoch` (of the run), `stage`, `loss`,
-            `val_loss`, `accuracy`, `val_accuracy` (those present are drawn).
+            `val_loss`, `accuracy`, `val_accuracy`, or a multi-label run's
+            `f2`, `val_f2` (those present are drawn).
         kept: `metrics["kept"]` (`epoch`, ...): a star marks that epoch's
             validation loss, labelled "kept".
         figsize: `(width, height)` in inches (default 5.5 x 3.8 per panel).
 
     Returns:
-        The matplotlib figure: a loss panel and an accuracy panel, stage
-        boundaries dotted and stage names on top.
+        The matplotlib figure: a loss panel and an accuracy (or F2) panel,
+        stage boundaries dotted and stage names on top.
     """
     import matplotlib.pyplot as plt
 
@@ -180,6 +189,7 @@ def plot_history(history, kept=None, figsize=None):
     panels = [
         ("loss", [c for c in ("loss", "val_loss") if c in history]),
         ("accuracy", [c for c in ("accuracy", "val_accuracy") if c in history]),
+        ("F2", [c for c in ("f2", "val_f2") if c in history]),  # multi-label runs
     ]
     panels = [(name, cols) for name, cols in panels if cols]
     fig, axes = plt.subplots(1, len(panels), figsize=figsize or (5.5 * len(panels), 3.8),
@@ -268,6 +278,62 @@ def _accuracy_section(metrics, predictions):
     if "tta_probs" not in predictions:
         parts.append(note("predictions.npz has no tta_probs; no TTA row."))
     return section("accuracy", "Plain vs TTA accuracy", parts)
+
+
+def _f2_section(metrics, predictions):
+    """A multi-label run's F2 at 0.5 and at its thresholds, plain and TTA."""
+    targets = predictions["targets"]
+    thresholds = np.asarray(metrics.get("thresholds", 0.5), dtype=np.float64)
+    rows = {}
+    for label, key, prefix in (("plain", "probs", "valid"), ("TTA", "tta_probs", "tta")):
+        probs = predictions.get(key)
+        rows[label] = {
+            "F2 at 0.5 (metrics.json)": metrics.get(f"{prefix}_f2_at_0.5"),
+            "F2 at the threshold(s) (metrics.json)": metrics.get(f"{prefix}_f2"),
+            "F2 at the threshold(s) (predictions.npz)": (
+                None if probs is None else fbeta(probs, targets, threshold=thresholds)),
+            "binary cross-entropy (predictions.npz)": (
+                None if probs is None else float(np.mean(binary_cross_entropy(probs, targets)))),
+        }
+    frame = pd.DataFrame.from_dict(rows, orient="index").astype(float)
+    kind = "one per tag" if metrics.get("per_tag_threshold") else "one for all tags"
+    parts = [
+        ("<p>F2 (Kaggle Planet's metric: per image, recall weighted 4x over precision, then "
+         f"averaged over images) at 0.5 and at the threshold(s) ({kind}) chosen on the plain "
+         "validation predictions (<code>opt_th</code>, as fast.ai lesson 2): those "
+         "<code>kertransfer predict</code> and the exports apply.</p>"),
+        table(frame, table_id="f2-scores"),
+    ]
+    if "tta_probs" not in predictions:
+        parts.append(note("predictions.npz has no tta_probs; no TTA row."))
+    return section("f2", "F2, plain vs TTA", parts)
+
+
+def _per_tag_section(metrics, predictions, class_names):
+    """Per-tag precision, recall and F2, and the F2-vs-threshold curve."""
+    import matplotlib.pyplot as plt
+
+    thresholds = metrics.get("thresholds", 0.5)
+    targets = predictions["targets"]
+    plain = MultiLabelInterpretation(predictions["probs"], targets, class_names, thresholds)
+    use_tta = "tta_probs" in predictions
+    interp = MultiLabelInterpretation(predictions["tta_probs"], targets, class_names, thresholds) if use_tta else plain
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    plain.plot_fbeta_curve(ax=ax, label="F2, plain")
+    if use_tta:
+        interp.plot_fbeta_curve(ax=ax, label="F2, TTA")
+    fig.tight_layout()
+    parts = [
+        (f"<p>From the {'TTA' if use_tta else 'plain'} predictions: a tag is predicted when its "
+         "probability is above its threshold. Precision, recall and F2 of each tag over the "
+         "validation images; support: the images having the tag.</p>"),
+        table(interp.per_class_report(), table_id="per-tag-report"),
+        "<h3>F2 against the threshold</h3>",
+        "<p>Every tag at one threshold; dotted, the run's threshold.</p>",
+        img(figure_png(fig), "F2 against the threshold"),
+        note("Confusion matrices, image grids and Grad-CAM are drawn for single-label runs only."),
+    ]
+    return section("per-tag", "Per-tag precision, recall and F2", parts)
 
 
 def _confusion_table(interp, normalize=False):
@@ -423,6 +489,13 @@ def write_report(run_dir, filename="report.html", num_images=4,
     summary and the loss plot name the epoch whose weights the run kept.
     Interpretation uses the TTA predictions when `predictions.npz` has them.
 
+    A multi-label run (`metrics.json` `multi_label: true`, multi-hot
+    `targets`) gets, instead of accuracies, confusion matrix, image grids
+    and Grad-CAM: F2 at 0.5 and at the run's `thresholds`, plain and TTA
+    (`id="f2-scores"`), precision, recall and F2 per tag
+    (`id="per-tag-report"`, `MultiLabelInterpretation.per_class_report`)
+    and F2 against one threshold for all tags, the run's marked.
+
     Args:
         run_dir: the run folder (see the module docstring for its files).
         filename: name of the report written inside `run_dir`.
@@ -465,6 +538,18 @@ def write_report(run_dir, filename="report.html", num_images=4,
         )
     if class_names is None:
         class_names = [str(i) for i in range(np.shape(probs)[-1])]
+    title = f"kertransfer report: {metrics.get('arch', 'model')} ({run_dir.name})"
+    if metrics.get("multi_label"):
+        sections = [
+            _summary_section(metrics, predictions, run_dir),
+            _dataset_section(metrics, class_names, run_dir),
+            _lr_section(metrics, run_dir),
+            _history_section(run_dir, metrics.get("kept")),
+            _f2_section(metrics, predictions),
+            _per_tag_section(metrics, predictions, class_names),
+            _time_section(metrics),
+        ]
+        return _write_document(run_dir / filename, title, sections)
     paths = predictions.get("paths")
     interp = ClassificationInterpretation(
         probs,
@@ -472,7 +557,6 @@ def write_report(run_dir, filename="report.html", num_images=4,
         class_names,
         image_paths=None if paths is None else [str(p) for p in paths],
     )
-    title = f"kertransfer report: {metrics.get('arch', 'model')} ({run_dir.name})"
     sections = [
         _summary_section(metrics, predictions, run_dir),
         _dataset_section(metrics, interp.class_names, run_dir),
@@ -484,6 +568,11 @@ def write_report(run_dir, filename="report.html", num_images=4,
         *([_grad_cam_section(interp, run, metrics, num_top_losses)] if grad_cam else []),
         _time_section(metrics),
     ]
+    return _write_document(run_dir / filename, title, sections)
+
+
+def _write_document(path, title, sections):
+    """Writes the report's HTML page to `path` (atomically); returns `path`."""
     document = "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -499,7 +588,6 @@ def write_report(run_dir, filename="report.html", num_images=4,
         "</body>",
         "</html>",
     ])
-    path = run_dir / filename
     with atomic_path(path) as tmp:
         pathlib.Path(tmp).write_text(document, encoding="utf-8")
     return path
