@@ -19,7 +19,7 @@ from kertransfer import images
 from kertransfer.images import IMAGE_EXTENSIONS
 from kertransfer.run_folder import RunFolder
 
-__all__ = ["find_images", "load_run", "predict_images", "predict_probs", "run_framing"]
+__all__ = ["find_images", "load_run", "predict_images", "predict_probs", "run_framing", "run_thresholds"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,38 @@ def run_framing(run_dir, metrics):
     return images.Framing(
         int(metrics["image_size"]), float(metrics.get("crop_pct", images.DEFAULT_CROP_PCT))
     )
+
+
+def run_thresholds(metrics):
+    """The per-tag thresholds of a multi-label run, or None for a single-label one.
+
+    A multi-label run (`metrics.json` `"multi_label": true`, written by
+    `kertransfer train --csv`) predicts a tag when its probability is above
+    the tag's threshold: `metrics.json` `"thresholds"`, chosen on the
+    validation set, else 0.5.
+
+    Args:
+        metrics: the run's `metrics.json` dict (with `classes`).
+
+    Returns:
+        None, or float64 array `(num_classes,)`.
+
+    Raises:
+        ValueError: if `thresholds` does not hold one number in [0, 1] per
+            class.
+    """
+    if not metrics.get("multi_label"):
+        return None
+    num_tags = len(metrics["classes"])
+    thresholds = np.asarray(metrics.get("thresholds", 0.5), dtype=np.float64)
+    thresholds = np.broadcast_to(thresholds, (num_tags,)) if thresholds.ndim == 0 else thresholds
+    if thresholds.shape != (num_tags,) or not np.all((thresholds >= 0) & (thresholds <= 1)):
+        raise ValueError(
+            f"The thresholds of a multi-label run (metrics.json 'thresholds') must be one number "
+            f"in [0, 1], or one per tag ({num_tags}: {metrics['classes']}). Received "
+            f"thresholds={metrics.get('thresholds')!r}."
+        )
+    return np.array(thresholds, dtype=np.float64)
 
 
 _RUN_KEYS = ("classes", "image_size", "arch")
@@ -165,6 +197,27 @@ def _result_frame(found, predicted, probs, classes, top_k):
                 row[f"class_{rank}"] = classes[c]
                 row[f"prob_{rank}"] = float(probs[i, c])
             row_of.setdefault(path, []).append(row)
+    rows = []
+    for path, error in found:
+        if error is None and row_of.get(path):
+            rows.append(row_of[path].pop(0))
+        else:
+            rows.append({"file": path, "status": "error", "error": error})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def _tags_frame(found, predicted, probs, classes, thresholds):
+    """One row per input item: the tags above their thresholds, most probable first."""
+    columns = ["file", "status", "tags", "probs", "error"]
+    row_of = {}
+    if probs is not None:
+        for i, path in enumerate(predicted):
+            above = [c for c in np.argsort(-probs[i], kind="stable") if probs[i, c] > thresholds[c]]
+            row_of.setdefault(path, []).append({
+                "file": path, "status": "ok", "error": "",
+                "tags": " ".join(classes[c] for c in above),
+                "probs": " ".join(f"{probs[i, c]:.4f}" for c in above),
+            })
     rows = []
     for path, error in found:
         if error is None and row_of.get(path):
@@ -265,17 +318,25 @@ def predict_images(
         seed: seed of the TTA augmentation (equal seeds, equal results).
         batch_size: images per model call.
 
+    A multi-label run (`kertransfer train --csv`) lists, instead of the
+    top-k classes, every tag whose probability is above the run's threshold
+    for it (`run_thresholds`).
+
     Returns:
         `pandas.DataFrame`, one row per file in input order (folders expanded
         in sorted order), columns `file`, `status` (`"ok"` or `"error"`),
         `class_1`, `prob_1`, ..., `class_k`, `prob_k` (probabilities in
         `[0, 1]`; empty on error rows) and `error` (the reason, or `""`).
+        For a multi-label run, `file`, `status`, `tags` (the tags above
+        their thresholds, space-separated as in Kaggle Planet's CSVs, most
+        probable first; `""` for none), `probs` (their probabilities, in
+        the same order) and `error`.
 
     Raises:
         FileNotFoundError: if `run_dir`, its `model.keras` or its
             `metrics.json` is missing.
         ValueError: on `top_k` larger than the number of classes or not a
-            positive integer, a negative `n_aug`, a non-positive
+            positive integer, or given for a multi-label run, a negative `n_aug`, a non-positive
             `batch_size`, or a run folder whose files do not fit together.
 
     Example:
@@ -285,9 +346,18 @@ def predict_images(
     frame[["file", "class_1", "prob_1"]]
     ```
     """
-    classes = [str(c) for c in _read_metrics(run_dir)["classes"]]
-    top_k = _check_top_k(top_k, classes)
+    metrics = _read_metrics(run_dir)
+    classes = [str(c) for c in metrics["classes"]]
+    thresholds = run_thresholds(metrics)
+    if thresholds is not None and top_k is not None:
+        raise ValueError(
+            f"top_k={top_k} (--top-k) ranks the classes of a single-label run; {run_dir} is a "
+            "multi-label run, which lists every tag above its threshold. Leave top_k out."
+        )
+    top_k = None if thresholds is not None else _check_top_k(top_k, classes)
     found, predicted, probs = predict_probs(
         run_dir, paths, tta=tta, n_aug=n_aug, seed=seed, batch_size=batch_size
     )
+    if thresholds is not None:
+        return _tags_frame(found, predicted, probs, classes, thresholds)
     return _result_frame(found, predicted, probs, classes, top_k)
