@@ -21,6 +21,10 @@ pip install ai-edge-litert pillow numpy
 python litert_runner.py RUN_DIR/export/litert/model_int8.tflite ant.jpg bee.png
 python litert_runner.py model.tflite ant.jpg --labels labels.txt --top 3
 ```
+
+A multi-label model (`kertransfer train --csv`) has `thresholds.txt`
+beside it (one per line, in `labels.txt` order): each image then gets the
+tags whose probability is above their threshold, most probable first.
 """
 
 import argparse
@@ -36,6 +40,19 @@ def load_labels(path):
     """Class names, one per line, in the model's output order."""
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\n") for line in f if line.strip()]
+
+
+def load_thresholds(path):
+    """Per-tag thresholds, one per line in `labels.txt` order (multi-label)."""
+    with open(path, encoding="utf-8") as f:
+        return np.array([float(line) for line in f if line.strip()])
+
+
+def tags_above(probabilities, labels, thresholds):
+    """`[(tag, probability), ...]` above their thresholds, most probable first."""
+    order = np.argsort(-probabilities, kind="stable")
+    return [(labels[i], float(probabilities[i])) for i in order
+            if probabilities[i] > thresholds[i]]
 
 
 def make_interpreter(model_path, num_threads=1):
@@ -128,6 +145,9 @@ def main(argv=None):
     labels_path = args.labels or os.path.join(
         os.path.dirname(os.path.abspath(args.model)), "labels.txt")
     labels = load_labels(labels_path)
+    thresholds_path = os.path.join(os.path.dirname(labels_path), "thresholds.txt")
+    thresholds = (load_thresholds(thresholds_path)
+                  if os.path.isfile(thresholds_path) else None)
     interpreter = make_interpreter(args.model, args.threads)
     images, framing = load_framing(args.model)
     image_size = int(interpreter.get_input_details()[0]["shape"][1])
@@ -140,8 +160,13 @@ def main(argv=None):
         start = time.perf_counter()
         probabilities = classify(interpreter, pixels)
         elapsed_ms = (time.perf_counter() - start) * 1000
-        ranked = ", ".join(f"{name} {p:.1%}" for name, p in
-                           top_classes(probabilities, labels, args.top))
+        if thresholds is not None:
+            tags = tags_above(probabilities, labels, thresholds)
+            ranked = "tags: " + (", ".join(f"{name} {p:.1%}" for name, p in tags)
+                                 or "(none)")
+        else:
+            ranked = ", ".join(f"{name} {p:.1%}" for name, p in
+                               top_classes(probabilities, labels, args.top))
         print(f"{path}: {ranked} ({elapsed_ms:.1f} ms)")
     return 0
 

@@ -211,7 +211,8 @@ def format_predictions(paths, predictions):
         predictions: `rest_predict` or `grpc_predict` results, same order.
 
     Returns:
-        A string: `FILE: ants 97.0%, bees 3.0%` per classified file,
+        A string: `FILE: ants 97.0%, bees 3.0%` per classified file (a
+        multi-label model's: `FILE: tags: cats dogs (dogs 91.0%, ...)`),
         `FILE: error: MESSAGE` per file the server could not decode.
     """
     lines = []
@@ -224,6 +225,8 @@ def format_predictions(paths, predictions):
             f"{name} {score:.1%}" for name, score in
             zip(prediction["top_classes"], prediction["top_scores"])
         )
+        if "tags" in prediction:  # multi-label: the tags above threshold
+            ranked = f"tags: {prediction['tags'] or '(none)'} ({ranked})"
         lines.append(f"{path}: {ranked}")
     return "\n".join(lines)
 

@@ -179,6 +179,31 @@ def _resolve_meta(model, run_dir, class_names, image_size):
     return class_names, Framing(image_size, crop_pct), metrics
 
 
+def _resolve_thresholds(metrics, class_names, thresholds=None):
+    """Per-tag thresholds of a multi-label model, float32 `(num_classes,)`, or None.
+
+    Given `thresholds` (one float or one per class) mark the model
+    multi-label; else a multi-label run's own
+    (`kertransfer.predict.run_thresholds`).
+    """
+    from kertransfer.predict import run_thresholds
+
+    if thresholds is None:
+        metrics = dict(metrics, classes=class_names)
+    else:
+        metrics = {"multi_label": True, "classes": class_names, "thresholds": thresholds}
+    resolved = run_thresholds(metrics)
+    return None if resolved is None else resolved.astype(np.float32)
+
+
+def _write_thresholds(folder, thresholds):
+    """Writes `thresholds.txt` (one per line, `labels.txt` order); returns its path."""
+    path = os.path.join(folder, "thresholds.txt")
+    with open(path, "w") as f:
+        f.write("\n".join(f"{float(t):.6g}" for t in thresholds) + "\n")
+    return path
+
+
 def _unique_variables(model):
     """The model's backing `tf.Variable`s, each once."""
     seen, variables = set(), []
@@ -190,8 +215,12 @@ def _unique_variables(model):
     return variables
 
 
-def _validation_set(run_dir, images, labels, class_names):
-    """-> (paths, labels or None)."""
+def _validation_set(run_dir, images, labels, class_names, multi_hot=False):
+    """-> (paths, labels or None).
+
+    Labels are class indices `(n,)`, or with `multi_hot` (a multi-label
+    model) 0/1 `(n, num_classes)`, which image folders do not give.
+    """
     if images is None:
         if not run_dir or not RunFolder(run_dir).has(RunFolder.PREDICTIONS):
             raise ValueError(
@@ -209,15 +238,20 @@ def _validation_set(run_dir, images, labels, class_names):
         ]
     else:
         paths = _list_images(images)
-    if labels is None:
+    if labels is None and not multi_hot:
         labels = _labels_from_folders(paths, class_names)
     if labels is not None:
         labels = np.asarray(labels).astype(np.int64)
-        if labels.ndim == 2:  # one-hot targets
+        if multi_hot and labels.shape[1:] != (len(class_names),):
+            raise ValueError(
+                f"A multi-label model needs 0/1 labels of shape (images, {len(class_names)}) "
+                f"(one column per tag). Received shape {labels.shape}."
+            )
+        if labels.ndim == 2 and not multi_hot:  # one-hot targets
             labels = labels.argmax(-1)
         if len(labels) != len(paths):
             raise ValueError(
                 f"Received {len(labels)} labels for {len(paths)} images. "
-                "Pass one integer label per image."
+                "Pass one label per image."
             )
     return paths, labels

@@ -20,8 +20,10 @@ from kertransfer.export._common import _list_images
 from kertransfer.export._common import _load_model
 from kertransfer.export._common import _on_tensorflow
 from kertransfer.export._common import _resolve_meta
+from kertransfer.export._common import _resolve_thresholds
 from kertransfer.export._common import _unique_variables
 from kertransfer.export._common import _validation_set
+from kertransfer.export._common import _write_thresholds
 from kertransfer.export.bridge import _delegate
 from kertransfer.images import frame_images
 from kertransfer.run_folder import RunFolder
@@ -66,6 +68,7 @@ def tflite(
     class_names=None,
     image_size=None,
     seed=0,
+    thresholds=None,
 ):
     """Converts a model to a LiteRT (`.tflite`) flatbuffer, with labels.txt.
 
@@ -78,7 +81,10 @@ def tflite(
     order), `preprocessing.json` (the run's `kertransfer.images.Framing`:
     image size, crop fraction, resize) and `kertransfer_images.py` (a copy
     of `kertransfer.images`, which `export/mobile/litert_runner.py` uses to
-    frame photos exactly as validation did).
+    frame photos exactly as validation did). A multi-label model's
+    probabilities are per tag (independent sigmoids); its thresholds go to
+    `thresholds.txt` (one per line, in `labels.txt` order), and a tag is
+    present when its probability is above its threshold.
 
     Quantization (https://ai.google.dev/edge/litert/models/
     post_training_quantization):
@@ -106,6 +112,9 @@ def tflite(
         class_names: class names in output order, for `labels.txt`.
         image_size: input size in pixels (default: from the run/model).
         seed: int, seed of the calibration sample.
+        thresholds: for a multi-label model, one threshold for all tags
+            or one per tag, for `thresholds.txt`. Defaults to
+            `metrics.json`'s for a multi-label run.
 
     Returns:
         The path of the `.tflite` file.
@@ -139,12 +148,14 @@ def tflite(
             representative_images=representative_images,
             num_calibration_images=num_calibration_images,
             class_names=class_names, image_size=image_size, seed=seed,
+            thresholds=thresholds,
         )
     tf = _import_tensorflow()
     model, run_dir, _ = _load_model(model_or_run_dir)
     class_names, framing, metrics = _resolve_meta(
         model, run_dir, class_names, image_size)
     image_size = framing.image_size
+    thresholds = _resolve_thresholds(metrics, class_names, thresholds)
 
     with tempfile.TemporaryDirectory(prefix="kertransfer-litert-") as tmp:
         module = tf.Module()
@@ -195,6 +206,10 @@ def tflite(
     folder = os.path.dirname(os.path.abspath(path))
     with open(os.path.join(folder, "labels.txt"), "w") as f:
         f.write("\n".join(class_names) + "\n")
+    if thresholds is not None:
+        _write_thresholds(folder, thresholds)
+    elif os.path.exists(os.path.join(folder, "thresholds.txt")):
+        os.remove(os.path.join(folder, "thresholds.txt"))  # an earlier multi-label export's
     framing.save(folder)
     # The framing code itself, for `export/mobile/litert_runner.py` on a
     # device without kertransfer: the same file, NumPy and Pillow only.

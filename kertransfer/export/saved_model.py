@@ -16,7 +16,9 @@ from kertransfer.export._common import _import_tensorflow
 from kertransfer.export._common import _load_model
 from kertransfer.export._common import _on_tensorflow
 from kertransfer.export._common import _resolve_meta
+from kertransfer.export._common import _resolve_thresholds
 from kertransfer.export._common import _unique_variables
+from kertransfer.export._common import _write_thresholds
 from kertransfer.export.bridge import _delegate
 from kertransfer.export.tf_images import _tf_bytes_error
 from kertransfer.export.tf_images import _tf_frame_decodable
@@ -27,8 +29,12 @@ logger = logging.getLogger(__name__)
 TOP_K = 5
 
 
-def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
-    """A `tf.Module` with the variables once and two signatures."""
+def _serving_module(tf, model, class_names, framing, top_k=TOP_K, thresholds=None):
+    """A `tf.Module` with the variables once and two signatures.
+
+    With `thresholds` (one per class: a multi-label model), both signatures
+    also return `above_threshold` and `tags`.
+    """
     module = tf.Module()
     module.model_variables = _unique_variables(model)
     top_k = min(top_k, len(class_names))
@@ -41,11 +47,19 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
         probabilities = tf.cast(model(images, training=False), tf.float32)
         top_scores, top_indices = tf.math.top_k(probabilities, k=top_k)
         names = tf.constant(class_names, dtype=tf.string)
-        return {
+        outputs = {
             "probabilities": probabilities,
             "top_classes": tf.gather(names, top_indices),
             "top_scores": top_scores,
         }
+        if thresholds is not None:
+            above = probabilities > tf.constant(thresholds, tf.float32)
+            # The tags above their thresholds, most probable first.
+            order = tf.argsort(probabilities, axis=-1, direction="DESCENDING", stable=True)
+            kept = tf.ragged.boolean_mask(tf.gather(names, order), tf.gather(above, order, batch_dims=1))
+            outputs["above_threshold"] = above
+            outputs["tags"] = tf.strings.reduce_join(kept, axis=-1, separator=" ")
+        return outputs
 
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name="image_bytes")])
@@ -97,6 +111,7 @@ def saved_model(
     class_names=None,
     image_size=None,
     overwrite=False,
+    thresholds=None,
 ):
     """Writes a lean SavedModel in TF Serving's `NAME/VERSION/` layout.
 
@@ -128,7 +143,15 @@ def saved_model(
 
     Both return `probabilities` float32 `(batch, num_classes)`,
     `top_classes` string `(batch, k)` and `top_scores` float32 `(batch, k)`,
-    with `k = min(5, num_classes)`, best first.
+    with `k = min(5, num_classes)`, best first. A multi-label model (with
+    `thresholds`: a run of `kertransfer train --csv`) has independent
+    per-tag probabilities, and both signatures also return
+    `above_threshold` bool `(batch, num_classes)` (probability above the
+    tag's embedded threshold) and `tags` string `(batch,)`: those tags,
+    space-separated, most probable first (Kaggle Planet's format; `""`
+    for none), as `kertransfer predict` lists them. The thresholds are
+    also copied to `assets/thresholds.txt` (one per line, in
+    `labels.txt` order).
 
     `serving_default` judges each item on its own and also returns
     `status` string `(batch,)`, `"ok"` or `"error"`, and `error` string
@@ -173,6 +196,10 @@ def saved_model(
         image_size: input size in pixels. Defaults to
             `metrics.json["image_size"]` or the model's input shape.
         overwrite: replace an existing `out_dir/name/version/`.
+        thresholds: for a multi-label model, one threshold in [0, 1] for
+            all tags or one per tag. Defaults to `metrics.json`'s
+            `thresholds` for a multi-label run (None for a single-label
+            one).
 
     Returns:
         The path of the version folder, `out_dir/name/version`.
@@ -209,12 +236,13 @@ def saved_model(
         return _delegate(
             "saved_model", model_or_run_dir, out_dir=out_dir, name=name,
             version=version, class_names=class_names, image_size=image_size,
-            overwrite=overwrite,
+            overwrite=overwrite, thresholds=thresholds,
         )
     tf = _import_tensorflow()
     model, run_dir, _ = _load_model(model_or_run_dir)
-    class_names, framing, _ = _resolve_meta(
+    class_names, framing, metrics = _resolve_meta(
         model, run_dir, class_names, image_size)
+    thresholds = _resolve_thresholds(metrics, class_names, thresholds)
     export_dir = os.path.join(out_dir, name, str(version))
     if os.path.exists(export_dir) and not overwrite:
         raise FileExistsError(
@@ -226,11 +254,13 @@ def saved_model(
     staging = tempfile.mkdtemp(prefix=f".{version}-", dir=os.path.dirname(
         export_dir))
     try:
-        module = _serving_module(tf, model, class_names, framing)
+        module = _serving_module(tf, model, class_names, framing, thresholds=thresholds)
         labels = os.path.join(staging, "labels.txt")
         with open(labels, "w") as f:
             f.write("\n".join(class_names) + "\n")
         module.labels = tf.saved_model.Asset(labels)
+        if thresholds is not None:
+            module.thresholds = tf.saved_model.Asset(_write_thresholds(staging, thresholds))
         module.preprocessing = tf.saved_model.Asset(framing.save(staging))
         tf.saved_model.save(
             module, os.path.join(staging, "model"),

@@ -23,9 +23,11 @@ from kertransfer.export._common import _import_tensorflow
 from kertransfer.export._common import _load_model
 from kertransfer.export._common import _on_tensorflow
 from kertransfer.export._common import _resolve_meta
+from kertransfer.export._common import _resolve_thresholds
 from kertransfer.export._common import _validation_set
 from kertransfer.export.bridge import _delegate
 from kertransfer.images import frame_images
+from kertransfer.metrics import fbeta
 from kertransfer.run_folder import RunFolder
 
 # Targets checked by `validate` against the learner's own prediction path
@@ -84,18 +86,41 @@ def _median_ms(timings):
     return round(float(np.median(timings)) * 1000.0, 3) if timings else None
 
 
-def _compare(row, probabilities, reference, labels):
+def _compare(row, probabilities, reference, labels, thresholds=None, tags=None):
+    """Fills `row` with how `probabilities` agree with the `reference`.
+
+    Single-label: top-1 agreement and accuracy. Multi-label (`thresholds`,
+    one per class): `tags_agreement`, the fraction of images given the
+    same set of tags (above their thresholds) as the reference, and `f2`
+    against multi-hot `labels`. `tags`: bool `(n, num_classes)`, the tags
+    the artifact itself returned (a SavedModel's, `_tag_mask`), compared
+    instead of thresholding `probabilities` here.
+    """
     difference = np.abs(probabilities - reference)
-    row["top1_agreement"] = round(float(np.mean(
-        probabilities.argmax(-1) == reference.argmax(-1))), 4)
     row["max_abs_prob_diff"] = float(np.max(difference))
     row["mean_abs_prob_diff"] = float(np.mean(difference))
-    row["accuracy"] = None if labels is None else round(float(np.mean(
-        probabilities.argmax(-1) == labels)), 4)
+    if thresholds is None:
+        row["top1_agreement"] = round(float(np.mean(
+            probabilities.argmax(-1) == reference.argmax(-1))), 4)
+        row["accuracy"] = None if labels is None else round(float(np.mean(
+            probabilities.argmax(-1) == labels)), 4)
+        return
+    got = probabilities > thresholds if tags is None else tags
+    row["tags_agreement"] = round(float(np.mean(np.all(got == (reference > thresholds), axis=-1))), 4)
+    row["f2"] = None if labels is None else round(fbeta(probabilities, labels, threshold=thresholds), 4)
 
 
-def _targets(quantize):
-    targets = {"top1_agreement": AGREEMENT_TARGETS[quantize]}
+def _tag_mask(tags, class_names):
+    """Space-separated tag strings (a SavedModel's `tags`) -> bool `(n, num_classes)`."""
+    index = {name: i for i, name in enumerate(class_names)}
+    mask = np.zeros((len(tags), len(class_names)), dtype=bool)
+    for row, text in enumerate(tags):
+        mask[row, [index[tag] for tag in text.decode().split()]] = True
+    return mask
+
+
+def _targets(quantize, agreement="top1_agreement"):
+    targets = {agreement: AGREEMENT_TARGETS[quantize]}
     if quantize in MAX_PROB_DIFF_TARGETS:
         targets["max_abs_prob_diff"] = MAX_PROB_DIFF_TARGETS[quantize]
     return targets
@@ -141,6 +166,14 @@ def validate(
       `status` is `"ok"`); the others are listed in the row's
       `not_decoded`.
 
+    A multi-label run (`metrics.json` `multi_label`, `thresholds`) is
+    compared by its tags instead of top-1: `tags_agreement` is the
+    fraction of images given the same set of tags as the reference (the
+    reference's probabilities above the run's thresholds; for a SavedModel,
+    the `tags` it returns itself, from its embedded thresholds), with the
+    agreement targets above, and `f2` replaces `accuracy`. The report then
+    has `multi_label: true` and the `thresholds`.
+
     Missed targets give a warning and `"passed": false`, not an error.
 
     Args:
@@ -152,7 +185,8 @@ def validate(
         images: validation images: a folder (labels from sub-folder names
             matching the class names) or a list of paths. Defaults to the
             run's `predictions.npz` (`paths`, `targets`).
-        labels: int class indices aligned with `images`, optional.
+        labels: int class indices aligned with `images` (multi-hot rows
+            `(n, num_classes)` for a multi-label model), optional.
         class_names: class names (default from `metrics.json`).
         image_size: input size in pixels (default from the run/model).
         report_path: where to write the JSON report. Defaults to
@@ -187,10 +221,8 @@ def validate(
     report_path = os.fspath(report_path)
     if images is not None and not isinstance(images, (str, os.PathLike)):
         images = [os.fspath(p) for p in images]
-    if labels is not None:
-        labels = np.asarray(labels)
-        labels = labels.argmax(-1) if labels.ndim == 2 else labels
-        labels = [int(i) for i in labels]
+    if labels is not None:  # JSON for the subprocess: ints, or multi-hot rows
+        labels = np.asarray(labels).astype(np.int64).tolist()
     if not _on_tensorflow():
         report = _delegate(
             "validate", model_or_run_dir, artifacts=artifacts, images=images,
@@ -255,7 +287,9 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
     model, run_dir, model_path = _load_model(model_or_run_dir)
     class_names, framing, metrics = _resolve_meta(
         model, run_dir, class_names, image_size)
-    paths, labels = _validation_set(run_dir, images, labels, class_names)
+    thresholds = _resolve_thresholds(metrics, class_names)
+    multi_label = thresholds is not None
+    paths, labels = _validation_set(run_dir, images, labels, class_names, multi_hot=multi_label)
     paths, labels, reference, description = _reference(
         model, run_dir, model_path, metrics, paths, labels, framing)
     pixels = frame_images(paths, framing)
@@ -278,7 +312,7 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
         "valid_accuracy": metrics.get("valid_accuracy"),
         "weights_bytes": weights_bytes,
         "keras": {
-            "accuracy": None if labels is None else round(float(np.mean(
+            "accuracy": None if labels is None or multi_label else round(float(np.mean(
                 reference.argmax(-1) == labels)), 4),
             "median_latency_ms": _median_ms(timings[1:]),
             "size_bytes": (os.path.getsize(model_path) if model_path
@@ -286,18 +320,26 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
         },
         "artifacts": [],
     }
+    if multi_label:
+        report["multi_label"] = True
+        report["thresholds"] = [float(f"{t:.6g}") for t in thresholds]
+        report["valid_f2"] = metrics.get("valid_f2")
+        report["keras"]["f2"] = None if labels is None else round(
+            fbeta(reference, labels, threshold=thresholds), 4)
+    agreement = "tags_agreement" if multi_label else "top1_agreement"
     rows = report["artifacts"]
     for artifact in artifacts:
         kind = _artifact_kind(artifact)
         if kind == "saved_model":
             rows += _saved_model_rows(tf, artifact, paths, pixels, reference,
-                                      labels, weights_bytes, max_timed_images)
+                                      labels, weights_bytes, max_timed_images,
+                                      thresholds, class_names)
         elif kind == "onnx":
             rows += _onnx_rows(artifact, pixels, reference, labels,
-                               weights_bytes, max_timed_images)
+                               weights_bytes, max_timed_images, thresholds)
         else:
             rows.append(_tflite_row(artifact, pixels, reference, labels,
-                                    max_timed_images))
+                                    max_timed_images, thresholds))
     fp32_tflite_bytes = None
     for row in rows:
         if row["format"] == "tflite" and row["quantize"] is None:
@@ -310,10 +352,10 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
                                     else "weights")
         failures = []
         targets = row["targets"]
-        if row["top1_agreement"] < targets.get("top1_agreement", 0.0):
+        if row[agreement] < targets.get(agreement, 0.0):
             failures.append(
-                f"top-1 agreement {row['top1_agreement']:.2%} < "
-                f"{targets['top1_agreement']:.1%}")
+                f"{'tags' if multi_label else 'top-1'} agreement {row[agreement]:.2%} < "
+                f"{targets[agreement]:.1%}")
         if row["max_abs_prob_diff"] > targets.get("max_abs_prob_diff", np.inf):
             failures.append(
                 f"max |prob difference| {row['max_abs_prob_diff']:.3f} > "
@@ -344,11 +386,21 @@ def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
 
 
 def _saved_model_rows(tf, artifact, paths, pixels, reference, labels,
-                      weights_bytes, max_timed_images):
+                      weights_bytes, max_timed_images, thresholds=None,
+                      class_names=None):
     """The rows of a SavedModel's two signatures.
 
     `serving_default` gets the files' bytes, `predict_images` the pixels.
+    A multi-label SavedModel's own `tags` are compared (its embedded
+    thresholds), not the probabilities thresholded here.
     """
+    agreement = "top1_agreement" if thresholds is None else "tags_agreement"
+
+    def tags(outputs):
+        if thresholds is None:
+            return None
+        return _tag_mask(np.concatenate([out["tags"].numpy() for out in outputs]), class_names)
+
     loaded = tf.saved_model.load(artifact)
     serve = loaded.signatures["serving_default"]
     encoded = []
@@ -375,21 +427,20 @@ def _saved_model_rows(tf, artifact, paths, pixels, reference, labels,
     bytes_row["size_ratio"] = round(
         bytes_row["size_bytes"] / weights_bytes, 4)
     bytes_row["size_ratio_of"] = "weights"
-    _compare(bytes_row, probabilities, reference, labels)
+    _compare(bytes_row, probabilities, reference, labels, thresholds, tags(served))
     # Files the learner reads but the serving graph refuses.
     bytes_row["not_decoded"] = [
         f"{path} ({error})" for path, error in zip(paths, errors)
         if error]
     bytes_row["median_latency_ms"] = _median_ms(timings[1:])
-    bytes_row["targets"] = dict(_targets(None),
+    bytes_row["targets"] = dict(_targets(None, agreement),
                                 size_ratio=LEAN_SAVED_MODEL_RATIO)
 
     predict = loaded.signatures["predict_images"]
-    probabilities = np.concatenate([
-        predict(images=tf.constant(pixels[i:i + 32]))[
-            "probabilities"].numpy()
-        for i in range(0, len(pixels), 32)
-    ])
+    predicted = [predict(images=tf.constant(pixels[i:i + 32]))
+                 for i in range(0, len(pixels), 32)]
+    probabilities = np.concatenate(
+        [out["probabilities"].numpy() for out in predicted])
     timings = []
     for image in pixels[:max_timed_images]:
         start = time.perf_counter()
@@ -397,15 +448,15 @@ def _saved_model_rows(tf, artifact, paths, pixels, reference, labels,
         timings.append(time.perf_counter() - start)
     row = dict(bytes_row, name="saved_model:predict_images",
                runtime="tf.saved_model (framed pixels)",
-               targets=_targets(None))
+               targets=_targets(None, agreement))
     del row["not_decoded"]
-    _compare(row, probabilities, reference, labels)
+    _compare(row, probabilities, reference, labels, thresholds, tags(predicted))
     row["median_latency_ms"] = _median_ms(timings[1:])
     return [bytes_row, row]
 
 
 def _onnx_rows(artifact, pixels, reference, labels, weights_bytes,
-               max_timed_images):
+               max_timed_images, thresholds=None):
     """An `.onnx` file's row in onnxruntime (1 thread); none without it."""
     try:
         import onnxruntime
@@ -440,10 +491,10 @@ def _onnx_rows(artifact, pixels, reference, labels, weights_bytes,
                                / weights_bytes, 4),
            "size_ratio_of": "weights"}
     _compare(row, np.concatenate(probabilities).astype(np.float32),
-             reference, labels)
+             reference, labels, thresholds)
     row["median_latency_ms"] = _median_ms(
         timings[1:max_timed_images + 1])
-    row["targets"] = _targets(None)
+    row["targets"] = _targets(None, "top1_agreement" if thresholds is None else "tags_agreement")
     return [row]
 
 
@@ -487,7 +538,7 @@ def _run_interpreter(interpreter, image):
     return output.astype(np.float32)
 
 
-def _tflite_row(artifact, pixels, reference, labels, max_timed_images):
+def _tflite_row(artifact, pixels, reference, labels, max_timed_images, thresholds=None):
     """A `.tflite` file's row in the LiteRT interpreter (1 thread)."""
     quantize = _tflite_quantization(artifact)
     interpreter, runtime = _interpreter(artifact)
@@ -504,10 +555,10 @@ def _tflite_row(artifact, pixels, reference, labels, max_timed_images):
            "format": "tflite", "quantize": quantize,
            "path": artifact, "runtime": f"{runtime} (1 thread)",
            "size_bytes": os.path.getsize(artifact)}
-    _compare(row, probabilities, reference, labels)
+    _compare(row, probabilities, reference, labels, thresholds)
     row["median_latency_ms"] = _median_ms(
         timings[1:max_timed_images + 1])
-    row["targets"] = _targets(quantize)
+    row["targets"] = _targets(quantize, "top1_agreement" if thresholds is None else "tags_agreement")
     if quantize == "int8":
         row["targets"]["size_ratio"] = INT8_SIZE_RATIO
     return row
@@ -530,8 +581,11 @@ def format_report(report):
     Returns:
         A multi-line string, one row per artifact plus the Keras reference.
     """
-    header = ("artifact", "size", "ratio", "top-1 agree", "max |dp|",
-              "mean |dp|", "accuracy", "ms/img", "ok")
+    multi_label = report.get("multi_label", False)
+    agreement, score = ("tags_agreement", "f2") if multi_label else ("top1_agreement", "accuracy")
+    header = ("artifact", "size", "ratio",
+              "tags agree" if multi_label else "top-1 agree", "max |dp|",
+              "mean |dp|", "F2" if multi_label else "accuracy", "ms/img", "ok")
 
     def pct(value):
         return "-" if value is None else f"{value:.1%}"
@@ -540,28 +594,31 @@ def format_report(report):
     lines = [(
         "reference (kertransfer predict)",
         _human_size(keras_row["size_bytes"]) if keras_row["size_bytes"]
-        else "-", "-", "-", "-", "-", pct(keras_row["accuracy"]),
+        else "-", "-", "-", "-", "-", pct(keras_row.get(score)),
         str(keras_row["median_latency_ms"]), "",
     )]
     for row in report["artifacts"]:
         lines.append((
             row["name"], _human_size(row["size_bytes"]),
             f"{row['size_ratio']:.2f}x {row['size_ratio_of']}",
-            pct(row["top1_agreement"]), f"{row['max_abs_prob_diff']:.2e}",
+            pct(row[agreement]), f"{row['max_abs_prob_diff']:.2e}",
             f"{row.get('mean_abs_prob_diff', float('nan')):.2e}",
-            pct(row["accuracy"]), str(row["median_latency_ms"]),
+            pct(row[score]), str(row["median_latency_ms"]),
             "yes" if row["passed"] else "NO: " + "; ".join(row["failures"]),
         ))
     widths = [max(len(line[i]) for line in [header] + lines)
               for i in range(len(header))]
     framing = report.get("framing") or {}
     valid = report.get("valid_accuracy")
+    thresholds = report.get("thresholds")
     text = [
         f"{report['num_images']} validation images, {report['image_size']} "
         f"px (short side {framing.get('decode_size', '?')}, center crop), "
         f"weights {_human_size(report['weights_bytes'])}"
         + ("" if valid is None else f", metrics.json valid_accuracy "
            f"{valid:.1%}")
+        + ("" if not multi_label else f", multi-label, tag thresholds "
+           f"{sorted(set(thresholds))}")
     ]
     for line in [header] + lines:
         text.append("  ".join(c.ljust(w) for c, w in zip(line, widths)))
