@@ -1,11 +1,14 @@
 """Multi-label and CSV data (issue 4): from_csv, F-beta, sigmoid ConvLearner."""
 
 import importlib.util
+import json
 import os
 import pathlib
+import re
 
 import keras
 import numpy as np
+import pandas as pd
 import pytest
 
 from kertransfer.data import ImageClassifierData
@@ -388,3 +391,177 @@ def test_acceptance_lite0_f2_on_photo_mosaics(tmp_path, hymenoptera, dogscats):
     print(f"F2 {score:.4f} at th={th:.2f} (0.5: {fbeta(probs, targets):.4f}, "
           f"all tags: {trivial:.4f})")
     assert score >= 0.85 and score > trivial + 0.05, (score, th, learn.history)
+
+
+# ------------------------------------------------------------ command line
+
+
+def _tag_sets(probs, thresholds, classes):
+    """The tags above their thresholds, per row, as sets."""
+    return [{c for c, p, t in zip(classes, row, thresholds) if p > t} for row in probs]
+
+
+@pytest.fixture(scope="module")
+def cli_run(mosaics, tmp_path_factory):
+    """`kertransfer train DATA --csv train_v2.csv` on the mosaics: tiny_cnn, 32 px."""
+    from kertransfer.cli import main
+
+    out, csv, _ = mosaics
+    run = tmp_path_factory.mktemp("cli") / "run"
+    argv = [
+        "train", str(out), "--csv", os.path.basename(csv), "--out", str(run), "--arch", "tiny_cnn",
+        "--image-size", "32", "--batch-size", "16", "--weights", "none", "--lr", "0.01",
+        "--head-epochs", "1", "--aug-epochs", "1", "--unfrozen-cycles", "1", "--n-aug", "1",
+        "--seed", "0", "--quiet",
+    ]
+    assert main(argv) == 0
+    return run, dict(row.split(",") for row in pathlib.Path(csv).read_text().splitlines()[1:])
+
+
+# The run is made once and shared with the export test below, which needs
+# TensorFlow in the process: both run in the TensorFlow pass. The multi-label
+# learner itself is checked on every backend (test_multi_label_conv_learner).
+@pytest.mark.tensorflow
+def test_cli_train_csv_multi_label_metrics_report_predict(cli_run, capsys):
+    from kertransfer.cli import main
+
+    run, csv_tags = cli_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    with np.load(run / "predictions.npz") as saved:
+        probs, tta_probs, targets = saved["probs"], saved["tta_probs"], saved["targets"]
+        paths = [str(p) for p in saved["paths"]]
+    assert metrics["multi_label"] is True and metrics["classes"] == TAGS
+    assert "valid_accuracy" not in metrics and metrics["per_tag_threshold"] is False
+    # Targets are the CSV's tags (read here from the CSV text), multi-hot.
+    assert targets.shape == (13, 4) and len(paths) == 13  # 20% of 64 rows held out
+    for path, target in zip(paths, targets):
+        assert [TAGS[i] for i in np.flatnonzero(target)] == sorted(csv_tags[os.path.basename(path)[:-4]].split())
+    # F2 by scikit-learn's definition, at 0.5 and at the chosen threshold.
+    thresholds = metrics["thresholds"]
+    assert len(thresholds) == 4 and len(set(thresholds)) == 1
+    for key, p in (("valid", probs), ("tta", tta_probs)):
+        assert metrics[f"{key}_f2_at_0.5"] == pytest.approx(_brute_fbeta(p, targets, 2, 0.5))
+        assert metrics[f"{key}_f2"] == pytest.approx(_brute_fbeta(p, targets, 2, np.array(thresholds)))
+    # The threshold is the best of fast.ai's grid on the plain predictions (ties: the lowest).
+    grid = np.round(np.arange(0.05, 0.95, 0.01), 4)
+    scores = [_brute_fbeta(probs, targets, 2, t) for t in grid]
+    assert thresholds[0] == pytest.approx(grid[int(np.argmax(scores))])
+    # The kept epoch is chosen by validation loss, Keras's binary
+    # cross-entropy, which is also the loss of the saved predictions.
+    p = np.clip(probs.astype("float64"), 1e-7, 1 - 1e-7)
+    bce = -(targets * np.log(p) + (1 - targets) * np.log(1 - p)).mean()
+    assert metrics["valid_loss"] == pytest.approx(bce, rel=1e-6)
+    assert metrics["kept"]["val_loss"] == pytest.approx(bce, rel=1e-3, abs=1e-4)
+    history = pd.read_csv(run / "history.csv")
+    assert list(history["stage"]) == ["head_precomputed", "head_augmented", "unfrozen"]
+    assert "val_f2" in history and "val_accuracy" not in history
+    assert metrics["kept"]["val_loss"] == pytest.approx(history["val_loss"].min(), rel=1e-6)
+    assert history["best"].tolist() == list(history["val_loss"] == history["val_loss"].min())
+
+    # The report: per-tag precision/recall/F2 of the TTA predictions, no confusion matrix.
+    html = (run / "report.html").read_text(encoding="utf-8")
+    assert "confusion-matrix" not in html and 'alt="F2 against the threshold"' in html
+    per_tag = html[html.index('id="per-tag-report"'):]
+    per_tag = per_tag[:per_tag.index("</table>")]
+    pred = tta_probs > np.array(thresholds)
+    for i, tag in enumerate(TAGS):
+        cells = re.search(rf"<th>{tag}</th>((?:\s*<td>[^<]*</td>)+)", per_tag).group(1)
+        threshold, precision, recall, f2, support = (float(v) for v in re.findall(r"<td>([^<]*)</td>", cells)[:5])
+        tp = np.sum(pred[:, i] & (targets[:, i] == 1))
+        fp, fn = np.sum(pred[:, i] & (targets[:, i] == 0)), np.sum(~pred[:, i] & (targets[:, i] == 1))
+        want_p = tp / (tp + fp) if tp + fp else 0.0
+        want_r = tp / (tp + fn) if tp + fn else 0.0
+        want_f2 = 5 * want_p * want_r / (4 * want_p + want_r) if want_p + want_r else 0.0
+        assert (threshold, support) == (pytest.approx(thresholds[i], abs=1e-4), tp + fn)
+        assert (precision, recall, f2) == (pytest.approx(want_p, abs=1e-4), pytest.approx(want_r, abs=1e-4),
+                                           pytest.approx(want_f2, abs=1e-4))
+
+    # predict: the tags above the run's threshold, from the run's own
+    # prediction path; they are those of the learner's predictions.
+    capsys.readouterr()
+    assert main(["predict", str(run), *paths[:5], "--csv", str(run / "tags.csv")]) == 0
+    printed = capsys.readouterr().out
+    rows = pd.read_csv(run / "tags.csv", keep_default_na=False)
+    assert list(rows.columns) == ["file", "status", "tags", "probs", "error"]
+    for i, row in rows.iterrows():
+        want = _tag_sets(probs[i:i + 1], thresholds, TAGS)[0]
+        got = row["tags"].split()
+        assert set(got) == want and os.path.basename(row["file"]) in printed
+        shown = [float(v) for v in str(row["probs"]).split()]
+        np.testing.assert_allclose(shown, [probs[i, TAGS.index(t)] for t in got], atol=1e-4)
+        assert shown == sorted(shown, reverse=True)  # most probable first
+    assert main(["predict", str(run), paths[0], "--top-k", "2"]) == 2
+    assert "multi-label run, which lists every tag above its threshold" in capsys.readouterr().err
+
+
+@pytest.mark.tensorflow
+# tiny_cnn's fixed graph outweighs its 88 KB of weights: the lean-size target cannot hold.
+@pytest.mark.filterwarnings(r"ignore:Export saved_model.serving_default .* misses its targets. size")
+def test_cli_export_multi_label_saved_model_returns_tags(cli_run, tmp_path):
+    import tensorflow as tf
+
+    from kertransfer.cli import export_main
+
+    run, _ = cli_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    with np.load(run / "predictions.npz") as saved:
+        probs, targets, paths = saved["probs"], saved["targets"], [str(p) for p in saved["paths"]]
+    out = tmp_path / "export"
+    assert export_main([str(run), "--formats", "saved_model,tflite", "--out", str(out)]) == 0
+    # serving_default on a JPEG's bytes: per-tag probabilities (independent
+    # sigmoids) as the learner predicted them, and the tags above the run's
+    # thresholds, embedded in the graph.
+    serve = tf.saved_model.load(str(out / "serving" / "kertransfer" / "1")).signatures["serving_default"]
+    result = serve(image_bytes=tf.constant([pathlib.Path(p).read_bytes() for p in paths[:4]] + [b"not an image"]))
+    np.testing.assert_allclose(result["probabilities"].numpy()[:4], probs[:4], atol=1e-3)
+    tags = [t.decode().split() for t in result["tags"].numpy()]
+    assert [set(t) for t in tags[:4]] == _tag_sets(probs[:4], metrics["thresholds"], TAGS)
+    assert tags[4] == [] and result["status"].numpy()[4] == b"error"
+    np.testing.assert_array_equal(result["above_threshold"].numpy()[:4], probs[:4] > np.array(metrics["thresholds"]))
+    assets = out / "serving" / "kertransfer" / "1" / "assets"
+    assert [float(t) for t in (assets / "thresholds.txt").read_text().split()] == metrics["thresholds"]
+    # The .tflite gives the per-tag probabilities; its thresholds lie beside it.
+    assert [float(t) for t in (out / "litert" / "thresholds.txt").read_text().split()] == metrics["thresholds"]
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["multi_label"] is True and report["thresholds"] == metrics["thresholds"]
+    rows = {row["name"]: row for row in report["artifacts"]}
+    assert set(rows) == {"saved_model:serving_default", "saved_model:predict_images", "tflite:float32"}
+    for row in rows.values():
+        assert row["tags_agreement"] == 1.0 and "top1_agreement" not in row
+        assert row["max_abs_prob_diff"] <= 1e-3
+        assert row["f2"] == pytest.approx(_brute_fbeta(probs, targets, 2, np.array(metrics["thresholds"])), abs=1e-3)
+
+
+@pytest.mark.one_backend  # argument and CSV checks: no model is built
+def test_cli_csv_bad_input_fails_before_any_decode(mosaics, tmp_path, capsys, monkeypatch):
+    from kertransfer.cli import main
+    from kertransfer.data.cache import ImageStore
+
+    def no_decode(*args):
+        raise AssertionError("decoded an image before checking the CSV")
+
+    monkeypatch.setattr(ImageStore, "get", no_decode)
+    out, csv, _ = mosaics
+    rows = pathlib.Path(csv).read_text().splitlines()
+
+    def train(lines, *flags):
+        labels = tmp_path / "labels.csv"
+        labels.write_text("\n".join(lines) + "\n")
+        status = main(["train", str(out), "--csv", str(labels), "--out", str(tmp_path / "run"), "--quiet",
+                       "--arch", "tiny_cnn", *flags])
+        assert not (tmp_path / "run").exists()  # no empty run folder left behind
+        return status, capsys.readouterr().err
+
+    status, err = train(rows + ["missing_one,ants cats"])
+    assert status == 2
+    assert "1 of the 65 images listed in" in err and "labels.csv" in err and "missing_one.jpg" in err
+    # One label in every row: single-label data, refused with the fix.
+    single = [rows[0]] + [f"{r.split(',')[0]},{r.split(',')[1].split()[0]}" for r in rows[1:]]
+    status, err = train(single)
+    assert status == 2
+    assert "labels.csv" in err and "single-label data" in err and "leave --csv out" in err
+    status, err = train(rows, "--max-images", "32", "--batch-size", "8")
+    assert status == 2 and "max_images=32 (--max-images) is not supported with csv" in err
+    # The CSV's flags without --csv.
+    assert main(["train", str(out), "--folder", "jpgs", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "folder='jpgs' (--folder) only applies to multi-label data read from a CSV" in capsys.readouterr().err
