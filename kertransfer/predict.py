@@ -182,49 +182,53 @@ def _check_top_k(top_k, classes):
     return int(top_k)
 
 
+def _frame(found, predicted, columns, prediction):
+    """One row per input item, in input order.
+
+    The i-th predicted file's row holds `prediction(i)` (a dict of its
+    columns); an item not predicted holds its error.
+    """
+    row_of = {}
+    for i, path in enumerate(predicted):
+        row_of.setdefault(path, []).append({"file": path, "status": "ok", "error": "", **prediction(i)})
+    rows = []
+    for path, error in found:
+        if error is None and row_of.get(path):
+            rows.append(row_of[path].pop(0))
+        else:
+            rows.append({"file": path, "status": "error", "error": error})
+    return pd.DataFrame(rows, columns=columns)
+
+
 def _result_frame(found, predicted, probs, classes, top_k):
-    """One row per input item, in input order."""
+    """The top-k classes of each input item, in input order."""
     columns = ["file", "status"]
     for rank in range(1, top_k + 1):
         columns += [f"class_{rank}", f"prob_{rank}"]
     columns.append("error")
-    row_of = {}
-    if probs is not None:
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-        for i, path in enumerate(predicted):
-            row = {"file": path, "status": "ok", "error": ""}
-            for rank, c in enumerate(order[i], start=1):
-                row[f"class_{rank}"] = classes[c]
-                row[f"prob_{rank}"] = float(probs[i, c])
-            row_of.setdefault(path, []).append(row)
-    rows = []
-    for path, error in found:
-        if error is None and row_of.get(path):
-            rows.append(row_of[path].pop(0))
-        else:
-            rows.append({"file": path, "status": "error", "error": error})
-    return pd.DataFrame(rows, columns=columns)
+    order = None if probs is None else np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+
+    def prediction(i):
+        row = {}
+        for rank, c in enumerate(order[i], start=1):
+            row[f"class_{rank}"] = classes[c]
+            row[f"prob_{rank}"] = float(probs[i, c])
+        return row
+
+    return _frame(found, predicted, columns, prediction)
 
 
 def _tags_frame(found, predicted, probs, classes, thresholds):
-    """One row per input item: the tags above their thresholds, most probable first."""
-    columns = ["file", "status", "tags", "probs", "error"]
-    row_of = {}
-    if probs is not None:
-        for i, path in enumerate(predicted):
-            above = [c for c in np.argsort(-probs[i], kind="stable") if probs[i, c] > thresholds[c]]
-            row_of.setdefault(path, []).append({
-                "file": path, "status": "ok", "error": "",
-                "tags": " ".join(classes[c] for c in above),
-                "probs": " ".join(f"{probs[i, c]:.4f}" for c in above),
-            })
-    rows = []
-    for path, error in found:
-        if error is None and row_of.get(path):
-            rows.append(row_of[path].pop(0))
-        else:
-            rows.append({"file": path, "status": "error", "error": error})
-    return pd.DataFrame(rows, columns=columns)
+    """The tags above their thresholds of each input item, most probable first."""
+
+    def prediction(i):
+        above = [c for c in np.argsort(-probs[i], kind="stable") if probs[i, c] > thresholds[c]]
+        return {
+            "tags": " ".join(classes[c] for c in above),
+            "probs": " ".join(f"{probs[i, c]:.4f}" for c in above),
+        }
+
+    return _frame(found, predicted, ["file", "status", "tags", "probs", "error"], prediction)
 
 
 def _check_count(name, value, minimum):

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kertransfer.config import TrainConfig
 from kertransfer.data import ImageClassifierData
 from kertransfer.fbeta_score import SamplesFBetaScore
 from kertransfer.interpret import MultiLabelInterpretation
@@ -565,3 +566,33 @@ def test_cli_csv_bad_input_fails_before_any_decode(mosaics, tmp_path, capsys, mo
     # The CSV's flags without --csv.
     assert main(["train", str(out), "--folder", "jpgs", "--out", str(tmp_path / "run"), "--quiet"]) == 2
     assert "folder='jpgs' (--folder) only applies to multi-label data read from a CSV" in capsys.readouterr().err
+
+
+@pytest.mark.one_backend  # numpy only
+def test_run_scores_with_one_threshold_per_tag():
+    from kertransfer.train import _multi_label_scores
+
+    # As in test_opt_th_global_and_per_class: no common threshold is
+    # perfect, one per tag is (tag 0 in [0.1, 0.3), tag 1 in [0.7, 0.9)).
+    probs = np.array([[0.3, 0.7], [0.1, 0.9], [0.3, 0.9]])
+    targets = np.array([[1, 0], [0, 1], [1, 1]])
+    common = _multi_label_scores(probs, probs, targets, per_tag=False)
+    per_tag = _multi_label_scores(probs, probs, targets, per_tag=True)
+    assert common["valid_f2"] < 1 and len(set(common["thresholds"])) == 1
+    assert per_tag["valid_f2"] == per_tag["tta_f2"] == 1.0 and per_tag["per_tag_threshold"] is True
+    assert 0.1 <= per_tag["thresholds"][0] < 0.3 and 0.7 <= per_tag["thresholds"][1] < 0.9
+    # At 0.5: item 0 gets the wrong tag (F2 = 0), item 1 is right, item 2
+    # misses one of two tags (F2 = 5 / 9).
+    assert per_tag["valid_f2_at_0.5"] == pytest.approx((0 + 1 + 5 / 9) / 3)
+
+
+@pytest.mark.one_backend  # argument handling
+def test_csv_flags_reach_the_config(tmp_path):
+    from kertransfer.cli import _config
+    from kertransfer.cli import build_parser
+
+    argv = ["train", str(tmp_path), "--csv", "labels.csv", "--folder", "train", "--suffix", ".png", "--per-tag-threshold"]
+    config = _config(build_parser().parse_args(argv))
+    assert (config.csv, config.folder, config.suffix, config.per_tag_threshold) == ("labels.csv", "train", ".png", True)
+    with pytest.raises(ValueError, match=r"suffix='\.png' \(--suffix\), per_tag_threshold=True \(--per-tag-threshold\) only applies"):
+        TrainConfig(suffix=".png", per_tag_threshold=True)
