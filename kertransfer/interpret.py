@@ -23,6 +23,7 @@ from kertransfer.interpret_plots import InterpretationPlots
 from kertransfer.interpret_plots import MultiLabelPlots
 from kertransfer.metrics import DEFAULT_THRESHOLDS
 from kertransfer.metrics import check_multi_hot
+from kertransfer.metrics import cross_entropy
 from kertransfer.metrics import fbeta
 from kertransfer.metrics import fbeta_from_counts
 
@@ -33,10 +34,6 @@ __all__ = [
     "cross_entropy",
 ]
 
-# Same value as `keras.config.epsilon()`, so the losses here match what
-# `keras.losses.categorical_crossentropy` reports for the same probabilities.
-EPSILON = 1e-7
-
 TopLosses = collections.namedtuple("TopLosses", ["indices", "losses"])
 TopLosses.__doc__ = """Result of `ClassificationInterpretation.top_losses`.
 
@@ -45,32 +42,6 @@ Attributes:
     losses: float array `(k,)`, the loss of each of those items, in the
         same order.
 """
-
-
-def cross_entropy(probs, targets, epsilon=EPSILON):
-    """Per-sample categorical cross-entropy `-log(p[target])`.
-
-    Probabilities are clipped to `[epsilon, 1 - epsilon]` first, like
-    `keras.losses.categorical_crossentropy`, so a probability of exactly 0
-    for the true class gives a large but finite loss.
-
-    Args:
-        probs: float array `(n, num_classes)` of class probabilities.
-        targets: int array `(n,)` of true class indices.
-        epsilon: clipping constant.
-
-    Returns:
-        Float array `(n,)`.
-
-    Example:
-
-    >>> cross_entropy(np.array([[0.9, 0.1], [0.0, 1.0]]), np.array([0, 0]))
-    array([ 0.10536052, 16.11809565])
-    """
-    probs = np.asarray(probs, dtype=np.float64)
-    targets = np.asarray(targets, dtype=np.int64)
-    picked = probs[np.arange(len(targets)), targets]
-    return -np.log(np.clip(picked, epsilon, 1.0 - epsilon))
 
 
 def _check_probs(probs, owner):

@@ -10,7 +10,7 @@ metric is `kertransfer.fbeta_score.SamplesFBetaScore`.
 
 import numpy as np
 
-__all__ = ["binary_cross_entropy", "check_multi_hot", "fbeta", "fbeta_from_counts", "opt_th"]
+__all__ = ["binary_cross_entropy", "check_multi_hot", "cross_entropy", "fbeta", "fbeta_from_counts", "opt_th"]
 
 DEFAULT_THRESHOLDS = np.arange(0.05, 0.95, 0.01)
 
@@ -61,6 +61,37 @@ def check_multi_hot(probs, targets, name):
     if not np.all((targets == 0) | (targets == 1)):
         raise ValueError(f"{name} expects targets of 0s and 1s (multi-hot).")
     return probs, targets.astype(bool)
+
+
+# Same value as `keras.config.epsilon()`, so the losses here match what
+# `keras.losses.categorical_crossentropy` reports for the same probabilities.
+EPSILON = 1e-7
+
+
+def cross_entropy(probs, targets, epsilon=EPSILON):
+    """Per-sample categorical cross-entropy `-log(p[target])`.
+
+    Probabilities are clipped to `[epsilon, 1 - epsilon]` first, like
+    `keras.losses.categorical_crossentropy`, so a probability of exactly 0
+    for the true class gives a large but finite loss.
+
+    Args:
+        probs: float array `(n, num_classes)` of class probabilities.
+        targets: int array `(n,)` of true class indices.
+        epsilon: clipping constant.
+
+    Returns:
+        Float array `(n,)`.
+
+    Example:
+
+    >>> cross_entropy(np.array([[0.9, 0.1], [0.0, 1.0]]), np.array([0, 0]))
+    array([ 0.10536052, 16.11809565])
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    targets = np.asarray(targets, dtype=np.int64)
+    picked = probs[np.arange(len(targets)), targets]
+    return -np.log(np.clip(picked, epsilon, 1.0 - epsilon))
 
 
 def binary_cross_entropy(probs, targets, epsilon=1e-7):

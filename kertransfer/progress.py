@@ -1,5 +1,7 @@
 """`progress.json`: how far the main job got, so `--resume` can go on."""
 
+import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -14,7 +16,7 @@ from kertransfer.run_folder import atomic_path
 from kertransfer.run_folder import read_state
 from kertransfer.run_folder import write_state
 
-__all__ = ["RunProgress"]
+__all__ = ["RunProgress", "removed_on_failure"]
 
 # 2: the states of `stateful` objects (the best weights of the run so far).
 _FORMAT = 2
@@ -222,7 +224,10 @@ class RunProgress:
         Raises:
             ValueError: naming each difference.
         """
-        saved = self.meta["config"]
+        # A setting the run's record lacks was added to TrainConfig after
+        # the run started: the run had its default's behaviour.
+        defaults = {f.name: f.default for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else {}
+        saved = {**defaults, **self.meta["config"]}
         differ = [
             f"{k}: the run has {saved.get(k)!r}, received {v!r}"
             for k, v in vars(config).items()
@@ -251,3 +256,38 @@ class RunProgress:
                 "added, removed or modified). Resuming would train on two datasets; start a "
                 "new run (--overwrite)."
             )
+
+
+@contextlib.contextmanager
+def removed_on_failure(out_dir):
+    """Deletes the run folder `out_dir` if the block made it and fails before any work was saved.
+
+    "Work" is what a resume would use: `model.keras` (written from the
+    first epoch on) or a step recorded in `progress.json`. A folder that
+    existed before the block is never deleted.
+
+    Example:
+
+    ```python
+    with removed_on_failure("runs/new"):
+        check_out_dir("runs/new")
+        ...  # a bad data folder raises: runs/new is gone
+    ```
+    """
+    out_dir = os.fspath(out_dir)
+    existed = os.path.lexists(out_dir)
+    try:
+        yield
+    except BaseException:
+        if not existed and os.path.isdir(out_dir) and not _holds_work(out_dir):
+            shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+
+
+def _holds_work(out_dir):
+    if os.path.exists(os.path.join(out_dir, "model.keras")):
+        return True
+    try:
+        return bool(RunProgress.load(out_dir).meta["stages"])
+    except (OSError, ValueError):
+        return False

@@ -1,6 +1,5 @@
 """The main job: fast.ai lesson 1's eight steps, end to end, into a run folder."""
 
-import contextlib
 import functools
 import json
 import logging
@@ -14,6 +13,8 @@ import numpy as np
 
 from kertransfer.callbacks import RunProgbarLogger
 from kertransfer.callbacks import TensorBoardLogger
+from kertransfer.callbacks.kept_weights import KeptWeights
+from kertransfer.callbacks.kept_weights import restore_kept
 from kertransfer.config import TrainConfig
 from kertransfer.console import epoch_table
 from kertransfer.console import progress_bars
@@ -27,6 +28,7 @@ from kertransfer.metrics import binary_cross_entropy
 from kertransfer.metrics import fbeta
 from kertransfer.metrics import opt_th
 from kertransfer.progress import RunProgress
+from kertransfer.progress import removed_on_failure
 from kertransfer.recorder import FitRecord
 from kertransfer.recorder import LRFindResult
 from kertransfer.recorder import plot_schedules
@@ -124,76 +126,6 @@ def _trainable_group_names(learn):
     return [learn.group_names[i] for i in trainable_groups(learn.layer_groups)]
 
 
-class _KeptWeights(keras.callbacks.Callback):
-    """The weights of the lowest validation loss over every epoch of the run.
-
-    The main job gives this one callback to each of its fits. At an epoch's
-    end, if its `val_loss` is lower than every earlier epoch's, of any stage
-    (NaN never wins), it keeps the weights of the full model
-    (`learn.model`): while the head trains on precomputed activations, that
-    is the head at this epoch on the body, which those stages do not
-    change. They are kept in memory and written to `model.keras`
-    (atomically), so from the first epoch on the run folder holds the best
-    model so far (until an epoch has a finite loss, the current one).
-    `KeepBestWeights` does the same within one fit; this spans the fits.
-
-    Its state (`state_dict`: which epoch, and its weights) is backed up
-    with the fit in progress (`FitCheckpoint`) and between steps
-    (`RunProgress.commit`), so a resumed run ends with the same weights.
-
-    Attributes:
-        stage: the stage of the fit in progress (set before each fit).
-        kept: None, or `{"stage", "epoch" (of the run, 1-based),
-            "stage_epoch" (of the stage, 1-based), "val_loss"}`.
-        weights: the kept epoch's `learn.model.get_weights()`, or None.
-    """
-
-    def __init__(self, learn, path):
-        super().__init__()
-        self.learn, self.path = learn, path
-        self.stage, self.kept, self.weights = None, None, None
-
-    def on_epoch_end(self, epoch, logs=None):
-        loss = float((logs or {}).get("val_loss", np.nan))
-        if self.kept is None or loss < self.kept["val_loss"]:  # NaN never wins
-            if np.isfinite(loss):
-                self.kept = {
-                    # The fit's rows join learn.history when it ends.
-                    "stage": self.stage, "epoch": len(self.learn.history) + epoch + 1,
-                    "stage_epoch": epoch + 1, "val_loss": loss,
-                }
-                self.weights = self.learn.model.get_weights()
-            with atomic_path(self.path) as tmp:
-                self.learn.save(tmp)
-
-    def state_dict(self):
-        return {"kept": self.kept, "weights": self.weights}
-
-    def load_state_dict(self, state):
-        self.kept = state["kept"]
-        self.weights = None if state["weights"] is None else list(state["weights"])
-
-
-def _restore_kept(learn, kept_weights, replicas):
-    """Puts the kept weights into `learn.model`; marks their row `best`.
-
-    Returns:
-        `metrics["kept"]`: `kept_weights.kept`, or when no epoch had a
-        finite validation loss, the last epoch (whose weights stay).
-    """
-    if kept_weights.weights is not None:
-        with replicas.scope():
-            learn.model.set_weights(kept_weights.weights)
-        kept = dict(kept_weights.kept)
-    else:
-        last = learn.history[-1]
-        n_stage = sum(r["stage"] == last["stage"] for r in learn.history)
-        kept = {"stage": last["stage"], "epoch": last["epoch"], "stage_epoch": n_stage, "val_loss": float(last["val_loss"])}
-    for row in learn.history:
-        row["best"] = row["epoch"] == kept["epoch"]
-    return kept
-
-
 def _savefig(ax_or_fig, path):
     """Writes the figure of `ax_or_fig` (axes or figure) to `path` (atomically), then closes it."""
     fig = getattr(ax_or_fig, "figure", ax_or_fig)
@@ -219,41 +151,6 @@ def _new_axes(figsize=(8, 4)):
     from matplotlib.figure import Figure
 
     return Figure(figsize=figsize).subplots()
-
-
-@contextlib.contextmanager
-def removed_on_failure(out_dir):
-    """Deletes the run folder `out_dir` if the block made it and fails before any work was saved.
-
-    "Work" is what a resume would use: `model.keras` (written from the
-    first epoch on) or a step recorded in `progress.json`. A folder that
-    existed before the block is never deleted.
-
-    Example:
-
-    ```python
-    with removed_on_failure("runs/new"):
-        check_out_dir("runs/new")
-        ...  # a bad data folder raises: runs/new is gone
-    ```
-    """
-    out_dir = os.fspath(out_dir)
-    existed = os.path.lexists(out_dir)
-    try:
-        yield
-    except BaseException:
-        if not existed and os.path.isdir(out_dir) and not _holds_work(out_dir):
-            shutil.rmtree(out_dir, ignore_errors=True)
-        raise
-
-
-def _holds_work(out_dir):
-    if os.path.exists(os.path.join(out_dir, "model.keras")):
-        return True
-    try:
-        return bool(RunProgress.load(out_dir).meta["stages"])
-    except (OSError, ValueError):
-        return False
 
 
 def _job(run):
@@ -501,7 +398,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
             f"{config.batch_size // replicas.devices} images per device")
     run = RunFolder(out_dir)
     # The best weights by validation loss over every epoch of every stage.
-    kept_weights = _KeptWeights(learn, run.model_path)
+    kept_weights = KeptWeights(learn, run.model_path)
     # Resuming: the weights, best weights so far and random generators of
     # the last step done (nothing on a new run).
     with replicas.scope():
@@ -591,7 +488,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     # The best weights of the whole run: on a small dataset, fine-tuning the
     # body (or augmentation) can make things worse, or diverge; then an
     # earlier stage's weights are kept.
-    kept = _restore_kept(learn, kept_weights, replicas)
+    kept = restore_kept(learn, kept_weights, replicas)
 
     # Evaluate, TTA.
     header("evaluate", f"the kept weights on the {len(data.valid_paths)} validation images")

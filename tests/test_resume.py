@@ -342,3 +342,21 @@ def test_resume_with_other_settings_fails_before_any_work(tmp_path, synthetic_fo
         train(synthetic_folder, run, TrainConfig(arch="tiny_cnn", image_size=64, weights=None, seed=0, distribute="none"), resume=True)
     with pytest.raises(ValueError, match="data_dir: the run has"):
         train(tmp_path, run, resume=True)
+
+
+@pytest.mark.one_backend
+def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default(tmp_path, synthetic_folder):
+    # A run started by an older kertransfer has no record of settings added
+    # since (e.g. cycle_len): it ran with their defaults' behaviour, so the
+    # same settings resume, and a changed one is still refused.
+    run = _started_run(tmp_path / "run", synthetic_folder)
+    path = run / "progress.json"
+    meta = json.loads(path.read_text())
+    config = meta["config"]
+    del config["cycle_len"], config["cycle_mult"]
+    path.write_text(json.dumps(meta))
+    progress = RunProgress.load(run)
+    same = TrainConfig(**config)
+    progress.check_same(same, synthetic_folder)
+    with pytest.raises(ValueError, match=r"cycle_len: the run has 1, received 2"):
+        progress.check_same(TrainConfig(**config, cycle_len=2), synthetic_folder)
