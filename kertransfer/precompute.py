@@ -7,10 +7,10 @@ import os
 import keras
 import numpy as np
 
-from kertransfer.backbones import cache_dir
 from kertransfer.data.cache import load_checked
 from kertransfer.data.cache import write_checksum
 from kertransfer.distribute import predict_padded
+from kertransfer.files import cache_dir
 
 __all__ = ["ActivationCache"]
 
