@@ -12,15 +12,15 @@ import tempfile
 
 import numpy as np
 
-from kertransfer.export._common import _import_tensorflow
-from kertransfer.export._common import _load_model
-from kertransfer.export._common import _on_tensorflow
-from kertransfer.export._common import _resolve_meta
-from kertransfer.export._common import _unique_variables
-from kertransfer.export.bridge import _delegate
-from kertransfer.export.tf_images import _tf_bytes_error
-from kertransfer.export.tf_images import _tf_frame_decodable
-from kertransfer.export.tf_images import _tf_resize_and_crop
+from kertransfer.export.bridge import delegate
+from kertransfer.export.common import import_tensorflow
+from kertransfer.export.common import load_model
+from kertransfer.export.common import on_tensorflow
+from kertransfer.export.common import resolve_meta
+from kertransfer.export.common import unique_variables
+from kertransfer.export.tf_images import tf_bytes_error
+from kertransfer.export.tf_images import tf_frame_decodable
+from kertransfer.export.tf_images import tf_resize_and_crop
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ TOP_K = 5
 def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
     """A `tf.Module` with the variables once and two signatures."""
     module = tf.Module()
-    module.model_variables = _unique_variables(model)
+    module.model_variables = unique_variables(model)
     top_k = min(top_k, len(class_names))
     image_size = framing.image_size
     framed = tf.TensorSpec([image_size, image_size, 3], tf.float32)
@@ -50,7 +50,7 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
-        images, positions = _tf_frame_decodable(tf, image_bytes, framing)
+        images, positions = tf_frame_decodable(tf, image_bytes, framing)
         classified = classify(images)
         # Row 0 of each output stands for "not classified"; item i takes
         # row 1 + (its place among the decoded items), or row 0.
@@ -65,7 +65,7 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
             outputs[key] = tf.gather(tf.concat([blank, value], 0), rows)
         decoded = rows > 0
         outputs["status"] = tf.where(decoded, "ok", "error")
-        outputs["error"] = _tf_bytes_error(tf, image_bytes, decoded)
+        outputs["error"] = tf_bytes_error(tf, image_bytes, decoded)
         return outputs
 
     @tf.function(input_signature=[
@@ -77,7 +77,7 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K):
         images = tf.cond(
             right_size, lambda: images,
             lambda: tf.map_fn(
-                lambda image: _tf_resize_and_crop(tf, image, framing), images,
+                lambda image: tf_resize_and_crop(tf, image, framing), images,
                 fn_output_signature=framed),
         )
         return classify(
@@ -205,15 +205,15 @@ def saved_model(
         )
     version = int(version)
     out_dir = os.fspath(out_dir)
-    if not _on_tensorflow():
-        return _delegate(
+    if not on_tensorflow():
+        return delegate(
             "saved_model", model_or_run_dir, out_dir=out_dir, name=name,
             version=version, class_names=class_names, image_size=image_size,
             overwrite=overwrite,
         )
-    tf = _import_tensorflow()
-    model, run_dir, _ = _load_model(model_or_run_dir)
-    class_names, framing, _ = _resolve_meta(
+    tf = import_tensorflow()
+    model, run_dir, _ = load_model(model_or_run_dir)
+    class_names, framing, _ = resolve_meta(
         model, run_dir, class_names, image_size)
     export_dir = os.path.join(out_dir, name, str(version))
     if os.path.exists(export_dir) and not overwrite:

@@ -16,14 +16,14 @@ import warnings
 import keras
 import numpy as np
 
-from kertransfer.export._common import REPORT_NAME
-from kertransfer.export._common import ExportWarning
-from kertransfer.export._common import _import_tensorflow
-from kertransfer.export._common import _load_model
-from kertransfer.export._common import _on_tensorflow
-from kertransfer.export._common import _resolve_meta
-from kertransfer.export._common import _validation_set
-from kertransfer.export.bridge import _delegate
+from kertransfer.export.bridge import delegate
+from kertransfer.export.common import REPORT_NAME
+from kertransfer.export.common import ExportWarning
+from kertransfer.export.common import import_tensorflow
+from kertransfer.export.common import load_model
+from kertransfer.export.common import on_tensorflow
+from kertransfer.export.common import resolve_meta
+from kertransfer.export.common import validation_set
 from kertransfer.images import frame_images
 from kertransfer.run_folder import RunFolder
 
@@ -190,8 +190,8 @@ def validate(
         labels = np.asarray(labels)
         labels = labels.argmax(-1) if labels.ndim == 2 else labels
         labels = [int(i) for i in labels]
-    if not _on_tensorflow():
-        report = _delegate(
+    if not on_tensorflow():
+        report = delegate(
             "validate", model_or_run_dir, artifacts=artifacts, images=images,
             labels=labels, class_names=class_names, image_size=image_size,
             report_path=report_path, max_timed_images=max_timed_images,
@@ -250,11 +250,11 @@ def _reference(model, run_dir, model_path, metrics, paths, labels, framing):
 def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
                  image_size, report_path, max_timed_images):
     """`validate` under the TensorFlow backend."""
-    tf = _import_tensorflow()
-    model, run_dir, model_path = _load_model(model_or_run_dir)
-    class_names, framing, metrics = _resolve_meta(
+    tf = import_tensorflow()
+    model, run_dir, model_path = load_model(model_or_run_dir)
+    class_names, framing, metrics = resolve_meta(
         model, run_dir, class_names, image_size)
-    paths, labels = _validation_set(run_dir, images, labels, class_names)
+    paths, labels = validation_set(run_dir, images, labels, class_names)
     paths, labels, reference, description = _reference(
         model, run_dir, model_path, metrics, paths, labels, framing)
     pixels = frame_images(paths, framing)
@@ -458,7 +458,7 @@ def _interpreter(path):
             ExportWarning,
             stacklevel=4,
         )
-        Interpreter = _import_tensorflow().lite.Interpreter
+        Interpreter = import_tensorflow().lite.Interpreter
         kind = "tf.lite"
     interpreter = Interpreter(model_path=path, num_threads=1)
     interpreter.allocate_tensors()
