@@ -88,7 +88,7 @@ def child(folder, cache, batch_size):
     print(json.dumps({
         "train_images": len(data.train_paths),
         "store": data.store.kind,
-        "workers": data._batch_workers,
+        "workers": data.batch_workers,
         "import_s": round(imported - start, 1),
         "first_batch_s": round(first_batch, 1),
         "epoch_s": round(epoch, 1),
