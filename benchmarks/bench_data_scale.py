@@ -50,7 +50,7 @@ def build_folder(source, root, n_train, n_valid=200):
             )
     classes = sorted(photos)
     for split, n in (("train", n_train), ("valid", n_valid)):
-        for k, c in enumerate(classes):
+        for c in classes:
             out = os.path.join(root, split, c)
             os.makedirs(out, exist_ok=True)
             files = photos[c]

@@ -14,6 +14,7 @@ from kertransfer.balance import resolve_class_weight
 from kertransfer.data import ImageClassifierData
 from kertransfer.learner import ConvLearner
 from kertransfer.transforms import tfms_from_model
+
 from conftest import write_synthetic_images
 
 

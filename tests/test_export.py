@@ -28,7 +28,8 @@ from kertransfer import export as kexport
 from kertransfer import images
 from kertransfer.images import Framing
 from kertransfer.images import frame_images
-from kertransfer.layers import AdaptiveConcatPooling2D, ImagePreprocessing
+from kertransfer.layers import AdaptiveConcatPooling2D
+from kertransfer.layers import ImagePreprocessing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(REPO, "..", "shared", "data", "hymenoptera")
