@@ -17,7 +17,7 @@ export JAX_COMPILATION_CACHE_DIR := $(abspath .cache/jax)
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0
 DEMO_BACKEND ?= tensorflow
 
-.PHONY: install demo test test-tensorflow test-tensorflow-slow test-tensorflow-unit test-jax test-torch test-jax-torch test-recipes $(RECIPES:%=test-recipe-%) test-fast clean
+.PHONY: install demo lint test test-tensorflow test-tensorflow-slow test-tensorflow-unit test-jax test-torch test-jax-torch test-recipes $(RECIPES:%=test-recipe-%) test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ $(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml
 demo: $(VENV)/.installed-demo-$(DEMO_BACKEND)
 	KERAS_BACKEND=$(DEMO_BACKEND) $(VENV)/bin/kertransfer demo --out runs/demo --overwrite
 
+# Seconds, run first by `make test`: ruff (pyflakes, import order, bugbear,
+# no `assert` in the library: pyproject.toml), the layering contract
+# (import-linter, `[tool.importlinter]`: no cycles, nothing downstream
+# imported upstream) and no module importing another's private names.
+lint: install
+	$(VENV)/bin/ruff check
+	$(VENV)/bin/lint-imports
+	$(PYTEST) --noconftest tests/test_package.py -k private
+
 # Unit tests on all three backends, the end-to-end tests once (TensorFlow).
 # `make test` runs its passes two at a time (-j2, one per core), in an
 # order that makes both lanes end together: the TensorFlow end-to-end tests
@@ -65,7 +74,8 @@ ONE_THREAD := OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
 RECIPES := planet dogscats dog_breeds
 TEST_PASSES := test-tensorflow-slow test-torch test-tensorflow-unit test-jax test-recipes
 
-test: install
+# `lint` first: a lint error stops `make test` in seconds.
+test: install lint
 	$(MAKE) --no-print-directory -j2 -k --output-sync=target $(TEST_PASSES)
 
 # The TensorFlow pass: the end-to-end tests and the unit tests (not the recipes), in two processes.

@@ -50,7 +50,7 @@ def build_folder(source, root, n_train, n_valid=200):
             )
     classes = sorted(photos)
     for split, n in (("train", n_train), ("valid", n_valid)):
-        for k, c in enumerate(classes):
+        for c in classes:
             out = os.path.join(root, split, c)
             os.makedirs(out, exist_ok=True)
             files = photos[c]
@@ -88,7 +88,7 @@ def child(folder, cache, batch_size):
     print(json.dumps({
         "train_images": len(data.train_paths),
         "store": data.store.kind,
-        "workers": data._batch_workers,
+        "workers": data.batch_workers,
         "import_s": round(imported - start, 1),
         "first_batch_s": round(first_batch, 1),
         "epoch_s": round(epoch, 1),

@@ -44,7 +44,9 @@ def main(argv=None):
         folder = build_folder(args.data, os.path.join(tmp, "data"), args.images, args.valid)
         import keras
 
-        from kertransfer import ConvLearner, ImageClassifierData, tfms_from_model
+        from kertransfer import ConvLearner
+        from kertransfer import ImageClassifierData
+        from kertransfer import tfms_from_model
 
         rows, start = {}, time.perf_counter()
 

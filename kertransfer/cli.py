@@ -227,9 +227,9 @@ def _predict(args):
 
 def _export(args):
     """`kertransfer export`: the exports, their report table, an exit status."""
-    from kertransfer.export import QUANTIZATIONS, export
-
     from kertransfer.console import progress_bars
+    from kertransfer.export import QUANTIZATIONS
+    from kertransfer.export import export
 
     quantize = [q.strip() for q in args.quantize.split(",") if q.strip()]
     if quantize == ["all"]:

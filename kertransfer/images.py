@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image
 from PIL import ImageOps
 
-from kertransfer.run_folder import atomic_path
+from kertransfer.files import atomic_path
 
 __all__ = [
     "DEFAULT_CROP_PCT",

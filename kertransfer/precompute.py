@@ -7,11 +7,11 @@ import os
 import keras
 import numpy as np
 
-from kertransfer.backbones import cache_dir
 from kertransfer.console import progress_bar
 from kertransfer.data.cache import load_checked
 from kertransfer.data.cache import write_checksum
 from kertransfer.distribute import predict_padded
+from kertransfer.files import cache_dir
 
 __all__ = ["ActivationCache"]
 

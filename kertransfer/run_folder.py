@@ -20,10 +20,11 @@ commits it with `write_state`: arrays in a new `.npz` file, then the JSON
 that names it, renamed into place; the rename is the commit, so a reader
 (`read_state`) finds the previous state or the new one, never a mix.
 
-This module imports nothing from the rest of kertransfer.
+This module imports only `kertransfer.files` (`atomic_path`, kept as
+`kertransfer.run_folder.atomic_path`) and, to load a model, the custom
+layers (`kertransfer.layers`).
 """
 
-import contextlib
 import csv
 import glob
 import json
@@ -31,6 +32,8 @@ import os
 import uuid
 
 import numpy as np
+
+from kertransfer.files import atomic_path
 
 # Files whose presence marks a folder as holding a run (progress.json: a
 # run that has started, finished or not; see `kertransfer.train`).
@@ -49,40 +52,6 @@ _CONTENTS = {
     "history.csv": "one row per epoch",
 }
 _FIX = "Pass a folder written by `kertransfer train`"
-
-
-@contextlib.contextmanager
-def atomic_path(path):
-    """Yields a temporary path to write; renames it to `path` on success.
-
-    The temporary file sits in the same folder (same file system, so the
-    rename is atomic) and keeps `path`'s extension, as writers like
-    `keras.Model.save` (`.keras`) and `matplotlib` (`.png`) choose the
-    format from it. On an exception the temporary file is removed and
-    `path` is untouched.
-
-    Args:
-        path: the final file path.
-
-    Yields:
-        The temporary path (str) to write to.
-
-    Example:
-
-    >>> with atomic_path("runs/demo/model.keras") as tmp:
-    ...     model.save(tmp)
-    """
-    path = os.fspath(path)
-    folder, name = os.path.split(os.path.abspath(path))
-    stem, ext = os.path.splitext(name)
-    # Unique per process and thread: two writers never share a temporary file.
-    tmp = os.path.join(folder, f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def check_out_dir(out_dir, overwrite=False, flag="overwrite=True"):

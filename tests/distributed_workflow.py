@@ -49,10 +49,11 @@ def workflow(data_dir, distribution, work, ps=0.5, bn_freeze=False):
     import keras
 
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import conftest  # noqa: F401  (registers the tiny_cnn backbone)
     from kertransfer import ConvLearner
     from kertransfer.data import ImageClassifierData
     from kertransfer.transforms import tfms_from_model
+
+    import conftest  # noqa: F401  (registers the tiny_cnn backbone)
 
     os.environ["KERAS_HOME"] = os.path.join(work, "keras_home")  # own precompute cache
     keras.utils.set_random_seed(0)

@@ -15,7 +15,7 @@ from kertransfer.transforms import transforms_top_down
 def photo(hymenoptera):
     tfms = (ImageTransforms(64), ImageTransforms(64))
     data = ImageClassifierData.from_paths(hymenoptera, batch_size=8, tfms=tfms)
-    return data._splits["valid"].image(0)
+    return data.split("valid").image(0)
 
 
 @pytest.mark.parametrize(

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_bomb_png
-from conftest import write_synthetic_images
 from kertransfer import images
 from kertransfer.data import ImageClassifierData
 from kertransfer.transforms import tfms_from_model
+
+from conftest import write_bomb_png
+from conftest import write_synthetic_images
 
 pytestmark = pytest.mark.one_backend
 

@@ -14,6 +14,7 @@ from kertransfer.balance import resolve_class_weight
 from kertransfer.data import ImageClassifierData
 from kertransfer.learner import ConvLearner
 from kertransfer.transforms import tfms_from_model
+
 from conftest import write_synthetic_images
 
 
@@ -59,7 +60,7 @@ def test_oversample_repeats_rare_training_images_only(tmp_path):
     tfms = tfms_from_model("tiny_cnn", 32)
     data = ImageClassifierData.from_paths(root, batch_size=8, tfms=tfms, oversample=True)
     assert data.counts("train") == {"ants": 12, "bees": 3}  # the files
-    assert len(data._splits["train"]) == 15  # indices repeat, files are not copied
+    assert len(data.split("train")) == 15  # indices repeat, files are not copied
     batches = data.train_batches(seed=0)
     served = np.concatenate([batches[i][1] for i in range(len(batches))])
     assert np.bincount(served).tolist() == [12, 12]

@@ -5,13 +5,14 @@ import dataclasses
 import json
 
 import pytest
-from conftest import write_synthetic_images
 
 from kertransfer.cli import _config
 from kertransfer.cli import build_parser
 from kertransfer.cli import main
 from kertransfer.config import BUILTIN_ARCHS
 from kertransfer.config import TrainConfig
+
+from conftest import write_synthetic_images
 
 pytestmark = pytest.mark.one_backend  # argument handling: no backend code runs
 

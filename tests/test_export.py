@@ -30,7 +30,8 @@ from kertransfer import export as kexport
 from kertransfer import images
 from kertransfer.images import Framing
 from kertransfer.images import frame_images
-from kertransfer.layers import AdaptiveConcatPooling2D, ImagePreprocessing
+from kertransfer.layers import AdaptiveConcatPooling2D
+from kertransfer.layers import ImagePreprocessing
 from kertransfer.portable import save_portable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -272,7 +273,7 @@ def test_serving_graph_frames_like_validation(tmp_path):
 
     framing = Framing(224)
     frame = tf.function(
-        lambda data: kexport._tf_frame_bytes(tf, data, framing))
+        lambda data: kexport.tf_frame_bytes(tf, data, framing))
     real = [p for p, _ in _photos("val", 6)] + [
         os.path.join(DATA, "train", "ants", "imageNotFound.gif"),
         os.path.join(DATA, "train", "ants", "ant photos.jpg")]
@@ -291,7 +292,7 @@ def test_serving_graph_frames_like_validation(tmp_path):
     for path in special:
         if "exif" in path:
             with open(path, "rb") as f:
-                got = kexport._tf_exif_orientation(tf, tf.constant(f.read()))
+                got = kexport.tf_exif_orientation(tf, tf.constant(f.read()))
             assert int(got) == Image.open(path).getexif()[0x0112], path
 
 
@@ -688,7 +689,7 @@ def test_serving_default_all_good_batch_unchanged(run, signatures, tmp_path):
 
     framing = Framing(IMAGE_SIZE)
     framed = tf.map_fn(
-        lambda data: kexport._tf_frame_bytes(tf, data, framing),
+        lambda data: kexport.tf_frame_bytes(tf, data, framing),
         tf.constant(encoded),
         fn_output_signature=tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE, 3],
                                           tf.float32))

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import write_bomb_png
-from conftest import write_synthetic_images
 from kertransfer import images
 from kertransfer.images import Framing
+
+from conftest import write_bomb_png
+from conftest import write_synthetic_images
 
 pytestmark = pytest.mark.one_backend
 

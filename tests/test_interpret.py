@@ -19,9 +19,10 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from kertransfer.images import load_thumbnail  # noqa: E402
 from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
 from kertransfer.interpret import MultiLabelInterpretation  # noqa: E402
-from kertransfer.images import load_thumbnail  # noqa: E402
+
 from conftest import write_synthetic_images  # noqa: E402
 
 pytestmark = pytest.mark.one_backend

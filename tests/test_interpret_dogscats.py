@@ -20,7 +20,6 @@ from kertransfer.interpret import ClassificationInterpretation
 from kertransfer.learner import ConvLearner
 from kertransfer.transforms import tfms_from_model
 
-
 TRAIN_PER_CLASS = 100
 
 

@@ -10,11 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import synthetic_image
-from conftest import write_synthetic_images
 from kertransfer.data import ImageClassifierData
 from kertransfer.learner import ConvLearner
 from kertransfer.transforms import tfms_from_model
+
+from conftest import synthetic_image
+from conftest import write_synthetic_images
 
 
 def _learner(data, precompute=True):

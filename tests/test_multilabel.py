@@ -20,6 +20,7 @@ from kertransfer.metrics import fbeta
 from kertransfer.metrics import opt_th
 from kertransfer.transforms import tfms_from_model
 from kertransfer.transforms import transforms_top_down
+
 from conftest import write_synthetic_images
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -24,6 +24,7 @@ from PIL import Image  # noqa: E402
 from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
 from kertransfer.report import plot_history
 from kertransfer.report import write_report  # noqa: E402
+
 from conftest import write_synthetic_images  # noqa: E402
 
 pytestmark = pytest.mark.one_backend

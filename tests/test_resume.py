@@ -13,13 +13,14 @@ import keras
 import numpy as np
 import pytest
 
-from conftest import write_synthetic_images
 from kertransfer.cli import main
 from kertransfer.learner import ConvLearner
 from kertransfer.progress import RunProgress
 from kertransfer.run_folder import load_model_file
 from kertransfer.train import TrainConfig
 from kertransfer.train import train
+
+from conftest import write_synthetic_images
 
 TESTS = pathlib.Path(__file__).resolve().parent
 

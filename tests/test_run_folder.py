@@ -227,7 +227,7 @@ def test_missing_folder_keys_and_arrays_are_named(tmp_path):
 
 def test_predict_report_and_export_share_the_policy(tmp_path):
     """A too-new metrics.json stops all three readers with the same error."""
-    from kertransfer.export._common import _resolve_meta
+    from kertransfer.export.common import resolve_meta
     from kertransfer.predict import load_run
     from kertransfer.report import write_report
 
@@ -235,11 +235,11 @@ def test_predict_report_and_export_share_the_policy(tmp_path):
     RunFolder(tmp_path).write_model(model)
     RunFolder(tmp_path).write_predictions(probs=np.full((2, 2), 0.5), targets=np.array([0, 1]))
     (tmp_path / "metrics.json").write_text('{"schema": 99, "classes": ["a", "b"], "image_size": 8, "arch": "tiny"}')
-    for read in (lambda: load_run(tmp_path), lambda: write_report(tmp_path), lambda: _resolve_meta(model, str(tmp_path), None, None)):
+    for read in (lambda: load_run(tmp_path), lambda: write_report(tmp_path), lambda: resolve_meta(model, str(tmp_path), None, None)):
         with pytest.raises(RunFolderError, match=r"metrics\.json has schema 99, newer than this kertransfer"):
             read()
     # Written by this version: all three read it.
     RunFolder(tmp_path).write_metrics({"classes": ["a", "b"], "image_size": 8, "arch": "tiny"})
     assert load_run(tmp_path)[1]["classes"] == ["a", "b"]
     assert write_report(tmp_path).is_file()
-    assert _resolve_meta(model, str(tmp_path), None, None)[0] == ["a", "b"]
+    assert resolve_meta(model, str(tmp_path), None, None)[0] == ["a", "b"]

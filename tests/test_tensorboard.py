@@ -11,6 +11,7 @@ from kertransfer.cli import _config
 from kertransfer.cli import build_parser
 from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
+
 from conftest import tensorboard_scalars
 
 

@@ -8,13 +8,13 @@ import re
 import numpy as np
 import pytest
 
-from conftest import tensorboard_scalars
-from conftest import write_synthetic_images
-
 from kertransfer.cli import main
 from kertransfer.interpret import ClassificationInterpretation
 from kertransfer.train import TrainConfig
 from kertransfer.train import train
+
+from conftest import tensorboard_scalars
+from conftest import write_synthetic_images
 
 
 @pytest.mark.slow
@@ -279,7 +279,8 @@ def test_tiny_run_tensorboard_and_report(hymenoptera, tmp_path, capsys):
 
 @pytest.mark.one_backend
 def test_cli_bn_freeze_flag_reaches_train_config(tmp_path):
-    from kertransfer.cli import _config, build_parser
+    from kertransfer.cli import _config
+    from kertransfer.cli import build_parser
 
     parser = build_parser()
     assert _config(parser.parse_args(["train", str(tmp_path)])).bn_freeze is False

@@ -1,5 +1,9 @@
 """Backbones: a registry of pretrained CNN bodies for transfer learning."""
 
+from kertransfer.backbones.efficientnet_lite import efficientnet_lite0
+from kertransfer.backbones.efficientnet_lite import efficientnet_lite1
+from kertransfer.backbones.efficientnet_lite import efficientnet_lite2
+from kertransfer.backbones.keras_apps import build_keras_app
 from kertransfer.backbones.registry import BackboneSpec
 from kertransfer.backbones.registry import assign_layer_groups
 from kertransfer.backbones.registry import build_backbone
@@ -7,9 +11,6 @@ from kertransfer.backbones.registry import cache_dir
 from kertransfer.backbones.registry import get_backbone
 from kertransfer.backbones.registry import list_backbones
 from kertransfer.backbones.registry import register_backbone
-from kertransfer.backbones.efficientnet_lite import efficientnet_lite0
-from kertransfer.backbones.efficientnet_lite import efficientnet_lite1
-from kertransfer.backbones.efficientnet_lite import efficientnet_lite2
 from kertransfer.backbones.resnet import build_resnet
 from kertransfer.backbones.resnet import convert_torchvision_state_dict
 from kertransfer.backbones.resnet import resnet18
@@ -17,7 +18,6 @@ from kertransfer.backbones.resnet import resnet34
 from kertransfer.backbones.resnet import resnext50_32x4d
 from kertransfer.backbones.resnet import resnext101_32x8d
 from kertransfer.backbones.resnet import tv_resnet50
-from kertransfer.backbones.keras_apps import build_keras_app
 
 __all__ = [
     "BackboneSpec",

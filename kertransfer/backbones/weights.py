@@ -33,7 +33,8 @@ import urllib.error
 import urllib.request
 
 from kertransfer.backbones.torch_weights import load_torch_state_dict
-from kertransfer.run_folder import atomic_path
+from kertransfer.files import atomic_path
+from kertransfer.files import cache_dir
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -55,23 +56,6 @@ DOWNLOAD_TIMEOUT_S = 15
 KERAS_SUFFIXES = (".weights.h5", ".h5")
 TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
 LOCAL_HINT = "weights=PATH in Python, --weights PATH on the command line"
-
-
-def cache_dir():
-    """Returns (and creates) kertransfer's folder in the Keras cache.
-
-    `$KERAS_HOME/kertransfer` when `KERAS_HOME` is set, else
-    `~/.keras/kertransfer` (falling back to `/tmp/.keras/kertransfer` when the
-    home folder is not writable, as Keras does).
-    """
-    base = os.environ.get("KERAS_HOME") or os.path.join(
-        os.path.expanduser("~"), ".keras"
-    )
-    if not os.access(os.path.dirname(base) or ".", os.W_OK):
-        base = os.path.join("/tmp", ".keras")
-    path = os.path.join(base, "kertransfer")
-    os.makedirs(path, exist_ok=True)
-    return path
 
 
 def models_dir():

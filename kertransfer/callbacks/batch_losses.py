@@ -2,7 +2,7 @@
 
 import keras
 
-from kertransfer.callbacks._optim import sync_jax_state
+from kertransfer.callbacks.learning_rates import sync_jax_state
 
 __all__ = ["BatchLosses"]
 

@@ -5,14 +5,14 @@ import math
 import numpy as np
 
 from kertransfer import schedules
-from kertransfer.callbacks._optim import check_settable_learning_rates
-from kertransfer.callbacks._optim import learning_rate_logs
-from kertransfer.callbacks._optim import optimizer_steps
-from kertransfer.callbacks._optim import set_learning_rates
-from kertransfer.callbacks._optim import sub_optimizers
 from kertransfer.callbacks.batch_losses import BatchLosses
 from kertransfer.callbacks.checkpoint import assign_arrays
 from kertransfer.callbacks.checkpoint import variable_arrays
+from kertransfer.callbacks.learning_rates import check_settable_learning_rates
+from kertransfer.callbacks.learning_rates import learning_rate_logs
+from kertransfer.callbacks.learning_rates import optimizer_steps
+from kertransfer.callbacks.learning_rates import set_learning_rates
+from kertransfer.callbacks.learning_rates import sub_optimizers
 
 __all__ = ["LRFinder", "raw_batch_losses"]
 

@@ -3,11 +3,11 @@
 import keras
 
 from kertransfer import schedules
-from kertransfer.callbacks._optim import check_settable_learning_rates
-from kertransfer.callbacks._optim import learning_rate_logs
-from kertransfer.callbacks._optim import optimizer_steps
-from kertransfer.callbacks._optim import set_learning_rates
-from kertransfer.callbacks._optim import sub_optimizers
+from kertransfer.callbacks.learning_rates import check_settable_learning_rates
+from kertransfer.callbacks.learning_rates import learning_rate_logs
+from kertransfer.callbacks.learning_rates import optimizer_steps
+from kertransfer.callbacks.learning_rates import set_learning_rates
+from kertransfer.callbacks.learning_rates import sub_optimizers
 
 __all__ = ["StepSchedule"]
 

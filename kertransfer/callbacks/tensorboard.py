@@ -4,7 +4,7 @@ import importlib.util
 
 import keras
 
-from kertransfer.callbacks._optim import get_learning_rates
+from kertransfer.callbacks.learning_rates import get_learning_rates
 
 __all__ = ["TensorBoardLogger"]
 

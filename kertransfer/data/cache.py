@@ -30,10 +30,10 @@ import os
 import numpy as np
 
 from kertransfer.console import progress_bar
+from kertransfer.files import atomic_path
 from kertransfer.images import DECODE_VERSION
 from kertransfer.images import decode_image
 from kertransfer.images import probe_image
-from kertransfer.run_folder import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -218,7 +218,7 @@ def make_store(cache, decode_size, num_images, memory_budget=None, folder=None):
         return MemoryStore(decode_size)
     if cache == "disk":
         if folder is None:
-            from kertransfer.backbones import cache_dir
+            from kertransfer.files import cache_dir
 
             folder = os.path.join(cache_dir(), "decoded")
         return DiskStore(decode_size, folder)

@@ -426,14 +426,18 @@ class ImageClassifierData:
             augment=augment,
             seed=seed,
             indices=self.train_index,
-            workers=self._batch_workers,
+            workers=self.batch_workers,
             batch_multiple=batch_multiple,
         )
 
     @property
-    def _batch_workers(self):
-        # Decoding from disk runs in Keras PyDataset worker threads (Pillow
-        # releases the GIL); decoded images in memory only need cropping.
+    def batch_workers(self):
+        """Worker threads that decode the batches (`ImageBatches(workers=)`).
+
+        Decoding from disk runs in Keras PyDataset worker threads (Pillow
+        releases the GIL): `num_workers`, else one per CPU. Images decoded
+        in memory only need cropping: 1.
+        """
         if self.store.kind == "memory":
             return 1
         return self.num_workers or os.cpu_count() or 1
@@ -474,7 +478,7 @@ class ImageClassifierData:
             augment=augment,
             seed=seed,
             per_image_seeds=True,
-            workers=self._batch_workers,
+            workers=self.batch_workers,
         )
 
     def valid_batches(self):

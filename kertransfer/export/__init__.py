@@ -20,7 +20,7 @@ One module per format, as Keras's own `keras/src/export/`:
 - `validate.py`: `validate` (one runner per format, against
   `kertransfer.predict`) and `format_report`.
 - `pipeline.py`: `export`, every requested format then `validate`.
-- `bridge.py`: the TensorFlow subprocess; `_common.py`: the model, class
+- `bridge.py`: the TensorFlow subprocess; `common.py`: the model, class
   names, framing and image files every export reads.
 
 The command line, `kertransfer export`, is `kertransfer.cli.export_main`.
@@ -34,17 +34,17 @@ any backend exports the same way.
 """
 
 from kertransfer.cli import export_main
-from kertransfer.export._common import QUANTIZATIONS
-from kertransfer.export._common import REPORT_NAME  # noqa: F401
-from kertransfer.export._common import ExportWarning
+from kertransfer.export.common import QUANTIZATIONS
+from kertransfer.export.common import REPORT_NAME  # noqa: F401
+from kertransfer.export.common import ExportWarning
 from kertransfer.export.litert import tflite
 from kertransfer.export.onnx import onnx
 from kertransfer.export.pipeline import FORMATS  # noqa: F401
 from kertransfer.export.pipeline import export
 from kertransfer.export.saved_model import TOP_K  # noqa: F401
 from kertransfer.export.saved_model import saved_model
-from kertransfer.export.tf_images import _tf_exif_orientation  # noqa: F401
-from kertransfer.export.tf_images import _tf_frame_bytes  # noqa: F401
+from kertransfer.export.tf_images import tf_exif_orientation  # noqa: F401
+from kertransfer.export.tf_images import tf_frame_bytes  # noqa: F401
 from kertransfer.export.validate import AGREEMENT_TARGETS  # noqa: F401
 from kertransfer.export.validate import INT8_SIZE_RATIO  # noqa: F401
 from kertransfer.export.validate import LEAN_SAVED_MODEL_RATIO  # noqa: F401
@@ -54,7 +54,7 @@ from kertransfer.export.validate import validate
 
 # The `noqa` names are not in `__all__` but were module attributes of the
 # single `kertransfer/export.py`, so they stay reachable here; tests call the
-# two `_tf_*` decode helpers as `kertransfer.export._tf_*`.
+# two `tf_images` decode helpers as `kertransfer.export.tf_*`.
 #
 # `saved_model`, `onnx` and `validate` name both a function and the module
 # defining it. The functions imported above are the package's attributes:

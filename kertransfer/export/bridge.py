@@ -2,9 +2,10 @@
 
 SavedModel, the LiteRT converter and `tf2onnx` need the TensorFlow Keras
 backend. When another backend is active, each public export function calls
-`_delegate`, which re-runs it in a subprocess with `KERAS_BACKEND=tensorflow`
-(`python -m kertransfer.export --_call REQUEST RESPONSE`, served by
-`_serve_call`). The child loads the `.keras` file with `compile=False`, so a
+`delegate`, which re-runs it in a subprocess with `KERAS_BACKEND=tensorflow`
+(`python -m kertransfer.export --_call REQUEST RESPONSE`, whose `__main__`
+passes the export functions to `serve_call`: this module imports none of
+them, so they can all import it). The child loads the `.keras` file with `compile=False`, so a
 model trained under any backend exports the same way. Arguments, the result,
 `ExportWarning`s and errors cross as JSON files.
 """
@@ -20,7 +21,7 @@ import warnings
 import keras
 
 import kertransfer
-from kertransfer.export._common import ExportWarning
+from kertransfer.export.common import ExportWarning
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +33,24 @@ _BUILTIN_ERRORS = {
 }
 
 
-def _delegate(function_name, model_or_run_dir, **kwargs):
+def delegate(function_name, model_or_run_dir, **kwargs):
     """Runs `function_name(model_or_run_dir, **kwargs)` under TensorFlow.
 
     The model is passed by path (a `keras.Model` is saved to a temporary
     `.keras` file first); the result and any warnings come back as JSON.
+
+    Args:
+        function_name: an export function's name (`"saved_model"`,
+            `"tflite"`, `"onnx"`, `"validate"` or `"export"`).
+        model_or_run_dir: a `keras.Model`, a run folder or a `.keras` file.
+        **kwargs: the function's other arguments (JSON-serializable).
+
+    Returns:
+        What the function returned in the subprocess.
+
+    Raises:
+        The subprocess's error, as the same built-in type (else
+        `RuntimeError`); `RuntimeError` with its output if it crashed.
     """
     with tempfile.TemporaryDirectory(prefix="kertransfer-export-") as tmp:
         if isinstance(model_or_run_dir, keras.Model):
@@ -90,19 +104,21 @@ def _delegate(function_name, model_or_run_dir, **kwargs):
     return result["value"]
 
 
-def _serve_call(request_path, response_path):
-    """Child side of `_delegate`."""
-    # Imported here: the exporters import this module.
-    from kertransfer.export.litert import tflite
-    from kertransfer.export.onnx import onnx
-    from kertransfer.export.pipeline import export
-    from kertransfer.export.saved_model import saved_model
-    from kertransfer.export.validate import validate
+def serve_call(request_path, response_path, functions):
+    """Child side of `delegate`: runs the request, writes the response.
 
+    Args:
+        request_path: the JSON file `delegate` wrote.
+        response_path: the JSON file to write (the value, the
+            `ExportWarning`s and any error).
+        functions: `{name: function}`, the export functions that may be
+            called (`kertransfer.export.__main__` passes them).
+
+    Returns:
+        Exit status: 0, or 1 if the function raised.
+    """
     with open(request_path) as f:
         request = json.load(f)
-    functions = {"saved_model": saved_model, "tflite": tflite,
-                 "onnx": onnx, "validate": validate, "export": export}
     result = {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -13,18 +13,18 @@ import warnings
 import numpy as np
 
 from kertransfer import images as images_lib
-from kertransfer.export._common import QUANTIZATIONS
-from kertransfer.export._common import ExportWarning
-from kertransfer.export._common import _import_tensorflow
-from kertransfer.export._common import _list_images
-from kertransfer.export._common import _load_model
-from kertransfer.export._common import _on_tensorflow
-from kertransfer.export._common import _resolve_meta
-from kertransfer.export._common import _resolve_thresholds
-from kertransfer.export._common import _unique_variables
-from kertransfer.export._common import _validation_set
-from kertransfer.export._common import _write_thresholds
-from kertransfer.export.bridge import _delegate
+from kertransfer.export.bridge import delegate
+from kertransfer.export.common import QUANTIZATIONS
+from kertransfer.export.common import ExportWarning
+from kertransfer.export.common import import_tensorflow
+from kertransfer.export.common import list_images
+from kertransfer.export.common import load_model
+from kertransfer.export.common import on_tensorflow
+from kertransfer.export.common import resolve_meta
+from kertransfer.export.common import resolve_thresholds
+from kertransfer.export.common import unique_variables
+from kertransfer.export.common import validation_set
+from kertransfer.export.common import write_thresholds
 from kertransfer.images import frame_images
 from kertransfer.run_folder import RunFolder
 
@@ -34,13 +34,13 @@ logger = logging.getLogger(__name__)
 def _representative_paths(representative_images, run_dir, metrics):
     """Calibration images: given, else the run's training data."""
     if representative_images is not None:
-        return _list_images(representative_images)
+        return list_images(representative_images)
     for key in ("train_dir", "data_dir"):
         folder = metrics.get(key)
         if folder and key == "data_dir":
             folder = os.path.join(folder, "train")
         if folder and os.path.isdir(folder):
-            return _list_images(folder)
+            return list_images(folder)
     if run_dir and RunFolder(run_dir).has(RunFolder.PREDICTIONS):
         warnings.warn(
             "int8 calibration fell back to the validation images listed in "
@@ -51,7 +51,7 @@ def _representative_paths(representative_images, run_dir, metrics):
             ExportWarning,
             stacklevel=3,
         )
-        return _validation_set(run_dir, None, None, [])[0]
+        return validation_set(run_dir, None, None, [])[0]
     raise ValueError(
         "int8 quantization needs representative images to calibrate "
         "activation ranges. Pass representative_images=<a folder or list "
@@ -142,24 +142,24 @@ def tflite(
     if representative_images is not None and not isinstance(
             representative_images, (str, os.PathLike)):
         representative_images = [os.fspath(p) for p in representative_images]
-    if not _on_tensorflow():
-        return _delegate(
+    if not on_tensorflow():
+        return delegate(
             "tflite", model_or_run_dir, path=path, quantize=quantize,
             representative_images=representative_images,
             num_calibration_images=num_calibration_images,
             class_names=class_names, image_size=image_size, seed=seed,
             thresholds=thresholds,
         )
-    tf = _import_tensorflow()
-    model, run_dir, _ = _load_model(model_or_run_dir)
-    class_names, framing, metrics = _resolve_meta(
+    tf = import_tensorflow()
+    model, run_dir, _ = load_model(model_or_run_dir)
+    class_names, framing, metrics = resolve_meta(
         model, run_dir, class_names, image_size)
     image_size = framing.image_size
-    thresholds = _resolve_thresholds(metrics, class_names, thresholds)
+    thresholds = resolve_thresholds(metrics, class_names, thresholds)
 
     with tempfile.TemporaryDirectory(prefix="kertransfer-litert-") as tmp:
         module = tf.Module()
-        module.model_variables = _unique_variables(model)
+        module.model_variables = unique_variables(model)
 
         @tf.function(input_signature=[tf.TensorSpec(
             [1, image_size, image_size, 3], tf.float32, name="images")])
@@ -207,7 +207,7 @@ def tflite(
     with open(os.path.join(folder, "labels.txt"), "w") as f:
         f.write("\n".join(class_names) + "\n")
     if thresholds is not None:
-        _write_thresholds(folder, thresholds)
+        write_thresholds(folder, thresholds)
     elif os.path.exists(os.path.join(folder, "thresholds.txt")):
         os.remove(os.path.join(folder, "thresholds.txt"))  # an earlier multi-label export's
     framing.save(folder)

@@ -7,11 +7,11 @@ import warnings
 
 import numpy as np
 
-from kertransfer.export._common import _import_tensorflow
-from kertransfer.export._common import _load_model
-from kertransfer.export._common import _on_tensorflow
-from kertransfer.export._common import _resolve_meta
-from kertransfer.export.bridge import _delegate
+from kertransfer.export.bridge import delegate
+from kertransfer.export.common import import_tensorflow
+from kertransfer.export.common import load_model
+from kertransfer.export.common import on_tensorflow
+from kertransfer.export.common import resolve_meta
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +52,12 @@ def onnx(model_or_run_dir, path, class_names=None, image_size=None):
             "ONNX export needs tf2onnx and onnx: "
             "`pip install 'kertransfer[onnx]'` (tf2onnx onnx onnxruntime)."
         )
-    if not _on_tensorflow():
-        return _delegate("onnx", model_or_run_dir, path=path,
+    if not on_tensorflow():
+        return delegate("onnx", model_or_run_dir, path=path,
                          class_names=class_names, image_size=image_size)
-    _import_tensorflow()
-    model, run_dir, _ = _load_model(model_or_run_dir)
-    class_names, framing, _ = _resolve_meta(
+    import_tensorflow()
+    model, run_dir, _ = load_model(model_or_run_dir)
+    class_names, framing, _ = resolve_meta(
         model, run_dir, class_names, image_size)
     image_size = framing.image_size
     model(np.zeros((1, image_size, image_size, 3), np.float32))  # build

@@ -2,11 +2,11 @@
 
 import os
 
-from kertransfer.export._common import QUANTIZATIONS
-from kertransfer.export._common import REPORT_NAME
-from kertransfer.export._common import _model_path
-from kertransfer.export._common import _on_tensorflow
-from kertransfer.export.bridge import _delegate
+from kertransfer.export.bridge import delegate
+from kertransfer.export.common import QUANTIZATIONS
+from kertransfer.export.common import REPORT_NAME
+from kertransfer.export.common import locate_model
+from kertransfer.export.common import on_tensorflow
 from kertransfer.export.litert import tflite
 from kertransfer.export.onnx import onnx
 from kertransfer.export.saved_model import saved_model
@@ -92,7 +92,7 @@ def export(
             f"formats (received formats={formats})."
         )
     run_dir = os.fspath(run_dir)
-    _model_path(run_dir)  # fail early, before any subprocess
+    locate_model(run_dir)  # fail early, before any subprocess
     if out_dir is None:
         base = run_dir if os.path.isdir(run_dir) else os.path.dirname(run_dir)
         out_dir = os.path.join(base, "export")
@@ -102,8 +102,8 @@ def export(
         representative_images = [os.fspath(p) for p in representative_images]
     if images is not None and not isinstance(images, (str, os.PathLike)):
         images = [os.fspath(p) for p in images]
-    if not _on_tensorflow():
-        report = _delegate(
+    if not on_tensorflow():
+        report = delegate(
             "export", run_dir, out_dir=out_dir, formats=formats,
             quantize=quantize, name=name, version=version,
             representative_images=representative_images, images=images,

@@ -12,17 +12,17 @@ import tempfile
 
 import numpy as np
 
-from kertransfer.export._common import _import_tensorflow
-from kertransfer.export._common import _load_model
-from kertransfer.export._common import _on_tensorflow
-from kertransfer.export._common import _resolve_meta
-from kertransfer.export._common import _resolve_thresholds
-from kertransfer.export._common import _unique_variables
-from kertransfer.export._common import _write_thresholds
-from kertransfer.export.bridge import _delegate
-from kertransfer.export.tf_images import _tf_bytes_error
-from kertransfer.export.tf_images import _tf_frame_decodable
-from kertransfer.export.tf_images import _tf_resize_and_crop
+from kertransfer.export.bridge import delegate
+from kertransfer.export.common import import_tensorflow
+from kertransfer.export.common import load_model
+from kertransfer.export.common import on_tensorflow
+from kertransfer.export.common import resolve_meta
+from kertransfer.export.common import resolve_thresholds
+from kertransfer.export.common import unique_variables
+from kertransfer.export.common import write_thresholds
+from kertransfer.export.tf_images import tf_bytes_error
+from kertransfer.export.tf_images import tf_frame_decodable
+from kertransfer.export.tf_images import tf_resize_and_crop
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K, thresholds=Non
     also return `above_threshold` and `tags`.
     """
     module = tf.Module()
-    module.model_variables = _unique_variables(model)
+    module.model_variables = unique_variables(model)
     top_k = min(top_k, len(class_names))
     image_size = framing.image_size
     framed = tf.TensorSpec([image_size, image_size, 3], tf.float32)
@@ -64,7 +64,7 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K, thresholds=Non
     @tf.function(input_signature=[
         tf.TensorSpec([None], tf.string, name="image_bytes")])
     def serving_default(image_bytes):
-        images, positions = _tf_frame_decodable(tf, image_bytes, framing)
+        images, positions = tf_frame_decodable(tf, image_bytes, framing)
         classified = classify(images)
         # Row 0 of each output stands for "not classified"; item i takes
         # row 1 + (its place among the decoded items), or row 0.
@@ -79,7 +79,7 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K, thresholds=Non
             outputs[key] = tf.gather(tf.concat([blank, value], 0), rows)
         decoded = rows > 0
         outputs["status"] = tf.where(decoded, "ok", "error")
-        outputs["error"] = _tf_bytes_error(tf, image_bytes, decoded)
+        outputs["error"] = tf_bytes_error(tf, image_bytes, decoded)
         return outputs
 
     @tf.function(input_signature=[
@@ -91,7 +91,7 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K, thresholds=Non
         images = tf.cond(
             right_size, lambda: images,
             lambda: tf.map_fn(
-                lambda image: _tf_resize_and_crop(tf, image, framing), images,
+                lambda image: tf_resize_and_crop(tf, image, framing), images,
                 fn_output_signature=framed),
         )
         return classify(
@@ -232,17 +232,17 @@ def saved_model(
         )
     version = int(version)
     out_dir = os.fspath(out_dir)
-    if not _on_tensorflow():
-        return _delegate(
+    if not on_tensorflow():
+        return delegate(
             "saved_model", model_or_run_dir, out_dir=out_dir, name=name,
             version=version, class_names=class_names, image_size=image_size,
             overwrite=overwrite, thresholds=thresholds,
         )
-    tf = _import_tensorflow()
-    model, run_dir, _ = _load_model(model_or_run_dir)
-    class_names, framing, metrics = _resolve_meta(
+    tf = import_tensorflow()
+    model, run_dir, _ = load_model(model_or_run_dir)
+    class_names, framing, metrics = resolve_meta(
         model, run_dir, class_names, image_size)
-    thresholds = _resolve_thresholds(metrics, class_names, thresholds)
+    thresholds = resolve_thresholds(metrics, class_names, thresholds)
     export_dir = os.path.join(out_dir, name, str(version))
     if os.path.exists(export_dir) and not overwrite:
         raise FileExistsError(
@@ -260,7 +260,7 @@ def saved_model(
             f.write("\n".join(class_names) + "\n")
         module.labels = tf.saved_model.Asset(labels)
         if thresholds is not None:
-            module.thresholds = tf.saved_model.Asset(_write_thresholds(staging, thresholds))
+            module.thresholds = tf.saved_model.Asset(write_thresholds(staging, thresholds))
         module.preprocessing = tf.saved_model.Asset(framing.save(staging))
         tf.saved_model.save(
             module, os.path.join(staging, "model"),

@@ -23,7 +23,7 @@ def _tf_read_uint(tf, data, offsets, num_bytes, little_endian):
     return tf.where(little_endian, little, big)
 
 
-def _tf_exif_orientation(tf, image_bytes, max_bytes=65536, max_entries=64):
+def tf_exif_orientation(tf, image_bytes, max_bytes=65536, max_entries=64):
     """The EXIF Orientation tag (1-8) of JPEG bytes, 1 when absent or odd.
 
     Finds the first APP1 segment holding `Exif\\0\\0` in the first
@@ -109,7 +109,7 @@ def _tf_decode(tf, image_bytes, framing):
                 dct_method="INTEGER_ACCURATE"))
             for ratio in (1, 2, 4, 8)
         ])
-        image = _tf_orient(tf, image, _tf_exif_orientation(tf, image_bytes))
+        image = _tf_orient(tf, image, tf_exif_orientation(tf, image_bytes))
         return tf.cast(image, tf.float32)
 
     def other():
@@ -131,7 +131,7 @@ def _tf_decode(tf, image_bytes, framing):
     return image
 
 
-def _tf_resize_and_crop(tf, image, framing):
+def tf_resize_and_crop(tf, image, framing):
     """TF twin of `images.decode_image`'s resize plus `center_crop`.
 
     The short side of `(h, w, 3)` pixels goes to `framing.decode_size`
@@ -170,7 +170,7 @@ def _tf_resize_and_crop(tf, image, framing):
 
 
 # The files `serving_default` takes; a bad item gets its own error message.
-_FILE_FORMATS = (  # (name, leading bytes), as `_tf_frame_bytes` accepts them
+_FILE_FORMATS = (  # (name, leading bytes), as `tf_frame_bytes` accepts them
     ("JPEG", b"\xff\xd8\xff"), ("PNG", b"\x89PNG"), ("GIF", b"GIF8"),
     ("BMP", b"BM"))
 # What base64 text of those files starts with: bytes sent without REST's
@@ -179,7 +179,7 @@ _BASE64_STARTS = (b"/9j/", b"iVBORw0KGgo", b"R0lGOD", b"Qk")
 _HEX_BYTES = [f"{i:02x}" for i in range(256)]
 
 
-def _tf_frame_bytes(tf, image_bytes, framing):
+def tf_frame_bytes(tf, image_bytes, framing):
     """One encoded image -> `(image_size, image_size, 3)` float32 pixels."""
     known = tf.reduce_any(tf.stack([
         tf.equal(tf.strings.substr(image_bytes, 0, len(magic)), magic)
@@ -201,14 +201,14 @@ def _tf_frame_bytes(tf, image_bytes, framing):
     )
     with tf.control_dependencies([check]):
         image = _tf_decode(tf, image_bytes, framing)
-    return _tf_resize_and_crop(tf, image, framing)
+    return tf_resize_and_crop(tf, image, framing)
 
 
-def _tf_frame_decodable(tf, image_bytes, framing):
+def tf_frame_decodable(tf, image_bytes, framing):
     """The framed images of the items that decode, and their positions.
 
     Graph ops cannot catch an error per element, but `tf.data` can: each
-    item is framed by `_tf_frame_bytes` inside `Dataset.map`, and
+    item is framed by `tf_frame_bytes` inside `Dataset.map`, and
     `ignore_errors()` drops the items whose decoding failed (any error
     status but cancellation; tensorflow/core/kernels/data/experimental/
     ignore_errors_dataset_op.cc). Each item carries its position, so the
@@ -227,7 +227,7 @@ def _tf_frame_decodable(tf, image_bytes, framing):
         (tf.range(count), image_bytes))
     framed = items.map(
         lambda position, data: (position,
-                                _tf_frame_bytes(tf, data, framing)),
+                                tf_frame_bytes(tf, data, framing)),
         num_parallel_calls=10,  # as tf.map_fn's parallel_iterations
         deterministic=True,
     ).ignore_errors()
@@ -238,7 +238,7 @@ def _tf_frame_decodable(tf, image_bytes, framing):
     return images[:-1], positions[:-1]
 
 
-def _tf_bytes_error(tf, image_bytes, decoded):
+def tf_bytes_error(tf, image_bytes, decoded):
     """Why each item of a `(batch,)` string tensor was not classified.
 
     Only string ops that cannot fail on any input (positions clamped to

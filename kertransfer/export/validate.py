@@ -17,15 +17,15 @@ import keras
 import numpy as np
 
 from kertransfer.console import progress_bar
-from kertransfer.export._common import REPORT_NAME
-from kertransfer.export._common import ExportWarning
-from kertransfer.export._common import _import_tensorflow
-from kertransfer.export._common import _load_model
-from kertransfer.export._common import _on_tensorflow
-from kertransfer.export._common import _resolve_meta
-from kertransfer.export._common import _resolve_thresholds
-from kertransfer.export._common import _validation_set
-from kertransfer.export.bridge import _delegate
+from kertransfer.export.bridge import delegate
+from kertransfer.export.common import REPORT_NAME
+from kertransfer.export.common import ExportWarning
+from kertransfer.export.common import import_tensorflow
+from kertransfer.export.common import load_model
+from kertransfer.export.common import on_tensorflow
+from kertransfer.export.common import resolve_meta
+from kertransfer.export.common import resolve_thresholds
+from kertransfer.export.common import validation_set
 from kertransfer.images import frame_images
 from kertransfer.metrics import fbeta
 from kertransfer.run_folder import RunFolder
@@ -223,8 +223,8 @@ def validate(
         images = [os.fspath(p) for p in images]
     if labels is not None:  # JSON for the subprocess: ints, or multi-hot rows
         labels = np.asarray(labels).astype(np.int64).tolist()
-    if not _on_tensorflow():
-        report = _delegate(
+    if not on_tensorflow():
+        report = delegate(
             "validate", model_or_run_dir, artifacts=artifacts, images=images,
             labels=labels, class_names=class_names, image_size=image_size,
             report_path=report_path, max_timed_images=max_timed_images,
@@ -283,13 +283,13 @@ def _reference(model, run_dir, model_path, metrics, paths, labels, framing):
 def _validate_tf(model_or_run_dir, artifacts, images, labels, class_names,
                  image_size, report_path, max_timed_images):
     """`validate` under the TensorFlow backend."""
-    tf = _import_tensorflow()
-    model, run_dir, model_path = _load_model(model_or_run_dir)
-    class_names, framing, metrics = _resolve_meta(
+    tf = import_tensorflow()
+    model, run_dir, model_path = load_model(model_or_run_dir)
+    class_names, framing, metrics = resolve_meta(
         model, run_dir, class_names, image_size)
-    thresholds = _resolve_thresholds(metrics, class_names)
+    thresholds = resolve_thresholds(metrics, class_names)
     multi_label = thresholds is not None
-    paths, labels = _validation_set(run_dir, images, labels, class_names, multi_hot=multi_label)
+    paths, labels = validation_set(run_dir, images, labels, class_names, multi_hot=multi_label)
     paths, labels, reference, description = _reference(
         model, run_dir, model_path, metrics, paths, labels, framing)
     pixels = frame_images(paths, framing)
@@ -512,7 +512,7 @@ def _interpreter(path):
             ExportWarning,
             stacklevel=4,
         )
-        Interpreter = _import_tensorflow().lite.Interpreter
+        Interpreter = import_tensorflow().lite.Interpreter
         kind = "tf.lite"
     interpreter = Interpreter(model_path=path, num_threads=1)
     interpreter.allocate_tensors()

@@ -5,7 +5,9 @@ Each exporter takes a trained run folder (`model.keras`, `metrics.json`,
 `keras.Model`; the helpers here load the model and resolve its class names
 and its framing (`kertransfer.images.Framing`) the same way for every
 format, and list the image files to calibrate or validate on.
-TensorFlow is imported only by `_import_tensorflow`, when a function needs it.
+TensorFlow is imported only by `import_tensorflow`, when a function needs it.
+The names here are the export package's own helpers, shared by its
+modules; users call `kertransfer.export.*` instead.
 """
 
 import os
@@ -17,7 +19,8 @@ import numpy as np
 from kertransfer import images as images_lib
 from kertransfer.images import IMAGE_EXTENSIONS
 from kertransfer.images import Framing
-from kertransfer.images import find_images
+from kertransfer.predict import find_images
+from kertransfer.predict import run_framing
 from kertransfer.run_folder import RunFolder
 from kertransfer.run_folder import load_model_file
 
@@ -36,7 +39,12 @@ _TF_HINT = (
 )
 
 
-def _import_tensorflow():
+def import_tensorflow():
+    """Returns the `tensorflow` module.
+
+    Raises:
+        ImportError: with the pip command, if TensorFlow is not installed.
+    """
     try:
         import tensorflow as tf
     except ImportError as error:
@@ -44,8 +52,12 @@ def _import_tensorflow():
     return tf
 
 
-def _on_tensorflow():
-    """Whether the Keras backend is TensorFlow (else: `bridge._delegate`)."""
+def on_tensorflow():
+    """Whether the Keras backend is TensorFlow (else: `bridge.delegate`).
+
+    Returns:
+        bool.
+    """
     return keras.backend.backend() == "tensorflow"
 
 
@@ -70,24 +82,37 @@ def _check_image_size(image_size):
     return int(image_size)
 
 
-def _list_images(images):
-    """A folder (searched recursively), one file, or a list -> list of str."""
+def list_images(images):
+    """The image files to calibrate or validate on.
+
+    A folder is searched recursively, as `kertransfer predict` does
+    (`kertransfer.predict.find_images`); a file is used as it is; a list of
+    paths is taken as given.
+
+    Args:
+        images: a folder, an image file, or a list of image paths.
+
+    Returns:
+        list of paths (str).
+
+    Raises:
+        FileNotFoundError: if `images` names no file or folder.
+        ValueError: if the folder holds no image, or the list is empty.
+    """
     if isinstance(images, (str, os.PathLike)):
         images = os.fspath(images)
-        if os.path.isdir(images):
-            found = find_images(images)
-            if not found:
-                raise ValueError(
-                    f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
-                    f"{images!r}. Pass a folder of images or a list of paths."
-                )
-            return found
-        if os.path.isfile(images):
-            return [images]
-        raise FileNotFoundError(
-            f"Expected an image folder, an image file or a list of paths. "
-            f"Received {images!r}, which does not exist."
-        )
+        if not os.path.exists(images):
+            raise FileNotFoundError(
+                f"Expected an image folder, an image file or a list of paths. "
+                f"Received {images!r}, which does not exist."
+            )
+        found = find_images(images)
+        if found[0][1] is not None:  # a folder without images
+            raise ValueError(
+                f"No images ({', '.join(IMAGE_EXTENSIONS)}) found under "
+                f"{images!r}. Pass a folder of images or a list of paths."
+            )
+        return [path for path, _ in found]
     paths = [os.fspath(p) for p in images]
     if not paths:
         raise ValueError("Received an empty list of images.")
@@ -106,7 +131,20 @@ def _labels_from_folders(paths, class_names):
 # ---------------------------------------------------------------------------
 
 
-def _model_path(model_or_run_dir):
+def locate_model(model_or_run_dir):
+    """The `.keras` file to export and the folder of its run.
+
+    Args:
+        model_or_run_dir: a run folder (holding `model.keras`) or a `.keras`
+            file.
+
+    Returns:
+        `(model_path, run_dir)`; `run_dir` is the `.keras` file's folder
+        when a file is given.
+
+    Raises:
+        FileNotFoundError: if it is neither.
+    """
     path = os.fspath(model_or_run_dir)
     if os.path.isdir(path):
         return RunFolder(path).require(RunFolder.MODEL), path
@@ -118,24 +156,45 @@ def _model_path(model_or_run_dir):
     )
 
 
-def _load_model(model_or_run_dir):
-    """-> (model, run_dir or None, model_path or None). TF backend only."""
+def load_model(model_or_run_dir):
+    """Loads the model to export (TensorFlow backend only).
+
+    Args:
+        model_or_run_dir: a `keras.Model`, a run folder or a `.keras` file.
+
+    Returns:
+        `(model, run_dir or None, model_path or None)`; both None for a
+        `keras.Model`.
+    """
     if isinstance(model_or_run_dir, keras.Model):
         return model_or_run_dir, None, None
-    model_path, run_dir = _model_path(model_or_run_dir)
+    model_path, run_dir = locate_model(model_or_run_dir)
     return load_model_file(model_path), run_dir, model_path
 
 
-def _resolve_meta(model, run_dir, class_names, image_size):
-    """-> (class_names, framing, metrics) from arguments, the run, the model.
+def resolve_meta(model, run_dir, class_names, image_size):
+    """The class names, framing and metrics of an export.
+
+    From the arguments first, then the run folder, then the model.
 
     The framing (`kertransfer.images.Framing`) is the run's own
     (`preprocessing.json`, else `metrics.json`), so the exports frame
     photos exactly as validation did; an explicit `image_size` keeps the
     run's `crop_pct`.
-    """
-    from kertransfer.predict import run_framing
 
+    Args:
+        model: the loaded `keras.Model`.
+        run_dir: its run folder, or None.
+        class_names: names given by the caller, or None (the run's).
+        image_size: side in pixels given by the caller, or None.
+
+    Returns:
+        `(class_names, framing, metrics)`: list of str, a
+        `kertransfer.images.Framing`, the run's `metrics.json` (or `{}`).
+
+    Raises:
+        ValueError: if names or size do not match the model.
+    """
     # A bare .keras file may have no metrics.json beside it.
     metrics = RunFolder(run_dir).read_metrics(required=False) if run_dir else {}
     num_classes = model.output_shape[-1]
@@ -179,7 +238,7 @@ def _resolve_meta(model, run_dir, class_names, image_size):
     return class_names, Framing(image_size, crop_pct), metrics
 
 
-def _resolve_thresholds(metrics, class_names, thresholds=None):
+def resolve_thresholds(metrics, class_names, thresholds=None):
     """Per-tag thresholds of a multi-label model, float32 `(num_classes,)`, or None.
 
     Given `thresholds` (one float or one per class) mark the model
@@ -196,7 +255,7 @@ def _resolve_thresholds(metrics, class_names, thresholds=None):
     return None if resolved is None else resolved.astype(np.float32)
 
 
-def _write_thresholds(folder, thresholds):
+def write_thresholds(folder, thresholds):
     """Writes `thresholds.txt` (one per line, `labels.txt` order); returns its path."""
     path = os.path.join(folder, "thresholds.txt")
     with open(path, "w") as f:
@@ -204,8 +263,12 @@ def _write_thresholds(folder, thresholds):
     return path
 
 
-def _unique_variables(model):
-    """The model's backing `tf.Variable`s, each once."""
+def unique_variables(model):
+    """The model's backing `tf.Variable`s, each once (for `tf.Module`s).
+
+    Returns:
+        list of variables, in `model.variables` order.
+    """
     seen, variables = set(), []
     for variable in model.variables:
         value = getattr(variable, "value", variable)
@@ -215,11 +278,25 @@ def _unique_variables(model):
     return variables
 
 
-def _validation_set(run_dir, images, labels, class_names, multi_hot=False):
-    """-> (paths, labels or None).
+def validation_set(run_dir, images, labels, class_names, multi_hot=False):
+    """The images and labels the exports are validated on.
 
-    Labels are class indices `(n,)`, or with `multi_hot` (a multi-label
-    model) 0/1 `(n, num_classes)`, which image folders do not give.
+    Args:
+        run_dir: the run folder, or None.
+        images: a folder, file or list (`list_images`), or None: the run's
+            validation images (`predictions.npz`).
+        labels: one integer class per image, or None: the run's, else the
+            images' folder names.
+        class_names: the model's classes, in output order.
+        multi_hot: a multi-label model: labels are 0/1 rows
+            `(n, num_classes)`, which image folders do not give.
+
+    Returns:
+        `(paths, labels or None)`.
+
+    Raises:
+        ValueError: without images and without a run's predictions, or when
+            the labels do not match the images.
     """
     if images is None:
         if not run_dir or not RunFolder(run_dir).has(RunFolder.PREDICTIONS):
@@ -237,7 +314,7 @@ def _validation_set(run_dir, images, labels, class_names, multi_hot=False):
             for p in paths
         ]
     else:
-        paths = _list_images(images)
+        paths = list_images(images)
     if labels is None and not multi_hot:
         labels = _labels_from_folders(paths, class_names)
     if labels is not None:

@@ -1,4 +1,9 @@
-"""Helpers shared by callbacks that read or set learning rates."""
+"""The learning rates of a model's optimizer(s): read, set, logged, checked.
+
+Shared by the callbacks that schedule or record learning rates (`StepSchedule`,
+`LRFinder`, `TensorBoardLogger`, `BatchLosses`): each sub-optimizer (one per
+layer group) has its own rate.
+"""
 
 import keras
 
