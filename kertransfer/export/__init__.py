@@ -41,6 +41,7 @@ from kertransfer.export.litert import tflite
 from kertransfer.export.onnx import onnx
 from kertransfer.export.pipeline import FORMATS  # noqa: F401
 from kertransfer.export.pipeline import export
+from kertransfer.export.report_table import format_report
 from kertransfer.export.saved_model import TOP_K  # noqa: F401
 from kertransfer.export.saved_model import saved_model
 from kertransfer.export.tf_images import tf_exif_orientation  # noqa: F401
@@ -49,7 +50,6 @@ from kertransfer.export.validate import AGREEMENT_TARGETS  # noqa: F401
 from kertransfer.export.validate import INT8_SIZE_RATIO  # noqa: F401
 from kertransfer.export.validate import LEAN_SAVED_MODEL_RATIO  # noqa: F401
 from kertransfer.export.validate import MAX_PROB_DIFF_TARGETS  # noqa: F401
-from kertransfer.export.validate import format_report
 from kertransfer.export.validate import validate
 
 # The `noqa` names are not in `__all__` but were module attributes of the

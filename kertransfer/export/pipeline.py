@@ -9,8 +9,8 @@ from kertransfer.export.common import locate_model
 from kertransfer.export.common import on_tensorflow
 from kertransfer.export.litert import tflite
 from kertransfer.export.onnx import onnx
+from kertransfer.export.report_table import format_report
 from kertransfer.export.saved_model import saved_model
-from kertransfer.export.validate import format_report
 from kertransfer.export.validate import validate
 
 FORMATS = ("saved_model", "tflite", "onnx")
