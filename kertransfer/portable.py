@@ -42,7 +42,7 @@ import numpy as np
 
 from kertransfer import layers as kt_layers
 from kertransfer.distribute import portable_config
-from kertransfer.run_folder import atomic_path
+from kertransfer.files import atomic_path
 
 __all__ = [
     "MODEL_INFO_KEY",

@@ -12,7 +12,7 @@ from kertransfer.callbacks.checkpoint import load_states
 from kertransfer.callbacks.checkpoint import save_states
 from kertransfer.callbacks.checkpoint import set_rng_state
 from kertransfer.callbacks.checkpoint import variable_arrays
-from kertransfer.run_folder import atomic_path
+from kertransfer.files import atomic_path
 from kertransfer.run_folder import read_state
 from kertransfer.run_folder import write_state
 

@@ -38,6 +38,7 @@ import warnings
 import numpy as np
 import pandas as pd
 
+from kertransfer.files import atomic_path
 from kertransfer.interpret import ClassificationInterpretation
 from kertransfer.interpret import MultiLabelInterpretation
 from kertransfer.interpret import cross_entropy
@@ -56,7 +57,6 @@ from kertransfer.report_html import section
 from kertransfer.report_html import table
 from kertransfer.run_folder import RunFolder
 from kertransfer.run_folder import RunFolderError
-from kertransfer.run_folder import atomic_path
 
 __all__ = ["plot_history", "write_report"]
 

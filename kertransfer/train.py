@@ -22,6 +22,7 @@ from kertransfer.console import stage_header
 from kertransfer.data import ImageClassifierData
 from kertransfer.data.sources import read_csv
 from kertransfer.distribute import resolve_distribution
+from kertransfer.files import atomic_path
 from kertransfer.groups import trainable_groups
 from kertransfer.learner import ConvLearner
 from kertransfer.metrics import binary_cross_entropy
@@ -33,7 +34,6 @@ from kertransfer.recorder import FitRecord
 from kertransfer.recorder import LRFindResult
 from kertransfer.recorder import plot_schedules
 from kertransfer.run_folder import RunFolder
-from kertransfer.run_folder import atomic_path
 from kertransfer.run_folder import check_out_dir
 from kertransfer.schedules import sgdr_total_epochs
 from kertransfer.transforms import tfms_from_model

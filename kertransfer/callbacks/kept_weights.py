@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from kertransfer.run_folder import atomic_path
+from kertransfer.files import atomic_path
 
 __all__ = ["KeptWeights", "restore_kept"]
 
