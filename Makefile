@@ -58,10 +58,10 @@ lint: install
 # (`slow`) beside the torch pass, which also runs the checks marked
 # `one_backend` (backend-independent: eager torch runs them without graph
 # tracing or XLA compiles, the cheapest; the multi-device and multi-process
-# subprocess tests are among them and pick their own backends); then the
-# TensorFlow unit tests (with the TensorFlow-only export checks, marked
-# `tensorflow`) and the JAX unit tests; when the slow pass ends, the
-# recipes' smoke runs (one process for the three: TensorFlow is imported once).
+# subprocess tests are among them and pick their own backends); then the JAX
+# unit tests; when the slow pass ends, the TensorFlow unit tests (with the
+# TensorFlow-only export checks, marked `tensorflow`); last, the recipes'
+# smoke runs (one process for the three: TensorFlow is imported once).
 # Measured 2026-12-03 on an idle fresh clone (2 cores, .ci/run at 40608e9):
 # torch 5.2, TensorFlow unit 3.3, JAX 5.0 min in one lane, slow 9.9 and
 # recipes 1.7 in the other: 14.6 min in all (16.6 at 9399448 before).
@@ -75,7 +75,7 @@ lint: install
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 ONE_THREAD := OMP_NUM_THREADS=1 TF_NUM_INTRAOP_THREADS=1
 RECIPES := planet dogscats dog_breeds
-TEST_PASSES := test-tensorflow-slow test-torch test-tensorflow-unit test-jax test-recipes
+TEST_PASSES := test-tensorflow-slow test-torch test-jax test-tensorflow-unit test-recipes
 
 # `lint` first: a lint error stops `make test` in seconds.
 test: install lint
