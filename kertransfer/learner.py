@@ -439,11 +439,20 @@ class ConvLearner(TrainingVerbs):
         """Swaps in `data` (e.g. `data.resize(299)`), keeping all weights.
 
         The body is fully convolutional and the head pools globally, so any
-        image size works; precompute caches are per image size.
+        image size works (unless the body was built for one size, as a
+        `from_model` body may be); precompute caches are per image size.
 
         Raises:
-            ValueError: if the classes, or single- vs multi-label, differ.
+            ValueError: if the classes, or single- vs multi-label, differ,
+                or the body takes another fixed image size.
         """
+        height, width = self.backbone.input_shape[1:3]
+        if (height, width) != (None, None) and (height, width) != (data.image_size, data.image_size):
+            raise ValueError(
+                f"set_data: the body {self.backbone.name!r} takes {height}x{width} images, but "
+                f"data.image_size={data.image_size}. Resize the data (data.resize({height})), or "
+                "build the body with input_shape=(None, None, 3) for any size."
+            )
         if list(data.classes) != list(self.data.classes):
             raise ValueError(
                 f"set_data needs the same classes. Have {self.data.classes}, "

@@ -218,6 +218,9 @@ def test_bad_arguments_fail_first_naming_the_argument_and_the_fix(small_folder):
         ConvLearner.from_model(vectors, data, preprocessing="tf")
     with pytest.raises(ValueError, match=r"takes 64x64 images, but .*data.image_size=32.*data.resize\(64\)"):
         ConvLearner.from_model(_small_cnn((64, 64, 3)), data, preprocessing="tf")
+    fixed = ConvLearner.from_model(_small_cnn((32, 32, 3)), data, preprocessing="tf")
+    with pytest.raises(ValueError, match=r"set_data: .* takes 32x32 images, but data.image_size=64"):
+        fixed.set_data(_data(small_folder, 64))
     one_conv = keras.Model(inputs := keras.Input((None, None, 3)), keras.layers.Conv2D(2, 3, name="only")(inputs))
     with pytest.raises(ValueError, match=r"layer_groups=None: .* 1 layer\(s\) with weights, fewer than the 2"):
         ConvLearner.from_model(one_conv, data, preprocessing="tf")
