@@ -275,7 +275,7 @@ class ConvLearner(TrainingVerbs):
         Raises:
             TypeError: if `keras_model` is not a `keras.Model`, or
                 `layer_groups` is malformed.
-            ValueError: (before any model is built) if `keras_model` has
+            ValueError: (before the learner is built) if `keras_model` has
                 no single 4-D 3-channel input or no feature map to cut at,
                 takes a fixed image size other than `data.image_size`, has
                 fewer layers with weights than groups, if `layer_groups`

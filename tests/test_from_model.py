@@ -30,7 +30,8 @@ def _mobilenet(seed=0, **kwargs):
 
 
 def _small_cnn(input_shape=(None, None, 3), top=False, seed=0):
-    """Five layers with weights (c1 b1 c2 b2 c3); with `top`, pooling and a classifier."""
+    """Five layers with weights (c1 b1 c2 b2 c3) and a residual `add`; with
+    `top`, pooling and a classifier."""
     keras.utils.set_random_seed(seed)
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="c1")(inputs)
@@ -39,7 +40,7 @@ def _small_cnn(input_shape=(None, None, 3), top=False, seed=0):
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="c2")(x)
     x = keras.layers.BatchNormalization(name="b2")(x)
     x = keras.layers.ReLU(name="r2")(x)
-    x = keras.layers.Conv2D(8, 3, padding="same", name="c3")(x)
+    x = keras.layers.Add(name="add")([x, keras.layers.Conv2D(8, 3, padding="same", name="c3")(x)])
     if top:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
         x = keras.layers.Dense(10, activation="softmax", name="predictions")(x)
@@ -82,16 +83,9 @@ def test_mobilenet_body_groups_are_halves_by_layer_order_and_preprocessing_is_ke
     assert learn.group_names == ["group0", "group1", "head"]
     assert _names(learn.layer_groups[:2]) == _weighted_halves(base)
     assert _names(learn.layer_groups[2:]) == [["head_bn0", "head_fc0", "head_bn1", "head_out"]]
-    # The body is base's own layers (the same weights), after `preprocess`.
-    assert learn.layer_groups[0][0] is base.get_layer("Conv1")
+    # The body is `preprocess`, then base's own layers (the same weights), in order.
     assert learn.backbone.layers[1].name == "preprocess"
-    # Raw pixels in: the body equals MobileNetV2 on Keras's own preprocess_input.
-    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 64, 3)).astype("float32")
-    expected = base(keras.applications.mobilenet_v2.preprocess_input(x.copy()), training=False)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(learn.backbone(x, training=False)),
-        keras.ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-4,
-    )
+    assert all(a is b for a, b in zip(learn.backbone.layers[2:], base.layers[1:], strict=True))
     # The body starts frozen; freeze_to(1) freezes exactly group 0's variables.
     assert {v.path for v in learn.model.trainable_variables} == {
         v.path for layer in learn.layer_groups[2] for v in layer.trainable_weights}
@@ -103,6 +97,25 @@ def test_mobilenet_body_groups_are_halves_by_layer_order_and_preprocessing_is_ke
     assert {v.path for v in learn.model.trainable_variables} == trainable - group0
 
 
+@pytest.mark.parametrize("mode, preprocess_input", [
+    ("tf", keras.applications.mobilenet_v2.preprocess_input),
+    ("caffe", keras.applications.resnet50.preprocess_input),
+    ("torch", keras.applications.densenet.preprocess_input),
+    ("raw", lambda x: x),
+])
+def test_the_body_is_the_model_on_keras_preprocess_input(small_folder, mode, preprocess_input):
+    # Raw pixels in: the body (its graph replayed after `preprocess`,
+    # residual branch included) equals the model on Keras's own
+    # preprocess_input of each mode.
+    base = _small_cnn()
+    body = ConvLearner.from_model(base, _data(small_folder, 32), preprocessing=mode).backbone
+    x = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(body(x, training=False)),
+        keras.ops.convert_to_numpy(base(preprocess_input(x.copy()), training=False)), rtol=1e-4, atol=1e-4,
+    )
+
+
 def test_a_whole_classifier_is_cut_at_its_pooling_layer(small_folder, mobilenet):
     data = _data(small_folder, 64)
     whole = ConvLearner.from_model(_mobilenet(include_top=True, classes=10), data, preprocessing="tf")
@@ -110,7 +123,7 @@ def test_a_whole_classifier_is_cut_at_its_pooling_layer(small_folder, mobilenet)
     assert [layer.name for layer in whole.backbone.layers[2:]] == [layer.name for layer in body.layers[1:]]
     assert whole.backbone.output_shape == body.output_shape == (None, 2, 2, 1280)
     small = ConvLearner.from_model(_small_cnn(top=True), data, preprocessing="raw")
-    assert small.backbone.layers[-1].name == "c3"
+    assert small.backbone.layers[-1].name == "add"
 
 
 def test_explicit_layer_groups_as_names_or_regexes(small_folder):

@@ -252,7 +252,8 @@ def body_layer_groups(body, layer_groups, argument="layer_groups"):
         groups = match_layer_groups(body, patterns)
     except (TypeError, ValueError) as e:
         hint = (
-            "Pass a model with more layers, or your own layer_groups."
+            "A model nested inside counts as one layer: pass the inner model itself (e.g. "
+            "the keras.applications model, not a Sequential around it), or your own layer_groups."
             if layer_groups is None
             else "Every layer with weights needs exactly one group; list them with "
             "[l.name for l in model.layers if l.weights]."

@@ -147,18 +147,19 @@ def import_backbone_modules():
     for entry in (e.strip() for e in os.environ.get(BACKBONES_ENV, "").split(",")):
         if not entry or entry in _IMPORTED:
             continue
+        module_name = f"_kertransfer_backbones_{len(_IMPORTED)}"
         try:
             if entry.endswith(".py"):
-                module_name = f"_kertransfer_backbones_{len(_IMPORTED)}"
-                spec = importlib.util.spec_from_file_location(module_name, entry)
-                if spec is None or not os.path.isfile(entry):
+                if not os.path.isfile(entry):
                     raise FileNotFoundError(f"no file {os.path.abspath(entry)}")
+                spec = importlib.util.spec_from_file_location(module_name, entry)
                 module = importlib.util.module_from_spec(spec)
                 sys.modules[module_name] = module
                 spec.loader.exec_module(module)
             else:
                 importlib.import_module(entry)
         except Exception as e:
+            sys.modules.pop(module_name, None)
             raise ImportError(
                 f"{BACKBONES_ENV}={os.environ[BACKBONES_ENV]!r}: could not import {entry!r} "
                 f"({type(e).__name__}: {e}). Each entry is a module on PYTHONPATH or a .py "
