@@ -155,7 +155,7 @@ class TrainConfig:
     arch: str = _setting(
         "efficientnet_lite0",
         f"backbone: {', '.join(BUILTIN_ARCHS)}, or a name registered with "
-        "kertransfer.backbones.register_backbone",
+        "kertransfer.register_keras_backbone by code named in $KERTRANSFER_BACKBONES",
         metavar="ARCH",
     )
     image_size: int = _setting(224, "model input side in pixels", _AT_LEAST_1)

@@ -18,6 +18,12 @@ One matching rule, used everywhere a layer is put into a group:
   accident); layers without weights (padding, activations) belong to no
   group.
 
+Without a preset (`ConvLearner.from_model`, `register_keras_backbone`),
+`split_layer_groups` makes fast.ai's default split: the layers with
+weights, in layer order, cut into two runs of equal length (early body,
+late body; with the head, three groups), written as regexes of exact layer
+names so that the same matching rule applies.
+
 Learning rates per group come from `expand_lrs`: a float, one value per
 group, or fast.ai's `slice(lo, hi)` (geometric spread). `group_optimizer`
 turns groups and LRs into one Keras `MultiOptimizer`. The pure functions
@@ -35,6 +41,7 @@ __all__ = [
     "group_optimizer",
     "group_patterns",
     "match_layer_groups",
+    "split_layer_groups",
     "trainable_groups",
 ]
 
@@ -48,15 +55,18 @@ def group_patterns(layer_groups):
             or, the form of kertransfer 0.1, a sequence of regexes matched
             at the start of layer names (`re.match`), named `group0`,
             `group1`, ... : each becomes `(?:regex).*`, so that it matches
-            the same names under the one full-match rule.
+            the same names under the one full-match rule. In either form a
+            group may also be a list of exact layer names, e.g.
+            `[["Conv1", "bn_Conv1"], "block_.*"]`.
 
     Returns:
         `dict` of group name -> regex string, in group order.
 
     Raises:
-        ValueError: if `layer_groups` is empty or a regex does not compile.
-        TypeError: if a name is not a non-empty string or a regex not a
-            string.
+        ValueError: if `layer_groups` is empty, a regex does not compile or
+            a list of layer names is empty.
+        TypeError: if a name is not a non-empty string, a regex not a
+            string, or a list of layer names holds something else.
 
     Example:
 
@@ -70,9 +80,15 @@ def group_patterns(layer_groups):
             f"Received layer_groups={layer_groups!r}."
         )
     if hasattr(layer_groups, "items"):
-        patterns = dict(layer_groups)
+        patterns = {
+            name: _names_pattern(p, layer_groups) if isinstance(p, (list, tuple)) else p
+            for name, p in layer_groups.items()
+        }
     else:
-        patterns = {f"group{i}": f"(?:{p}).*" for i, p in enumerate(layer_groups)}
+        patterns = {
+            f"group{i}": _names_pattern(p, layer_groups) if isinstance(p, (list, tuple)) else f"(?:{p}).*"
+            for i, p in enumerate(layer_groups)
+        }
     for name, pattern in patterns.items():
         if not isinstance(name, str) or not name:
             raise TypeError(
@@ -93,12 +109,69 @@ def group_patterns(layer_groups):
     return patterns
 
 
+def _names_pattern(names, layer_groups):
+    """A regex matching exactly the layer names `names` (a list of strings)."""
+    if not names or not all(isinstance(n, str) and n for n in names):
+        kind = ValueError if not names else TypeError
+        raise kind(
+            "A layer group given as a list holds exact layer names (non-empty strings), "
+            f"at least one. Received {list(names)!r} in layer_groups={layer_groups!r}."
+        )
+    return "(?:" + "|".join(re.escape(n) for n in names) + ")"
+
+
+def split_layer_groups(model, num_groups=2):
+    """fast.ai's automatic layer groups: runs of equal length, by layer order.
+
+    `model`'s top-level layers with weights, in order, are cut into
+    `num_groups` consecutive runs whose lengths differ by at most one (the
+    earlier runs take the extra layers, as `numpy.array_split`). Each run
+    is written as a regex of its exact layer names, so that
+    `match_layer_groups` applies the one matching rule. fast.ai v0.7's
+    `ConvnetBuilder` splits a body in two (early and late body) and adds
+    the head as the third group; that is `num_groups=2` here.
+
+    Args:
+        model: a Keras model (e.g. a backbone; its top-level layers).
+        num_groups: number of groups, at least 1.
+
+    Returns:
+        `dict` `{"group0": regex, ...}` in layer order (see `group_patterns`).
+
+    Raises:
+        ValueError: if `num_groups` is not a positive integer, or the model
+            has fewer layers with weights than `num_groups`.
+
+    Example:
+
+    ```python
+    model = keras.applications.MobileNetV2(weights=None, include_top=False)
+    groups = match_layer_groups(model, split_layer_groups(model))
+    [len(g) for g in groups.values()]  # [52, 52]
+    ```
+    """
+    if isinstance(num_groups, bool) or int(num_groups) != num_groups or num_groups < 1:
+        raise ValueError(
+            f"num_groups must be a positive integer. Received num_groups={num_groups!r}."
+        )
+    names = [layer.name for layer in model.layers if layer.weights]
+    if len(names) < num_groups:
+        raise ValueError(
+            f"Model {model.name!r} has {len(names)} layer(s) with weights, fewer than the "
+            f"{int(num_groups)} layer groups asked for: each group needs at least one. Use "
+            "fewer groups, or a model with more layers."
+        )
+    runs = np.array_split(np.arange(len(names)), int(num_groups))
+    return {f"group{i}": _names_pattern([names[j] for j in run], None) for i, run in enumerate(runs)}
+
+
 def match_layer_groups(model, layer_groups):
     """Splits `model`'s layers with weights into named groups (full match).
 
     Args:
         model: a Keras model; its top-level layers are matched by name.
-        layer_groups: `{group name: regex}` (see `group_patterns`).
+        layer_groups: `{group name: regex}` (see `group_patterns`), or None
+            for fast.ai's automatic split in two (`split_layer_groups`).
 
     Returns:
         `dict` of group name -> list of layers (in model order), in group
@@ -115,6 +188,8 @@ def match_layer_groups(model, layer_groups):
                                         "group1": r"(block\\d+|head)_.*"})
     ```
     """
+    if layer_groups is None:
+        layer_groups = split_layer_groups(model)
     patterns = group_patterns(layer_groups)
     compiled = {name: re.compile(p) for name, p in patterns.items()}
     groups = {name: [] for name in patterns}

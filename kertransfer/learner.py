@@ -9,11 +9,16 @@ in the fast.ai course. Under the hood each fit is one `model.fit` with
 fresh optimizers (Keras needs a recompile whenever `trainable` changes).
 """
 
+import functools
 import os
 
 import keras
 
+from kertransfer.backbones import BackboneSpec
 from kertransfer.backbones import get_backbone
+from kertransfer.backbones.custom import body_layer_groups
+from kertransfer.backbones.custom import image_body
+from kertransfer.backbones.custom import resolve_preprocessing
 from kertransfer.console import counted_batches
 from kertransfer.console import progress_bar
 from kertransfer.console import progress_bars
@@ -43,6 +48,15 @@ def sgd_momentum(learning_rate):
     return keras.optimizers.SGD(learning_rate=learning_rate, momentum=0.9)
 
 
+def _not_rebuildable(name, **kwargs):
+    """The builder of a `from_model` learner's spec: there is none."""
+    raise ValueError(
+        f"The backbone {name!r} of a ConvLearner.from_model learner is a model you passed, "
+        "not a constructor: it cannot be built again by name. Register a constructor "
+        "with kertransfer.backbones.register_keras_backbone to build it by name."
+    )
+
+
 def _apply(layers, x):
     for layer in layers:
         x = layer(x)
@@ -52,7 +66,8 @@ def _apply(layers, x):
 class ConvLearner(TrainingVerbs):
     """A pretrained CNN body with a new head, trained the fast.ai way.
 
-    Build it with `ConvLearner.pretrained`. The model takes raw RGB pixels
+    Build it with `ConvLearner.pretrained` (a registered backbone) or
+    `ConvLearner.from_model` (a Keras model you have). The model takes raw RGB pixels
     `(batch, height, width, 3)` in `[0, 255]` (preprocessing is its first
     layer) and returns class probabilities `(batch, num_classes)`.
 
@@ -200,6 +215,105 @@ class ConvLearner(TrainingVerbs):
         learn.precompute = precompute
         return learn
 
+    @classmethod
+    def from_model(
+        cls,
+        keras_model,
+        data,
+        layer_groups=None,
+        preprocessing=None,
+        precompute=True,
+        dropout=None,
+        hidden_units=None,
+        opt_fn=sgd_momentum,
+        distribution=None,
+        *,
+        ps=None,
+        xtra_fc=None,
+    ):
+        """A learner on a Keras image model you already have (fast.ai
+        v0.7 `ConvLearner.from_model_data`, v2 `vision_learner(dls, arch)`).
+
+        `keras_model` is the body: a `keras.applications` model or KerasHub
+        backbone with `include_top=False`, or any functional model with one
+        image input `(batch, height, width, 3)` and a 4-D feature map out. A
+        whole classifier is cut as fast.ai cuts it, at the pooling layer:
+        the body ends where its last `GlobalAveragePooling2D`,
+        `GlobalMaxPooling2D` or `Flatten` layer starts
+        (`kertransfer.backbones.custom.image_body`). The learner puts
+        `ImagePreprocessing` before it (it takes raw pixels in `[0, 255]`
+        like every kertransfer model) and the head of `pretrained` after it.
+        The body reuses `keras_model`'s layers, so training changes
+        `keras_model`'s weights too. Under `distribution="data_parallel"`,
+        build `keras_model` inside `distribution`'s scope.
+
+        Args:
+            keras_model: the `keras.Model` (see above).
+            data: `ImageClassifierData`; a fixed input size of
+                `keras_model` must equal `data.image_size`.
+            layer_groups: None: fast.ai's default, the body's layers with
+                weights split into two halves by layer order (with the
+                head, three groups: `freeze_to(1)`, `fit(np.array([lr0,
+                lr1, lr2]))`); or the body's groups, earliest first, as a
+                list of lists of layer names, a list of prefix regexes, or
+                a dict `{name: regex}` of regexes matching whole names
+                (`kertransfer.groups.group_patterns`). Every layer with
+                weights must be in exactly one group. The head is always
+                added as the last group.
+            preprocessing: required: how `keras_model` expects its input
+                scaled: `"caffe"` (ResNet50, VGG), `"tf"` ([-1, 1]:
+                MobileNetV2, Xception), `"torch"` (DenseNet), `"raw"`
+                (pixels in [0, 255]: EfficientNet, ConvNeXt, MobileNetV3,
+                which rescale inside) or a dict `mean`, `std` in pixel
+                units (`kertransfer.backbones.custom.resolve_preprocessing`).
+            precompute, dropout, hidden_units, opt_fn, distribution, ps,
+                xtra_fc: as in `pretrained`.
+
+        Returns:
+            `ConvLearner` (the body frozen), named after `keras_model`.
+
+        Raises:
+            TypeError: if `keras_model` is not a `keras.Model`, or
+                `layer_groups` is malformed.
+            ValueError: (before the learner is built) if `keras_model` has
+                no single 4-D 3-channel input or no feature map to cut at,
+                takes a fixed image size other than `data.image_size`, has
+                fewer layers with weights than groups, if `layer_groups`
+                leaves a layer with weights out (or in two groups) or has
+                an empty group, on a missing or unknown `preprocessing`, or
+                as `pretrained`.
+
+        Example:
+
+        ```python
+        base = keras.applications.MobileNetV2(include_top=False, input_shape=(224, 224, 3))
+        learn = ConvLearner.from_model(base, data, preprocessing="tf")
+        learn.fit(1e-2, 1)
+        learn.unfreeze()
+        learn.fit(np.array([1e-4, 1e-3, 1e-2]), 2, cycle_len=1)
+        ```
+        """
+        dropout, hidden_units = resolve_head_args(dropout, hidden_units, ps, xtra_fc)
+        replicas = resolve_distribution(distribution)
+        replicas.check_batch_size(data.batch_size, "data.batch_size")
+        preprocessing = resolve_preprocessing(preprocessing)
+        with replicas.scope():
+            body = image_body(keras_model, preprocessing, image_size=data.image_size)
+        spec = BackboneSpec(
+            name=body.name,
+            builder=functools.partial(_not_rebuildable, body.name),
+            layer_groups=body_layer_groups(body, layer_groups),
+            default_image_size=data.image_size,
+            weights_note="the weights keras_model had",
+            preprocessing=preprocessing,
+        )
+        learn = cls(
+            spec, data, body, dropout=dropout, hidden_units=hidden_units, opt_fn=opt_fn, weights=None,
+            distribution=replicas,
+        )
+        learn.precompute = precompute
+        return learn
+
     # ----------------------------------------------------------- freezing
     def freeze_to(self, n):
         """Freezes layer groups `[0, n)` and unfreezes groups `[n, end)`.
@@ -325,11 +439,20 @@ class ConvLearner(TrainingVerbs):
         """Swaps in `data` (e.g. `data.resize(299)`), keeping all weights.
 
         The body is fully convolutional and the head pools globally, so any
-        image size works; precompute caches are per image size.
+        image size works (unless the body was built for one size, as a
+        `from_model` body may be); precompute caches are per image size.
 
         Raises:
-            ValueError: if the classes, or single- vs multi-label, differ.
+            ValueError: if the classes, or single- vs multi-label, differ,
+                or the body takes another fixed image size.
         """
+        height, width = self.backbone.input_shape[1:3]
+        if (height, width) != (None, None) and (height, width) != (data.image_size, data.image_size):
+            raise ValueError(
+                f"set_data: the body {self.backbone.name!r} takes {height}x{width} images, but "
+                f"data.image_size={data.image_size}. Resize the data (data.resize({height})), or "
+                "build the body with input_shape=(None, None, 3) for any size."
+            )
         if list(data.classes) != list(self.data.classes):
             raise ValueError(
                 f"set_data needs the same classes. Have {self.data.classes}, "

@@ -148,3 +148,39 @@ def test_groups_of_the_models_with_real_weights(arch):
     groups = match_layer_groups(model, spec.layer_groups)
     assert sum(map(len, groups.values())) == sum(1 for layer in model.layers if layer.weights)
     assert groups["group1"][-1].name == "head_bn"
+
+
+@pytest.mark.one_backend
+def test_split_layer_groups_cuts_the_weighted_layers_in_order_into_near_equal_runs():
+    from kertransfer.groups import split_layer_groups
+
+    model = _dense_model("d0", "d1", "d2", "d3", "d4")  # and `concat`, `relu`: no weights
+    # numpy.array_split: 5 -> 3 + 2, 5 -> 2 + 2 + 1 (earlier runs take the extra).
+    assert _names(match_layer_groups(model, split_layer_groups(model))) == {
+        "group0": ["d0", "d1", "d2"], "group1": ["d3", "d4"]}
+    assert _names(match_layer_groups(model, None)) == _names(match_layer_groups(model, split_layer_groups(model)))
+    assert _names(match_layer_groups(model, split_layer_groups(model, 3))) == {
+        "group0": ["d0", "d1"], "group1": ["d2", "d3"], "group2": ["d4"]}
+    # Exact names, escaped: unescaped, the regex "a+1" would match "aa1" too.
+    plus = _dense_model("a+1", "aa1", "a1")
+    assert _names(match_layer_groups(plus, split_layer_groups(plus, 3))) == {
+        "group0": ["a+1"], "group1": ["aa1"], "group2": ["a1"]}
+    with pytest.raises(ValueError, match=r"has 5 layer\(s\) with weights, fewer than the 6 layer groups"):
+        split_layer_groups(model, 6)
+    with pytest.raises(ValueError, match="num_groups=0"):
+        split_layer_groups(model, 0)
+
+
+@pytest.mark.one_backend
+def test_groups_given_as_lists_of_exact_layer_names():
+    model = _dense_model("stem_a", "stem_b", "late_a")
+    patterns = group_patterns([["stem_a", "stem_b"], "late_"])
+    assert _names(match_layer_groups(model, patterns)) == {
+        "group0": ["stem_a", "stem_b"], "group1": ["late_a"]}
+    # A name list matches whole names only: "stem_" names no layer.
+    with pytest.raises(ValueError, match="'stem_a' of model 'dense_model' is in no layer group"):
+        match_layer_groups(model, {"early": ["stem_"], "late": [r"stem_b", "late_a"]})
+    with pytest.raises(ValueError, match="at least one"):
+        group_patterns([[], ["late_a"]])
+    with pytest.raises(TypeError, match="exact layer names"):
+        group_patterns({"early": ["stem_a", None]})

@@ -1,5 +1,6 @@
 """Backbones: a registry of pretrained CNN bodies for transfer learning."""
 
+from kertransfer.backbones.custom import register_keras_backbone
 from kertransfer.backbones.efficientnet_lite import efficientnet_lite0
 from kertransfer.backbones.efficientnet_lite import efficientnet_lite1
 from kertransfer.backbones.efficientnet_lite import efficientnet_lite2
@@ -27,6 +28,7 @@ __all__ = [
     "get_backbone",
     "list_backbones",
     "register_backbone",
+    "register_keras_backbone",
     "efficientnet_lite0",
     "efficientnet_lite1",
     "efficientnet_lite2",

@@ -11,11 +11,16 @@ layer names: fast.ai's split into early body (to stride 8) and late body
 (strides 16 and 32); the learner adds the head as the last group.
 """
 
+from kertransfer.backbones.resnet_presets import TORCHVISION_MEAN
+from kertransfer.backbones.resnet_presets import TORCHVISION_STD
+
 __all__ = [
     "CAFFE",
     "IDENTITY",
     "KERAS_APP_PRESETS",
     "MINUS_ONE_TO_ONE",
+    "PREPROCESSING_MODES",
+    "TORCH",
 ]
 
 CAFFE = {
@@ -25,6 +30,12 @@ CAFFE = {
 }
 MINUS_ONE_TO_ONE = {"mean": (127.5, 127.5, 127.5), "std": (127.5, 127.5, 127.5)}
 IDENTITY = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+TORCH = {"mean": TORCHVISION_MEAN, "std": TORCHVISION_STD}
+# By the names of `keras.applications.imagenet_utils.preprocess_input(mode=)`
+# ("caffe", "tf", "torch"), and "raw" for models that scale inside (their
+# `preprocess_input` is the identity: EfficientNet, ConvNeXt, or
+# MobileNetV3 with its own `Rescaling`).
+PREPROCESSING_MODES = {"caffe": CAFFE, "tf": MINUS_ONE_TO_ONE, "torch": TORCH, "raw": IDENTITY}
 
 _KERAS_URL = "https://storage.googleapis.com/tensorflow/keras-applications/"
 _RESNET_GROUPS = {
