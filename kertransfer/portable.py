@@ -43,6 +43,7 @@ import numpy as np
 from kertransfer import layers as kt_layers
 from kertransfer.distribute import portable_config
 from kertransfer.files import atomic_path
+from kertransfer.no_tensorflow import tensorflow_unimported
 
 __all__ = [
     "MODEL_INFO_KEY",
@@ -276,6 +277,7 @@ def save_portable(model, path, info=None):
     if normalization:
         info["preprocessing"] = {**info.get("preprocessing", {}), **normalization}
     info = {"format": MODEL_INFO_FORMAT, **info}
-    portable_model(model).save(path)
+    with tensorflow_unimported():  # Keras's serializer imports it otherwise
+        portable_model(model).save(path)
     write_model_info(path, info)
     return path

@@ -8,7 +8,6 @@ import shutil
 import tempfile
 import time
 
-import keras
 import numpy as np
 
 from kertransfer.callbacks import RunProgbarLogger
@@ -28,6 +27,7 @@ from kertransfer.learner import ConvLearner
 from kertransfer.metrics import binary_cross_entropy
 from kertransfer.metrics import fbeta
 from kertransfer.metrics import opt_th
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.progress import RunProgress
 from kertransfer.progress import removed_on_failure
 from kertransfer.recorder import FitRecord
@@ -353,7 +353,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         return result
 
     if config.seed is not None:
-        keras.utils.set_random_seed(int(config.seed))
+        set_seed(int(config.seed))
     # Keras's progress bar, each epoch numbered in the run (as history.csv).
     progbar = RunProgbarLogger(sum(stages.values()))
     callbacks = [progbar]

@@ -10,6 +10,7 @@ from PIL import Image
 from kertransfer.backbones import BackboneSpec
 from kertransfer.backbones import register_backbone
 from kertransfer.layers import ImagePreprocessing
+from kertransfer.no_tensorflow import set_seed
 
 SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -45,7 +46,7 @@ def _keras_home(tmp_path_factory, monkeypatch):
 
 def tiny_cnn(weights=None, input_shape=(None, None, 3), include_top=False):
     """A 2-group CNN for fast learner tests (random init, seeded)."""
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     inputs = keras.Input(input_shape)
     x = ImagePreprocessing((127.5,) * 3, (127.5,) * 3, name="preprocess")(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="stem_conv")(x)

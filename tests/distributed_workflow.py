@@ -51,12 +51,13 @@ def workflow(data_dir, distribution, work, ps=0.5, bn_freeze=False):
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from kertransfer import ConvLearner
     from kertransfer.data import ImageClassifierData
+    from kertransfer.no_tensorflow import set_seed
     from kertransfer.transforms import tfms_from_model
 
     import conftest  # noqa: F401  (registers the tiny_cnn backbone)
 
     os.environ["KERAS_HOME"] = os.path.join(work, "keras_home")  # own precompute cache
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     data = ImageClassifierData.from_paths(
         data_dir, batch_size=16, tfms=tfms_from_model("tiny_cnn", 32), cache="memory"
     )

@@ -2,7 +2,6 @@
 
 import os
 
-import keras
 import numpy as np
 import pytest
 
@@ -13,6 +12,7 @@ from kertransfer.balance import per_class_recall
 from kertransfer.balance import resolve_class_weight
 from kertransfer.data import ImageClassifierData
 from kertransfer.learner import ConvLearner
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.transforms import tfms_from_model
 
 from conftest import write_synthetic_images
@@ -109,7 +109,7 @@ def test_balancing_helps_the_rare_class(tmp_path, hymenoptera, seed):
     scores = {}
     for mode in ("none", "oversample", "class_weight"):
         data = ImageClassifierData.from_paths(root, batch_size=4, tfms=tfms, oversample=mode == "oversample")
-        keras.utils.set_random_seed(seed)
+        set_seed(seed)
         learn = ConvLearner.pretrained("efficientnet_lite0", data, precompute=True)
         learn.fit(1e-4, 1, verbose=0, class_weight="balanced" if mode == "class_weight" else None)
         probs = learn.head_model.predict(learn._activations("valid"), verbose=0)

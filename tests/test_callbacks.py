@@ -15,6 +15,7 @@ from kertransfer.callbacks import KeepBestWeights
 from kertransfer.callbacks import LRFinder
 from kertransfer.callbacks import raw_batch_losses
 from kertransfer.groups import group_optimizer
+from kertransfer.no_tensorflow import set_seed
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 # Keras 3.15's torch trainer refuses steps_per_execution > 1.
@@ -22,7 +23,7 @@ SPE = 1 if keras.backend.backend() == "torch" else 3
 
 
 def _tiny_model():
-    keras.utils.set_random_seed(1)
+    set_seed(1)
     inputs = keras.Input((6,))
     x = keras.layers.Dense(5, activation="tanh", name="g0")(inputs)
     x = keras.layers.Dense(5, activation="tanh", name="g1")(x)
@@ -215,7 +216,7 @@ def _linear_regression(n=22):
     rng = np.random.default_rng(3)
     x = rng.normal(size=(n, 4)).astype("float32")
     y = rng.normal(size=(n, 2)).astype("float32")
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
     return model, x, y
 

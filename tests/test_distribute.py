@@ -28,6 +28,7 @@ from kertransfer.distribute import Replicas
 from kertransfer.distribute import portable_config
 from kertransfer.distribute import predict_padded
 from kertransfer.distribute import resolve_distribution
+from kertransfer.no_tensorflow import set_seed
 
 from conftest import write_synthetic_images
 
@@ -305,7 +306,7 @@ def test_image_batches_batch_multiple(tiny_data):
 
 
 def test_predict_padded_one_device_is_predict():
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     x = np.random.default_rng(0).normal(size=(13, 3)).astype("float32")
     np.testing.assert_allclose(predict_padded(model, x, batch_size=4), model.predict(x, batch_size=4, verbose=0))

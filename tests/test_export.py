@@ -32,6 +32,7 @@ from kertransfer.images import Framing
 from kertransfer.images import frame_images
 from kertransfer.layers import AdaptiveConcatPooling2D
 from kertransfer.layers import ImagePreprocessing
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.portable import save_portable
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -73,7 +74,7 @@ def build_tiny_model(image_size):
 
 def make_run(run_dir, image_size=IMAGE_SIZE, per_class=20, epochs=6):
     """Fits the tiny model on real photos and writes a trainer run folder."""
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     train, val = _photos("train", per_class), _photos("val", per_class)
     x = frame_images([p for p, _ in train], Framing(image_size))
     y = np.array([t for _, t in train])

@@ -18,13 +18,14 @@ from kertransfer.backbones.keras_apps_presets import MINUS_ONE_TO_ONE
 from kertransfer.data import ImageClassifierData
 from kertransfer.layers import ImagePreprocessing
 from kertransfer.learner import ConvLearner
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.transforms import tfms_from_model
 
 from conftest import write_synthetic_images
 
 
 def _mobilenet(seed=0, **kwargs):
-    keras.utils.set_random_seed(seed)
+    set_seed(seed)
     kwargs = {"include_top": False, "input_shape": (64, 64, 3), **kwargs}
     return keras.applications.MobileNetV2(weights=None, alpha=0.35, **kwargs)
 
@@ -32,7 +33,7 @@ def _mobilenet(seed=0, **kwargs):
 def _small_cnn(input_shape=(None, None, 3), top=False, seed=0):
     """Five layers with weights (c1 b1 c2 b2 c3) and a residual `add`; with
     `top`, pooling and a classifier."""
-    keras.utils.set_random_seed(seed)
+    set_seed(seed)
     inputs = keras.Input(input_shape)
     x = keras.layers.Conv2D(4, 3, strides=2, padding="same", name="c1")(inputs)
     x = keras.layers.BatchNormalization(name="b1")(x)
@@ -168,7 +169,7 @@ def test_one_fit_steps_each_group_at_its_own_learning_rate(small_folder, make):
     def steps(lrs):
         learn.model.set_weights(start)
         before = [[keras.ops.convert_to_numpy(v) for v in group] for group in groups]
-        keras.utils.set_random_seed(1)
+        set_seed(1)
         learn.fit(np.array(lrs), 1, verbose=0)
         assert learn.sched.steps_per_epoch == 1
         return [
@@ -267,7 +268,7 @@ def test_registered_keras_backbone_builds_by_name(small_folder, tmp_path, monkey
     constructor = functools.partial(keras.applications.MobileNetV2, alpha=0.35)
     spec = register_keras_backbone("tiny_mobilenet_v2", constructor, preprocessing="tf", image_size=64)
     assert get_backbone("tiny_mobilenet_v2") is spec and spec.preprocessing == MINUS_ONE_TO_ONE
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     learn = ConvLearner.pretrained("tiny_mobilenet_v2", _data(small_folder, 64), weights=None)
     assert _names(learn.layer_groups[:2]) == _weighted_halves(learn.backbone)
     assert learn.backbone.layers[1].name == "preprocess"

@@ -6,6 +6,7 @@ import pytest
 
 from kertransfer.gradcam import grad_cam
 from kertransfer.gradcam import last_feature_layer
+from kertransfer.no_tensorflow import set_seed
 
 
 def _tiny_model(nested=False):
@@ -13,7 +14,7 @@ def _tiny_model(nested=False):
 
     With `nested`, the conv is a backbone sub-model, as in a learner's model.
     """
-    keras.utils.set_random_seed(1)
+    set_seed(1)
     inputs = keras.Input((7, 6, 3))
     conv = keras.layers.Conv2D(4, 3, activation="relu", name="last_conv")
     if nested:

@@ -22,6 +22,7 @@ from PIL import Image  # noqa: E402
 from kertransfer.images import load_thumbnail  # noqa: E402
 from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
 from kertransfer.interpret import MultiLabelInterpretation  # noqa: E402
+from kertransfer.no_tensorflow import set_seed
 
 from conftest import write_synthetic_images  # noqa: E402
 
@@ -362,7 +363,7 @@ def test_plot_grad_cam_overlays_the_heatmaps_of_the_predicted_class(interp, tmp_
     from kertransfer.images import Framing
     from kertransfer.images import frame_images
 
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(6, 3, strides=2, activation="relu")(x)

@@ -10,7 +10,6 @@ folders and an independent numpy computation on the same probabilities.
 
 import os
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +17,7 @@ from PIL import Image
 from kertransfer.data import ImageClassifierData
 from kertransfer.interpret import ClassificationInterpretation
 from kertransfer.learner import ConvLearner
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.transforms import tfms_from_model
 
 TRAIN_PER_CLASS = 100
@@ -37,7 +37,7 @@ def dogscats_interp(dogscats, tmp_path_factory):
         root, batch_size=64, tfms=tfms_from_model("efficientnet_lite0", 128)
     )
     learn = ConvLearner.pretrained("efficientnet_lite0", data, precompute=True)
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     learn.fit(1e-2, 4, verbose=0)  # 16 steps, as one epoch of all 1000 photos
     interp = ClassificationInterpretation.from_learner(learn)
     # The same model's probabilities by another path: the head on the cached

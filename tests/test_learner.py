@@ -12,6 +12,7 @@ from PIL import Image
 
 from kertransfer.data import ImageClassifierData
 from kertransfer.learner import ConvLearner
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.transforms import tfms_from_model
 
 from conftest import synthetic_image
@@ -141,7 +142,7 @@ def test_set_random_seed_repeats_a_fit_through_the_body(tiny_data):
     # backend's own generators), so the same seed trains the same weights.
     def run(seed):
         learn = _learner(tiny_data, precompute=False)
-        keras.utils.set_random_seed(seed)
+        set_seed(seed)
         learn.fit(1e-2, 1, verbose=0)
         return learn.model.get_weights(), learn.history[-1]["loss"]
 
@@ -152,7 +153,7 @@ def test_set_random_seed_repeats_a_fit_through_the_body(tiny_data):
 
     # ...and another seed gives other batches (order, crops, augmentation).
     def first_batch(seed):
-        keras.utils.set_random_seed(seed)
+        set_seed(seed)
         return tiny_data.train_batches(augment=True)[0]
 
     (x7, y7), (x7b, _), (x8, y8) = first_batch(7), first_batch(7), first_batch(8)
@@ -199,7 +200,7 @@ def test_fits_after_the_first_reuse_the_compiled_step_with_a_fresh_optimizer(tin
     that compiles anew for every fit (a fresh optimizer each time)."""
 
     def run(recompile):
-        keras.utils.set_random_seed(3)
+        set_seed(3)
         learn = _learner(tiny_data, precompute=False)
         learn.unfreeze()
         learn.lr_find(min_steps=4)

@@ -18,6 +18,7 @@ from kertransfer.interpret import MultiLabelInterpretation
 from kertransfer.learner import ConvLearner
 from kertransfer.metrics import fbeta
 from kertransfer.metrics import opt_th
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.transforms import tfms_from_model
 from kertransfer.transforms import transforms_top_down
 
@@ -382,7 +383,7 @@ def test_acceptance_lite0_f2_on_photo_mosaics(tmp_path, hymenoptera, dogscats):
     tfms = tfms_from_model("efficientnet_lite0", 224, aug_tfms=transforms_top_down, max_zoom=1.05)
     data = ImageClassifierData.from_csv(tmp_path, "train-jpg", csv, val_idxs=val_idxs, suffix=".jpg", tfms=tfms, batch_size=32)
     assert data.is_multi and data.classes == TAGS
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     learn = ConvLearner.pretrained("efficientnet_lite0", data, precompute=True)
     learn.fit(2e-2, 3, verbose=0)
     probs, targets = learn.predict()

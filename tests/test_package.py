@@ -2,6 +2,8 @@
 
 import ast
 import importlib
+import json
+import os
 import pathlib
 import subprocess
 import sys
@@ -126,3 +128,52 @@ def test_no_module_imports_another_modules_private_names():
     # (issue 18); `make lint` runs this check.
     found = private_imports(pathlib.Path(kertransfer.__file__).parent)
     assert not found, "Private names imported across modules:\n" + "\n".join(found)
+
+
+_SEED_AND_SAVE = """
+import json, random, sys
+import keras
+import numpy as np
+from kertransfer.no_tensorflow import set_seed
+from kertransfer.portable import save_portable
+
+def draws(seed_fn, seed):
+    seed_fn(seed)
+    dropout = keras.layers.Dropout(0.5)  # its SeedGenerator seeds from Keras's global seed
+    mask = keras.ops.convert_to_numpy(dropout(keras.ops.ones((64,)), training=True))
+    return {
+        "python": random.random(), "numpy": float(np.random.rand()),
+        "keras": keras.ops.convert_to_numpy(keras.random.uniform((4,))).tolist(),
+        "dropout": (mask > 0).tolist(),
+    }
+
+ours = draws(set_seed, 3)
+inputs = keras.Input((8, 8, 3))
+model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs)))
+save_portable(model, sys.argv[1])
+after_ours = "tensorflow" in sys.modules
+keras_draws = draws(keras.utils.set_random_seed, 3)  # Keras's own: imports TensorFlow
+print(json.dumps({"ours": ours, "keras": keras_draws, "tf_after_ours": after_ours,
+                  "tf_after_keras": "tensorflow" in sys.modules,
+                  "reloaded": keras.saving.load_model(sys.argv[1]).count_params() == model.count_params()}))
+"""
+
+
+def test_seeding_and_saving_do_not_import_tensorflow_under_jax(tmp_path):
+    # Keras's set_random_seed and Model.save import TensorFlow under every
+    # backend (~10 s of CPU per process). kertransfer's set_seed and
+    # save_portable do not under JAX, draw exactly what Keras's seeding draws
+    # (Python, NumPy, keras.random, a Dropout mask), and leave Keras as it
+    # was: its own set_random_seed still imports TensorFlow afterwards.
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", _SEED_AND_SAVE, str(tmp_path / "m.keras")],
+        capture_output=True, text=True, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["tf_after_ours"] is False
+    assert report["tf_after_keras"] is True
+    assert report["ours"] == report["keras"]
+    assert 0 < sum(report["ours"]["dropout"]) < 64
+    assert report["reloaded"]

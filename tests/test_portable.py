@@ -19,6 +19,7 @@ from kertransfer import layers as kt_layers
 from kertransfer.backbones import BackboneSpec
 from kertransfer.backbones import register_backbone
 from kertransfer.learner import ConvLearner
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.portable import portable_model
 from kertransfer.portable import read_model_info
 from kertransfer.predict import load_run
@@ -31,7 +32,7 @@ BGR_MEAN = (103.939, 116.779, 123.68)
 def tiny_bgr_cnn(weights=None, input_shape=(None, None, 3), include_top=False):
     """tiny_cnn's shape with BGR preprocessing and kertransfer's JAX-fast
     convolutions (1x1 `Conv2D`, `DepthwiseConv2D`)."""
-    keras.utils.set_random_seed(1)
+    set_seed(1)
     inputs = keras.Input(input_shape)
     x = kt_layers.ImagePreprocessing(BGR_MEAN, (58.0, 57.0, 57.5), channel_order="bgr", name="preprocess")(inputs)
     x = keras.layers.Conv2D(8, 3, strides=2, padding="same", name="stem_conv")(x)

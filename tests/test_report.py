@@ -22,6 +22,7 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from kertransfer.interpret import ClassificationInterpretation  # noqa: E402
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.report import plot_history
 from kertransfer.report import write_report  # noqa: E402
 
@@ -284,7 +285,7 @@ def test_report_grad_cam_of_the_top_losses(run_dir):
 
     text = write_report(run_dir).read_text(encoding="utf-8")
     assert "model.keras not found in the run folder; Grad-CAM skipped." in text
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     inputs = keras.Input((None, None, 3))
     x = keras.layers.Rescaling(1 / 255)(inputs)
     x = keras.layers.Conv2D(4, 3, strides=4, activation="relu")(x)

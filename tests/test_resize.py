@@ -2,13 +2,13 @@
 
 import os
 
-import keras
 import numpy as np
 import pytest
 
 from kertransfer.backbones import cache_dir
 from kertransfer.data import ImageClassifierData
 from kertransfer.learner import ConvLearner
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.transforms import tfms_from_model
 
 
@@ -23,7 +23,7 @@ def _valid_accuracy(learn):
 def test_set_data_resize_keeps_learned_weights(hymenoptera):
     tfms = tfms_from_model("efficientnet_lite0", 128)
     data = ImageClassifierData.from_paths(hymenoptera, batch_size=32, tfms=tfms)
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     learn = ConvLearner.pretrained("efficientnet_lite0", data, precompute=True)
     learn.fit(1e-2, 3, verbose=0, stage="128px")
     small_valid = learn._activations("valid")

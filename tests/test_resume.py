@@ -15,6 +15,7 @@ import pytest
 
 from kertransfer.cli import main
 from kertransfer.learner import ConvLearner
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.progress import RunProgress
 from kertransfer.run_folder import load_model_file
 from kertransfer.train import TrainConfig
@@ -47,7 +48,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 
 def _unfrozen_learner(data):
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     learn = ConvLearner.pretrained("tiny_cnn", data, precompute=False, weights=None)
     learn.unfreeze()
     return learn

@@ -35,9 +35,10 @@ def main(argv):
     from kertransfer.callbacks import BatchLosses
     from kertransfer.distribute import resolve_distribution
     from kertransfer.groups import group_optimizer
+    from kertransfer.no_tensorflow import set_seed
 
     replicas = resolve_distribution("data_parallel" if len(argv) > 1 else "none")
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (64, 12, 12, 3)).astype("float32")
     y = (x[:, :6].mean(axis=(1, 2, 3)) > x[:, 6:].mean(axis=(1, 2, 3))).astype("int32")
