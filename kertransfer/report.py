@@ -183,7 +183,7 @@ def plot_history(history, kept=None, figsize=None):
         The matplotlib figure: a loss panel and an accuracy (or F2) panel,
         stage boundaries dotted and stage names on top.
     """
-    import matplotlib.pyplot as plt
+    from kertransfer.figures import subplots
 
     history = pd.DataFrame(history)
     panels = [
@@ -192,7 +192,7 @@ def plot_history(history, kept=None, figsize=None):
         ("F2", [c for c in ("f2", "val_f2") if c in history]),  # multi-label runs
     ]
     panels = [(name, cols) for name, cols in panels if cols]
-    fig, axes = plt.subplots(1, len(panels), figsize=figsize or (5.5 * len(panels), 3.8),
+    fig, axes = subplots(1, len(panels), figsize=figsize or (5.5 * len(panels), 3.8),
                              squeeze=False)
     x = np.arange(1, len(history) + 1)
     stages = (
