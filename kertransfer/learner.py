@@ -385,12 +385,12 @@ class ConvLearner(TrainingVerbs):
         ConvLearner(arch='efficientnet_lite0', weights='imagenet')
           classes (2): ants, bees
           image size: 64 px
-          images: 244 train, 153 valid (batch size 16)
+          images: 100 train, 100 valid (batch size 16)
           layer groups: group0, group1, head
           frozen to: group 2 (trains head)
           precompute: True
-          parameters: 4,287,986 (658,946 trainable)
-          epochs trained: 2 (last: fit, val_loss 0.3010, val_accuracy 0.9100)
+          parameters: 4,737,570 (1,318,402 trainable)
+          epochs trained: 1 (last: fit, val_loss 0.7413, val_accuracy 0.8100)
         ```
         """
         return text_repr(self._repr_title(), self._repr_rows())

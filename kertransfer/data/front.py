@@ -560,7 +560,7 @@ class ImageClassifierData:
           classes (2): ants, bees
           image size: 64 px
           batch size: 16
-          train: 244 (ants 123, bees 121)
+          train: 245 (ants 124, bees 121)
           valid: 153 (ants 70, bees 83)
           pixels: decoded in memory
         ```
