@@ -61,7 +61,8 @@ lint: install
 # subprocess tests are among them and pick their own backends); then the JAX
 # unit tests; when the slow pass ends, the TensorFlow unit tests (with the
 # TensorFlow-only export checks, marked `tensorflow`); last, the recipes'
-# smoke runs (one process for the three: TensorFlow is imported once).
+# smoke runs (one process for the three: TensorFlow is imported once) and
+# the lesson-1 notebook in a kernel.
 # Measured 2026-12-03 on an idle fresh clone (2 cores, .ci/run at 40608e9):
 # torch 5.2, TensorFlow unit 3.3, JAX 5.0 min in one lane, slow 9.9 and
 # recipes 1.7 in the other: 14.6 min in all (16.6 at 9399448 before).
@@ -85,7 +86,7 @@ test: install lint
 test-tensorflow: test-tensorflow-slow test-tensorflow-unit
 
 test-tensorflow-slow: install
-	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) -m slow --ignore=tests/test_recipes.py tests
+	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) -m slow --ignore=tests/test_recipes.py --ignore=tests/test_notebook.py tests
 
 test-tensorflow-unit: install
 	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) -m "not slow and not one_backend" tests
@@ -99,8 +100,10 @@ test-torch: install
 
 test-jax-torch: test-jax test-torch
 
+# The recipes' smoke runs, and recipes/lesson1.ipynb executed in a Jupyter
+# kernel (nbclient; the kernel inherits this environment).
 test-recipes: install
-	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) tests/test_recipes.py
+	$(ONE_THREAD) KERAS_BACKEND=tensorflow $(PYTEST) tests/test_recipes.py tests/test_notebook.py
 
 # One recipe's smoke run, e.g. `make test-recipe-planet`.
 test-recipe-%: install

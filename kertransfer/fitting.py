@@ -20,6 +20,7 @@ from kertransfer.balance import resolve_class_weight
 from kertransfer.callbacks import SGDR
 from kertransfer.callbacks import BatchLosses
 from kertransfer.callbacks import FitCheckpoint
+from kertransfer.callbacks import FitHistory
 from kertransfer.callbacks import KeepBestWeights
 from kertransfer.callbacks import LRFinder
 from kertransfer.callbacks import OneCycle
@@ -316,8 +317,11 @@ class TrainingVerbs:
                 fit completes. Like `keras.callbacks.BackupAndRestore`.
 
         Returns:
-            The `keras.callbacks.History` of the `model.fit` call (when
-            resumed, of the epochs it ran; `learn.history` has them all).
+            A `kertransfer.callbacks.FitHistory`: the
+            `keras.callbacks.History` of the `model.fit` call (when resumed,
+            of the epochs it ran; `learn.history` has them all), whose text
+            (what a notebook cell ending with `learn.fit(...)` shows) is the
+            last epoch's loss and metrics.
 
         Raises:
             ValueError: on bad `lrs`/cycle arguments, a bad `class_weight`,
@@ -374,7 +378,10 @@ class TrainingVerbs:
                 train.on_epoch_end()
         schedule = make_schedule([base[i] for i in active], steps)
         log = _FitLog(start)
-        cbs = [schedule, log]
+        # Keras records into this History instead of its own (it takes the
+        # one it is given); its text is the last epoch's numbers.
+        hist = FitHistory(stage)
+        cbs = [schedule, log, hist]
         if self.distribution.devices > 1:
             # Keras's validation would need every batch to divide by the
             # devices; this pads and trims, and runs before KeepBestWeights.
@@ -392,7 +399,7 @@ class TrainingVerbs:
             stateful = [c for c in cbs if hasattr(c, "state_dict") and hasattr(c, "load_state_dict")]
             # Last: what it saves includes everything the epoch changed.
             cbs.append(FitCheckpoint(backup_dir, fit_args, stateful=stateful))
-        hist = model.fit(
+        model.fit(
             self.distribution.shard(train), validation_data=valid, epochs=epochs, callbacks=cbs,
             initial_epoch=initial_epoch, verbose=verbose, class_weight=weights,
             shuffle=False,  # see lr_find
@@ -436,7 +443,7 @@ class TrainingVerbs:
                 `verbose`, `class_weight`, `backup_dir`).
 
         Returns:
-            The `keras.callbacks.History` of the fit.
+            The `FitHistory` of the fit (see `fit`).
 
         Example:
 
@@ -465,7 +472,7 @@ class TrainingVerbs:
                 `verbose`, `class_weight`, `backup_dir`).
 
         Returns:
-            The `keras.callbacks.History` of the fit.
+            The `FitHistory` of the fit (see `fit`).
 
         Raises:
             ValueError: on a bad `epochs`, `pct_start` or `div`, and as `fit`.
@@ -509,7 +516,7 @@ class TrainingVerbs:
             **kwargs: passed to each `fit_one_cycle`.
 
         Returns:
-            The `keras.callbacks.History` of the unfrozen stage.
+            The `FitHistory` of the unfrozen stage (see `fit`).
 
         Example:
 

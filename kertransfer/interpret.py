@@ -26,6 +26,9 @@ from kertransfer.metrics import check_multi_hot
 from kertransfer.metrics import cross_entropy
 from kertransfer.metrics import fbeta
 from kertransfer.metrics import fbeta_from_counts
+from kertransfer.reprs import html_repr
+from kertransfer.reprs import short_list
+from kertransfer.reprs import text_repr
 
 __all__ = [
     "ClassificationInterpretation",
@@ -109,8 +112,9 @@ class ClassificationInterpretation(InterpretationPlots):
     matrix, the most confused class pairs, per-class precision/recall, the
     items with the highest loss, and fast.ai lesson 1's "most correct",
     "most incorrect" and "most uncertain" images for a class. The `plot_*`
-    methods draw those results and return the matplotlib axes or figure;
-    they never call `plt.show()`.
+    methods draw those results and return the matplotlib axes or figure
+    (shown once in a notebook: `kertransfer.figures`); they never call
+    `plt.show()`.
 
     Sources: fast.ai v0.7 lesson 1 (`most_by_correct`, `most_uncertain`)
     and fastai v2 `ClassificationInterpretation`.
@@ -228,6 +232,46 @@ class ClassificationInterpretation(InterpretationPlots):
     @property
     def num_classes(self):
         return self.probs.shape[1]
+
+    # ------------------------------------------------------------- display
+
+    def _repr_title(self):
+        return f"{type(self).__name__}({len(self.targets)} items, {self.num_classes} classes)"
+
+    def _repr_rows(self):
+        """What `repr(interp)` and a notebook show: `[(name, value)]`."""
+        wrong = int(np.sum(self.preds != self.targets))
+        confused = self.most_confused().head(3)
+        worst = int(np.argmax(self.losses))
+        return [
+            ("classes", short_list(self.class_names)),
+            ("accuracy", f"{self.accuracy():.4f} ({wrong} wrong)"),
+            ("most confused", ", ".join(
+                f"{row.actual} as {row.predicted} {row.count}" for row in confused.itertuples()
+            ) or "none"),
+            ("top loss", (
+                f"{self.losses[worst]:.4f} (a {self.class_names[self.targets[worst]]} "
+                f"predicted {self.class_names[self.preds[worst]]})"
+            )),
+            ("image paths", None if self.image_paths is not None else "none (the image plots need them)"),
+        ]
+
+    def __repr__(self):
+        """Items, classes, accuracy, the most confused pairs, the top loss.
+
+        ```
+        ClassificationInterpretation(153 items, 2 classes)
+          classes: ants, bees
+          accuracy: 0.9150 (13 wrong)
+          most confused: ants as bees 8, bees as ants 5
+          top loss: 3.2189 (a bees predicted ants)
+        ```
+        """
+        return text_repr(self._repr_title(), self._repr_rows())
+
+    def _repr_html_(self):
+        """`repr` as a small table, what Jupyter shows."""
+        return html_repr(self._repr_title(), self._repr_rows())
 
     def class_index(self, cls):
         """Index of a class given by name or index.
@@ -475,6 +519,25 @@ class MultiLabelInterpretation(MultiLabelPlots):
         """Like `ClassificationInterpretation.from_learner`, multi-hot."""
         probs, targets = learn.TTA() if tta else learn.predict()
         return cls(probs, targets, list(learn.data.classes), thresholds)
+
+    def _repr_rows(self):
+        one = np.all(self.thresholds == self.thresholds[0])
+        return [
+            ("tags", short_list(self.class_names)),
+            ("thresholds", f"{self.thresholds[0]:g}" if one else
+             f"one per tag, {self.thresholds.min():g} to {self.thresholds.max():g}"),
+            ("F2 (samples)", f"{self.fbeta(beta=2):.4f}"),
+        ]
+
+    def __repr__(self):
+        """Items, tags, thresholds and the samples-averaged F2."""
+        title = f"MultiLabelInterpretation({len(self.targets)} items, {len(self.class_names)} tags)"
+        return text_repr(title, self._repr_rows())
+
+    def _repr_html_(self):
+        """`repr` as a small table, what Jupyter shows."""
+        title = f"MultiLabelInterpretation({len(self.targets)} items, {len(self.class_names)} tags)"
+        return html_repr(title, self._repr_rows())
 
     def counts(self):
         """True/false positive/negative counts per tag.

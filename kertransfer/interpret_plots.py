@@ -4,7 +4,8 @@
 `kertransfer.interpret.ClassificationInterpretation` (which inherits it):
 each method draws what a compute method answered (`confusion_matrix`,
 `top_losses`, `most_incorrect`, ...; Grad-CAM from `kertransfer.gradcam`)
-and returns the matplotlib axes or figure; none calls `plt.show()`.
+and returns the matplotlib axes or figure; none calls `plt.show()`. The
+figures are `kertransfer.figures`': a notebook shows each once.
 matplotlib is imported when a plot is drawn.
 """
 
@@ -23,9 +24,9 @@ __all__ = ["InterpretationPlots", "MultiLabelPlots", "placeholder_figure"]
 
 def placeholder_figure(message):
     """A small figure that says why there is nothing to show."""
-    import matplotlib.pyplot as plt
+    from kertransfer.figures import subplots
 
-    fig, ax = plt.subplots(figsize=(6, 1.6))
+    fig, ax = subplots(figsize=(6, 1.6))
     ax.axis("off")
     ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
     return fig
@@ -53,14 +54,14 @@ class InterpretationPlots:
         Returns:
             The matplotlib axes.
         """
-        import matplotlib.pyplot as plt
+        from kertransfer.figures import subplots
 
         cm = self.confusion_matrix()
         values = self.confusion_matrix(normalize=True) if normalize else cm.astype(np.float64)
         c = self.num_classes
         if ax is None:
             side = min(max(4.0, 0.55 * c + 2.0), 30.0)
-            _, ax = plt.subplots(figsize=figsize or (side, side))
+            _, ax = subplots(figsize=figsize or (side, side))
         vmax = 1.0 if normalize else max(1.0, float(values.max()))
         ax.imshow(values, cmap=cmap, vmin=0.0, vmax=vmax)
         fontsize = max(4.0, min(10.0, 160.0 / c))
@@ -114,7 +115,7 @@ class InterpretationPlots:
             ValueError: if the interpretation has no `image_paths`, an
                 index is out of range, or `heatmaps` does not match `idxs`.
         """
-        import matplotlib.pyplot as plt
+        from kertransfer.figures import subplots
 
         idxs = np.asarray(idxs, dtype=np.int64).reshape(-1)
         if idxs.size == 0:
@@ -139,7 +140,7 @@ class InterpretationPlots:
             )
         ncols = max(1, min(int(ncols), idxs.size))
         nrows = math.ceil(idxs.size / ncols)
-        fig, axes = plt.subplots(
+        fig, axes = subplots(
             nrows, ncols, figsize=figsize or (2.8 * ncols, 3.2 * nrows), squeeze=False
         )
         for ax in axes.flat:
@@ -256,12 +257,11 @@ class MultiLabelPlots:
         Returns:
             The matplotlib axes.
         """
-        import matplotlib.pyplot as plt
+        from kertransfer.figures import axes_or_new
 
         curve = self.fbeta_curve(beta=beta)
         name = f"f{beta:g}"
-        if ax is None:
-            _, ax = plt.subplots(figsize=figsize)
+        ax = axes_or_new(ax, figsize)
         line, = ax.plot(curve["threshold"], curve[name], label=label or name.upper())
         if np.all(self.thresholds == self.thresholds[0]):  # one threshold for all tags: mark it
             at = float(self.thresholds[0])

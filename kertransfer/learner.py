@@ -10,6 +10,7 @@ fresh optimizers (Keras needs a recompile whenever `trainable` changes).
 """
 
 import functools
+import math
 import os
 
 import keras
@@ -38,6 +39,9 @@ from kertransfer.portable import portable_model
 from kertransfer.portable import read_model_info
 from kertransfer.portable import save_portable
 from kertransfer.precompute import ActivationCache
+from kertransfer.reprs import html_repr
+from kertransfer.reprs import short_list
+from kertransfer.reprs import text_repr
 from kertransfer.tta import tta_probs
 
 __all__ = ["ConvLearner", "sgd_momentum"]
@@ -466,6 +470,57 @@ class ConvLearner(TrainingVerbs):
             )
         self.distribution.check_batch_size(data.batch_size, "data.batch_size")
         self.data = data
+
+    # ----------------------------------------------------------- display
+    def _repr_title(self):
+        return f"ConvLearner(arch={self.arch!r}, weights={self.weights!r})"
+
+    def _repr_rows(self):
+        """What `repr(learn)` and a notebook show: `[(name, value)]`."""
+        data = self.data
+        trains = self.group_names[self._frozen_to :]
+        trainable = sum(math.prod(v.shape) for v in self.model.trainable_weights)
+        images = f"{len(data.train_paths)} train, {len(data.valid_paths)} valid"
+        if data.test_paths is not None:
+            images += f", {len(data.test_paths)} test"
+        epochs = str(len(self.history))
+        if self.history:
+            last = self.history[-1]
+            scores = [f"{k} {float(last[k]):.4f}" for k in ("val_loss", "val_accuracy", "val_f2") if k in last]
+            epochs += f" (last: {', '.join([str(last.get('stage')), *scores])})"
+        return [
+            (f"classes ({data.num_classes}{', multi-label' if self.is_multi else ''})", short_list(data.classes)),
+            ("image size", f"{data.image_size} px"),
+            ("images", f"{images} (batch size {data.batch_size})"),
+            ("layer groups", ", ".join(self.group_names)),
+            ("frozen to", f"group {self._frozen_to} (trains {', '.join(trains)})"),
+            ("bn_freeze", True if self._bn_freeze else None),
+            ("precompute", self.precompute),
+            ("parameters", f"{self.model.count_params():,} ({trainable:,} trainable)"),
+            ("epochs trained", epochs),
+            ("devices", f"{self.distribution.devices} ({self.distribution.engine})" if self.distribution.devices > 1 else None),
+        ]
+
+    def __repr__(self):
+        """The arch, classes, image size, images per split, frozen groups, epochs.
+
+        ```
+        ConvLearner(arch='efficientnet_lite0', weights='imagenet')
+          classes (2): ants, bees
+          image size: 64 px
+          images: 100 train, 100 valid (batch size 16)
+          layer groups: group0, group1, head
+          frozen to: group 2 (trains head)
+          precompute: True
+          parameters: 4,737,570 (1,318,402 trainable)
+          epochs trained: 1 (last: fit, val_loss 0.7413, val_accuracy 0.8100)
+        ```
+        """
+        return text_repr(self._repr_title(), self._repr_rows())
+
+    def _repr_html_(self):
+        """`repr` as a small table, what Jupyter shows."""
+        return html_repr(self._repr_title(), self._repr_rows())
 
     # ------------------------------------------------------------ saving
     def save(self, path):

@@ -1,4 +1,8 @@
-"""What `lr_find` and `fit` record, with fast.ai's plots (`learn.sched`)."""
+"""What `lr_find` and `fit` record, with fast.ai's plots (`learn.sched`).
+
+The plots draw on the axes given, or on a new `kertransfer.figures` figure
+(shown once in a notebook), and return the axes.
+"""
 
 import collections
 
@@ -50,11 +54,9 @@ def suggest_lrs(lrs, smoothed_losses, skip_start=None, skip_end=None):
 
 
 def _axes(ax, figsize=None):
-    if ax is None:
-        import matplotlib.pyplot as plt
+    from kertransfer.figures import axes_or_new
 
-        _, ax = plt.subplots(figsize=figsize or (6, 4))
-    return ax
+    return axes_or_new(ax, figsize or (6, 4))
 
 
 def _plot_per_batch(values, ax, figsize, ylabel, log=False):
@@ -87,6 +89,21 @@ class LRFindResult:
     def suggestions(self):
         """`SuggestedLRs(min_div10, steepest)`; see `suggest_lrs`."""
         return suggest_lrs(self.lrs, self.smoothed_losses)
+
+    def __repr__(self):
+        """What `learn.lr_find()` shows as a notebook cell's value.
+
+        `LRFindResult(40 batches of 16, lr 1e-05 to 0.631, suggestions:
+        min/10 0.0126, steepest 0.0398)`
+        """
+        if not self.lrs:
+            return f"LRFindResult(no batches, batch_size={self.batch_size})"
+        text = f"LRFindResult({len(self.lrs)} batches of {self.batch_size}, lr {self.lrs[0]:.3g} to {self.lrs[-1]:.3g}"
+        try:
+            s = self.suggestions()
+        except ValueError:
+            return text + ")"
+        return text + f", suggestions: min/10 {s.min_div10:.3g}, steepest {s.steepest:.3g})"
 
     def plot(self, ax=None, mark=None, figsize=None):
         """Smoothed loss against LR (log x axis), with suggestions marked.
@@ -155,6 +172,13 @@ class FitRecord:
         self.batch_losses = list(batch_losses)
         self.steps_per_epoch = steps_per_epoch
         self.stage = stage
+
+    def __repr__(self):
+        """`FitRecord(stage='fit', 30 batches (10 per epoch), groups head)`."""
+        return (
+            f"FitRecord(stage={self.stage!r}, {len(self.lr_history)} batches "
+            f"({self.steps_per_epoch} per epoch), groups {', '.join(self.group_names)})"
+        )
 
     def to_dict(self):
         """JSON-able fields; `FitRecord(**record.to_dict())` rebuilds it."""

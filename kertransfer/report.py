@@ -1,9 +1,12 @@
-"""One self-contained HTML report from a training run folder.
+"""One self-contained HTML report from a training run folder, or a learner.
 
 `write_report(run_dir)` reads what the trainer left in `run_dir` and writes
 `run_dir/report.html`: a single file, every picture inlined as a base64 PNG
 data URI, no external resources, so it can be mailed, archived or opened
-offline. Run folder contract (all written by the trainer):
+offline. `write_report(learn, "report.html")` writes the same report from a
+`ConvLearner` in a notebook: its validation predictions (and TTA), its
+`learn.history`, its last LR finder and schedule, its model for Grad-CAM.
+Run folder contract (all written by the trainer):
 
 - `metrics.json` (required): `valid_accuracy`, `tta_accuracy` (multi-label:
   `multi_label`, `valid_f2`, `tta_f2`, `valid_f2_at_0.5`, `tta_f2_at_0.5`,
@@ -44,6 +47,7 @@ from kertransfer.interpret import MultiLabelInterpretation
 from kertransfer.interpret import cross_entropy
 from kertransfer.metrics import binary_cross_entropy
 from kertransfer.metrics import fbeta
+from kertransfer.metrics import opt_th
 from kertransfer.report_html import IMAGE_CHECK_SCRIPT
 from kertransfer.report_html import STYLE
 from kertransfer.report_html import esc
@@ -69,7 +73,7 @@ def _describe_kept(kept):
     return f"{where}), valid loss {format_number(kept.get('val_loss'))}"
 
 
-def _summary_section(metrics, predictions, run_dir):
+def _summary_section(metrics, predictions, run_dir=None):
     scores = ("valid F2", "valid_f2"), ("TTA F2", "tta_f2")
     if not metrics.get("multi_label"):
         scores = ("valid accuracy", "valid_accuracy"), ("TTA accuracy", "tta_accuracy")
@@ -90,7 +94,10 @@ def _summary_section(metrics, predictions, run_dir):
     }
     if metrics.get("kept"):
         values["kept weights"] = _describe_kept(metrics["kept"])
-    values["run folder"] = str(run_dir)
+    if run_dir is None:
+        values["source"] = "a learner (write_report(learn, ...))"
+    else:
+        values["run folder"] = str(run_dir)
     rows = pd.DataFrame({"value": list(values.values())}, index=list(values))
     return section(
         "summary", "Summary", [f'<div class="cards">{card_html}</div>',
@@ -98,7 +105,7 @@ def _summary_section(metrics, predictions, run_dir):
     )
 
 
-def _dataset_section(metrics, class_names, run_dir=None):
+def _dataset_section(metrics, class_names, run_dir=None, augmented=None):
     dataset = metrics.get("dataset") or {}
     parts = []
     train_counts = dataset.get("train_counts") or {}
@@ -131,9 +138,11 @@ def _dataset_section(metrics, class_names, run_dir=None):
         )
     else:
         parts.append("<p>No files were skipped.</p>")
-    if run_dir is not None and (run_dir / "augmented.png").is_file():
+    if augmented is None and run_dir is not None and (run_dir / "augmented.png").is_file():
+        augmented = png_or_note(run_dir, "augmented.png", "augmented training images")
+    if augmented is not None:
         parts.append("<h3>Training augmentation (center crop, then copies)</h3>")
-        parts.append(png_or_note(run_dir, "augmented.png", "augmented training images"))
+        parts.append(augmented)
     classes = ", ".join(esc(n) for n in class_names)
     parts.insert(0, f"<p>{len(class_names)} classes: {classes}</p>")
     return section("dataset", "Dataset", parts)
@@ -183,7 +192,7 @@ def plot_history(history, kept=None, figsize=None):
         The matplotlib figure: a loss panel and an accuracy (or F2) panel,
         stage boundaries dotted and stage names on top.
     """
-    import matplotlib.pyplot as plt
+    from kertransfer.figures import subplots
 
     history = pd.DataFrame(history)
     panels = [
@@ -192,7 +201,7 @@ def plot_history(history, kept=None, figsize=None):
         ("F2", [c for c in ("f2", "val_f2") if c in history]),  # multi-label runs
     ]
     panels = [(name, cols) for name, cols in panels if cols]
-    fig, axes = plt.subplots(1, len(panels), figsize=figsize or (5.5 * len(panels), 3.8),
+    fig, axes = subplots(1, len(panels), figsize=figsize or (5.5 * len(panels), 3.8),
                              squeeze=False)
     x = np.arange(1, len(history) + 1)
     stages = (
@@ -244,6 +253,12 @@ def _history_section(run_dir, kept=None):
             parts.append(note(f"history.csv could not be read ({error})."))
     else:
         parts.append(note("history.csv not found in the run folder; skipped."))
+    return section("history", "Loss and accuracy per epoch", parts + _history_parts(history, kept))
+
+
+def _history_parts(history, kept=None):
+    """The loss plot and the table of `history` (a DataFrame, or None: nothing)."""
+    parts = []
     if history is not None:
         plotted = {"loss", "val_loss", "accuracy", "val_accuracy"}
         if len(history) and plotted & set(history.columns):
@@ -255,7 +270,7 @@ def _history_section(run_dir, kept=None):
             "<details><summary>history.csv</summary>"
             f"{table(history, table_id='history')}</details>"
         )
-    return section("history", "Loss and accuracy per epoch", parts)
+    return parts
 
 
 def _accuracy_section(metrics, predictions):
@@ -430,19 +445,26 @@ def _grad_cam_section(interp, run, metrics, k):
     """The top losses with their Grad-CAM heatmap, or a note saying why not."""
     from kertransfer.predict import run_framing
 
+    if interp.image_paths is None:
+        return _grad_cam_parts(interp, k, skipped="predictions.npz has no paths; Grad-CAM skipped.")
+    if not run.has(run.MODEL):
+        return _grad_cam_parts(interp, k, skipped="model.keras not found in the run folder; Grad-CAM skipped.")
+    return _grad_cam_parts(interp, k, lambda: (run.load_model(), run_framing(run.path, metrics)))
+
+
+def _grad_cam_parts(interp, k, load=None, skipped=None):
+    """The Grad-CAM section: `load() -> (model, framing)`, or the note `skipped`."""
     parts = [(
         "<p>Grad-CAM (Selvaraju et al. 2017) of the class the model predicted: "
         "red where the last feature map held the evidence for it. On a wrong "
         "prediction, it shows what the model looked at instead.</p>"
     )]
-    if interp.image_paths is None:
-        parts.append(note("predictions.npz has no paths; Grad-CAM skipped."))
-    elif not run.has(run.MODEL):
-        parts.append(note("model.keras not found in the run folder; Grad-CAM skipped."))
+    if skipped:
+        parts.append(note(skipped))
     else:
         try:
-            model = run.load_model()
-            fig = interp.plot_grad_cam(model, run_framing(run.path, metrics), k=k)
+            model, framing = load()
+            fig = interp.plot_grad_cam(model, framing, k=k)
             parts.append(img(figure_png(fig), "Grad-CAM of the top losses"))
         except (OSError, ValueError) as error:
             parts.append(note(f"Grad-CAM skipped: {error}"))
@@ -474,8 +496,8 @@ def _time_section(metrics):
 
 
 def write_report(run_dir, filename="report.html", num_images=4,
-                 num_top_losses=8, max_classes=10, grad_cam=True):
-    """Writes one self-contained HTML report of a training run.
+                 num_top_losses=8, max_classes=10, grad_cam=True, tta=True):
+    """Writes one self-contained HTML report of a training run, or of a learner.
 
     The report shows the dataset summary, the learning-rate finder curves
     and schedule, loss and accuracy per epoch with stage boundaries, plain
@@ -496,9 +518,23 @@ def write_report(run_dir, filename="report.html", num_images=4,
     (`id="per-tag-report"`, `MultiLabelInterpretation.per_class_report`)
     and F2 against one threshold for all tags, the run's marked.
 
+    From a learner (`write_report(learn, "report.html")`, e.g. at the end
+    of a notebook), the report is computed from it instead of a run
+    folder: `learn.predict()` and, with `tta`, `learn.TTA()` on the
+    validation set (a few seconds: the model runs over it `1 + 4` times),
+    `learn.history` (every fit so far; no kept epoch), the last LR finder
+    (`learn.lr_finder`) and schedule (`learn.sched`), the training
+    augmentation, and Grad-CAM on `learn.model` at the data's framing.
+    The time per stage adds up the epochs' seconds of each stage. A
+    multi-label learner's thresholds are chosen by `opt_th` (one for all
+    tags) on the plain predictions, as `kertransfer train` does.
+
     Args:
-        run_dir: the run folder (see the module docstring for its files).
-        filename: name of the report written inside `run_dir`.
+        run_dir: the run folder (see the module docstring for its files),
+            or a `ConvLearner`.
+        filename: name of the report written inside `run_dir`; for a
+            learner, the path of the report (relative to the working
+            directory; folders are created).
         num_images: images per class in the most-incorrect and
             most-uncertain grids (4, as in fast.ai lesson 1).
         num_top_losses: images in the top-losses grid.
@@ -506,6 +542,8 @@ def write_report(run_dir, filename="report.html", num_images=4,
             the `max_classes` classes with the most errors.
         grad_cam: draw the Grad-CAM heatmaps of the top losses (loads
             `model.keras` and runs it on `num_top_losses` images).
+        tta: for a learner, add `learn.TTA()`'s predictions (plain vs
+            TTA accuracy; interpretation uses them). A run folder has its own.
 
     Returns:
         `pathlib.Path` of the written report.
@@ -514,6 +552,7 @@ def write_report(run_dir, filename="report.html", num_images=4,
         FileNotFoundError: if `run_dir`, `metrics.json` or
             `predictions.npz` does not exist
             (`kertransfer.run_folder.MissingRunFileError`).
+        TypeError: if `run_dir` is neither a folder nor a learner.
         ValueError: if a required file is unreadable or newer than this
             kertransfer (`RunFolderError`), or `classes` does not match the
             number of columns of `probs`.
@@ -523,7 +562,17 @@ def write_report(run_dir, filename="report.html", num_images=4,
     >>> path = write_report("runs/dogscats")
     >>> path.name
     'report.html'
+    >>> write_report(learn, "reports/lesson1.html")  # in a notebook
+    PosixPath('reports/lesson1.html')
     """
+    if _is_learner(run_dir):
+        return _learner_report(run_dir, pathlib.Path(filename), num_images, num_top_losses,
+                               max_classes, grad_cam, tta)
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(
+            "write_report takes a run folder (a path written by `kertransfer train`) or a "
+            f"ConvLearner. Received {type(run_dir).__name__}."
+        )
     run_dir = pathlib.Path(run_dir)
     run = RunFolder(run_dir)
     metrics = run.read_metrics()
@@ -571,6 +620,113 @@ def write_report(run_dir, filename="report.html", num_images=4,
     return _write_document(run_dir / filename, title, sections)
 
 
+def _is_learner(obj):
+    return all(hasattr(obj, name) for name in ("model", "data", "predict", "TTA", "history"))
+
+
+def _stage_seconds(history):
+    """`{stage: seconds}` added up from `learn.history`'s epochs, in order."""
+    seconds = {}
+    for row in history:
+        stage = str(row.get("stage", "fit"))
+        seconds[stage] = seconds.get(stage, 0.0) + float(row.get("seconds", 0.0))
+    return seconds
+
+
+def _learner_metrics(learn, probs, tta_probs, targets):
+    """What `metrics.json` would hold, computed from a learner and its predictions."""
+    data = learn.data
+    metrics = {
+        "classes": list(data.classes),
+        "arch": learn.arch,
+        "image_size": data.image_size,
+        "dataset": data.summary(),
+        "stage_seconds": _stage_seconds(learn.history),
+        "wall_seconds": sum(_stage_seconds(learn.history).values()),
+    }
+    if learn.is_multi:
+        chosen = np.round(np.broadcast_to(opt_th(probs, targets), probs.shape[1:]), 4)
+        metrics.update({
+            "multi_label": True,
+            "valid_loss": float(np.mean(binary_cross_entropy(probs, targets))),
+            "thresholds": [float(t) for t in chosen],
+            "per_tag_threshold": False,
+            "valid_f2": fbeta(probs, targets, threshold=chosen),
+            "valid_f2_at_0.5": fbeta(probs, targets, threshold=0.5),
+        })
+        if tta_probs is not None:
+            metrics["tta_f2"] = fbeta(tta_probs, targets, threshold=chosen)
+            metrics["tta_f2_at_0.5"] = fbeta(tta_probs, targets, threshold=0.5)
+        return metrics
+    metrics["valid_loss"] = float(np.mean(cross_entropy(probs, targets)))
+    metrics["valid_accuracy"] = float(np.mean(np.argmax(probs, axis=1) == targets))
+    if tta_probs is not None:
+        metrics["tta_accuracy"] = float(np.mean(np.argmax(tta_probs, axis=1) == targets))
+    return metrics
+
+
+def _learner_lr_section(learn):
+    """The last LR finder and the last fit's schedule of a learner."""
+    parts = ["<h3>Learning-rate finder (the last <code>lr_find</code>)</h3>"]
+    finder = getattr(learn, "lr_finder", None)
+    if finder is not None and finder.lrs:
+        parts.append(img(figure_png(finder.plot().figure), "LR finder"))
+    else:
+        parts.append(note("The learner has run no lr_find."))
+    parts.append("<h3>Learning-rate schedule of the last fit</h3>")
+    record = learn.sched if hasattr(learn.sched, "lr_history") else None
+    if record is not None and len(record.lr_history):
+        parts.append(img(figure_png(record.plot_lr().figure), "learning-rate schedule"))
+    else:
+        parts.append(note("The learner has no fit since its last lr_find."))
+    return section("learning-rates", "Learning rates", parts)
+
+
+def _learner_report(learn, path, num_images, num_top_losses, max_classes, grad_cam, tta):
+    """`write_report(learn, path)`: the report's sections from a learner."""
+    data = learn.data
+    probs, targets = learn.predict()
+    tta_probs = learn.TTA()[0] if tta else None
+    metrics = _learner_metrics(learn, probs, tta_probs, targets)
+    predictions = {"probs": probs, "targets": targets}
+    if tta_probs is not None:
+        predictions["tta_probs"] = tta_probs
+    class_names = metrics["classes"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unreadable image shows as a blank tile
+        augmented = img(figure_png(data.plot_augmented(n=6, images=[0, len(data.train_paths) - 1])),
+                        "augmented training images")
+    history = pd.DataFrame(learn.history) if learn.history else None
+    history_parts = _history_parts(history) if history is not None else [
+        note("The learner has not been fitted yet: no epochs.")]
+    head = [
+        _summary_section(metrics, predictions),
+        _dataset_section(metrics, class_names, augmented=augmented),
+        _learner_lr_section(learn),
+        section("history", "Loss and accuracy per epoch", history_parts),
+    ]
+    title = f"kertransfer report: {learn.arch} (learner)"
+    if learn.is_multi:
+        sections = [*head, _f2_section(metrics, predictions),
+                    _per_tag_section(metrics, predictions, class_names), _time_section(metrics)]
+        return _write_document(path, title, sections)
+    use_tta = tta_probs is not None
+    interp = ClassificationInterpretation(
+        tta_probs if use_tta else probs, targets, class_names,
+        image_paths=[os.path.abspath(p) for p in data.valid_paths],
+    )
+    framing = data.valid_tfms.framing
+    sections = [
+        *head,
+        _accuracy_section(metrics, predictions),
+        _confusion_section(interp, "TTA" if use_tta else "plain"),
+        _image_sections(interp, num_images, num_top_losses, max_classes),
+        *([_grad_cam_parts(interp, num_top_losses, lambda: (learn.model, framing))] if grad_cam else []),
+        _time_section(metrics),
+    ]
+    return _write_document(path, title, sections)
+
+
 def _write_document(path, title, sections):
     """Writes the report's HTML page to `path` (atomically); returns `path`."""
     document = "\n".join([
@@ -588,6 +744,7 @@ def _write_document(path, title, sections):
         "</body>",
         "</html>",
     ])
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with atomic_path(path) as tmp:
         pathlib.Path(tmp).write_text(document, encoding="utf-8")
     return path

@@ -45,7 +45,15 @@ def test_fit_one_cycle_follows_fastai_closed_form_per_group(tiny_data):
 
 def test_fit_sgdr_matches_keras_cosine_decay_restarts(tiny_data):
     learn = _learner(tiny_data)
-    learn.fit_sgdr(2, 1, lr_max=0.05, verbose=0)  # cycle_mult=2: 1 + 2 epochs
+    hist = learn.fit_sgdr(2, 1, lr_max=0.05, verbose=0)  # cycle_mult=2: 1 + 2 epochs
+    # The return value: Keras's History, whose text (a notebook cell's
+    # value) is the last epoch's numbers, as `learn.history` recorded them.
+    assert isinstance(hist, keras.callbacks.History) and hist.epoch == [0, 1, 2]
+    last = learn.history[-1]
+    np.testing.assert_allclose(hist.history["val_loss"][-1], last["val_loss"], rtol=1e-6)
+    assert repr(hist).startswith("FitHistory(epochs=3, ") and "learning_rate" not in repr(hist)
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert f"{key}={last[key]:.4f}" in repr(hist)
     record = learn.sched
     steps = record.steps_per_epoch
     assert len(learn.history) == 3 and record.lr_history.shape == (3 * steps, 1)

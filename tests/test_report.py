@@ -392,3 +392,40 @@ def test_report_renders_in_headless_chromium(run_dir, tmp_path):
         pixels = np.asarray(image.convert("RGB"), dtype=np.float64)
     assert pixels.shape[:2] == (4000, 1280)
     assert pixels.std() > 20
+
+
+@pytest.mark.slow  # 10-15 s: an lr_find, a fit and the report's dozen figures
+def test_report_from_a_learner(tiny_data, tmp_path):
+    """`write_report(learn, path)`: the report of a learner in a notebook, no run folder."""
+    from kertransfer.images import frame_images
+    from kertransfer.learner import ConvLearner
+
+    learn = ConvLearner.pretrained("tiny_cnn", tiny_data, precompute=True, weights=None)
+    learn.lr_find(min_steps=8, verbose=0)
+    learn.fit(0.01, 2, stage="head", verbose=0)
+    open_before = plt.get_fignums()
+    path = write_report(learn, tmp_path / "reports" / "tiny.html", num_top_losses=3, tta=False)
+    assert path == tmp_path / "reports" / "tiny.html" and path.is_file()
+    # Every figure it drew is closed: in a notebook, the report shows nothing.
+    assert plt.get_fignums() == open_before
+    text = path.read_text(encoding="utf-8")
+    parser = _parse(path)
+    # The confusion matrix of the model's own predictions on the validation
+    # files (Keras, from the files: not the learner's batches); conftest's
+    # synthetic folder has 8 ants then 8 bees.
+    framed = frame_images(tiny_data.valid_paths, tiny_data.valid_tfms.framing)
+    predicted = np.argmax(learn.model.predict(framed, verbose=0), axis=1)
+    targets = np.repeat([0, 1], 8)
+    expected = np.bincount(targets * 2 + predicted, minlength=4).reshape(2, 2)
+    np.testing.assert_array_equal(_confusion_from_html(parser, 2), expected)
+    for alt in ("augmented training images", "LR finder", "learning-rate schedule",
+                "loss and accuracy per epoch", "top losses", "Grad-CAM of the top losses"):
+        assert alt in parser.alts, alt
+    assert all(src.startswith("data:image/png;base64,") for tag, src in parser.sources if tag == "img")
+    history = re.search(r'<table[^>]*id="history".*?</table>', text, re.S).group(0)
+    assert history.split("<tbody>")[1].count("<tr>") == 2  # one row per epoch
+    accuracy = re.search(r'<table[^>]*id="accuracy".*?</table>', text, re.S).group(0)
+    assert f"{np.mean(predicted == targets):.4f}" in accuracy
+    assert "tiny_cnn" in text and "a learner (write_report(learn, ...))" in text
+    with pytest.raises(TypeError, match="run folder .* or a ConvLearner"):
+        write_report(42)

@@ -3,6 +3,7 @@
 from kertransfer.callbacks.batch_losses import BatchLosses
 from kertransfer.callbacks.best import KeepBestWeights
 from kertransfer.callbacks.checkpoint import FitCheckpoint
+from kertransfer.callbacks.history import FitHistory
 from kertransfer.callbacks.lr_finder import LRFinder
 from kertransfer.callbacks.lr_finder import raw_batch_losses
 from kertransfer.callbacks.one_cycle import OneCycle
@@ -15,6 +16,7 @@ __all__ = [
     "SGDR",
     "BatchLosses",
     "FitCheckpoint",
+    "FitHistory",
     "KeepBestWeights",
     "LRFinder",
     "OneCycle",

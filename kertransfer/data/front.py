@@ -27,6 +27,9 @@ from kertransfer.data.batches import ImageBatches
 from kertransfer.data.cache import make_store
 from kertransfer.data.splits import load_splits
 from kertransfer.images import DECODE_VERSION
+from kertransfer.reprs import html_repr
+from kertransfer.reprs import short_list
+from kertransfer.reprs import text_repr
 from kertransfer.transforms import tfms_from_model
 
 __all__ = ["ImageClassifierData"]
@@ -527,6 +530,46 @@ class ImageClassifierData:
         new._skipped = self.skipped + new._skipped
         new.oversample = self.oversample
         return new
+
+    # --------------------------------------------------------------- display
+    def _repr_rows(self):
+        """What `repr(data)` and a notebook show: `[(name, value)]`."""
+
+        def images(split):
+            counts = self.counts(split)
+            per_class = short_list(f"{c} {n}" for c, n in counts.items())
+            return f"{len(self._splits[split])} ({per_class})"
+
+        where = {"memory": "decoded in memory", "disk": "decoded, cached on disk"}
+        return [
+            (f"classes ({self.num_classes}{', multi-label' if self.is_multi else ''})", short_list(self.classes)),
+            ("image size", f"{self.image_size} px"),
+            ("batch size", self.batch_size),
+            ("train", images("train") + (", oversampled" if self.oversample else "")),
+            ("valid", images("valid")),
+            ("test", len(self._splits["test"]) if "test" in self._splits else None),
+            ("pixels", where.get(self.store.kind, "decoded for every batch")),
+            ("skipped", f"{len(self.skipped)} unreadable files" if self.skipped else None),
+        ]
+
+    def __repr__(self):
+        """The classes, image size and images per split (and class).
+
+        ```
+        ImageClassifierData(path='data/hymenoptera')
+          classes (2): ants, bees
+          image size: 64 px
+          batch size: 16
+          train: 245 (ants 124, bees 121)
+          valid: 153 (ants 70, bees 83)
+          pixels: decoded in memory
+        ```
+        """
+        return text_repr(f"ImageClassifierData(path={os.fspath(self.path)!r})", self._repr_rows())
+
+    def _repr_html_(self):
+        """`repr` as a small table, what Jupyter shows."""
+        return html_repr(f"ImageClassifierData(path={os.fspath(self.path)!r})", self._repr_rows())
 
     def summary(self):
         """Counts per class and skipped files, as a plain dict."""

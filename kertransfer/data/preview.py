@@ -90,12 +90,14 @@ def plot_augmented(data, n=8, path=None, split="train", seed=0, images=0):
     center, augmented = augmented_samples(data, n, split, seed, images)
     try:
         import matplotlib.pyplot as plt
+
+        from kertransfer.figures import subplots
     except ImportError as e:
         raise ImportError(
             "plot_augmented needs matplotlib: pip install matplotlib"
         ) from e
     rows, cols = len(center), int(n) + 1
-    fig, axes = plt.subplots(
+    fig, axes = subplots(
         rows, cols, figsize=(1.6 * cols, 1.6 * rows), squeeze=False
     )
     for r in range(rows):
