@@ -101,7 +101,7 @@ class TrainConfig:
             folder: per-epoch losses, metrics and per-group LRs of every fit,
             through `keras.callbacks.TensorBoard` (needs TensorFlow and
             TensorBoard installed, whatever the Keras backend).
-        seed: None, or an int passed to `keras.utils.set_random_seed`
+        seed: None, or an int passed to `kertransfer.set_seed` (`keras.utils.set_random_seed`)
             (Python, NumPy and backend generators: head initialisation,
             shuffling, crops, augmentation) at the start of the run, so that
             a run can be repeated (fast.ai `set_seed`). Repeats match on the
