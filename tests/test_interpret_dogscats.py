@@ -1,7 +1,7 @@
 """Interpretation of real predictions on the dogscats sample (fast.ai lesson 1).
 
 A pretrained EfficientNet-Lite0 body with a head fitted on precomputed
-activations (128 px) of 200 of the 1000 training photos predicts the 500
+activations (96 px) of 200 of the 1000 training photos predicts the 500
 validation photos; the
 lesson-1 questions ("which cats does it take for dogs, most sure first?",
 "which photos is it least sure about?") are then checked against the photo
@@ -34,7 +34,7 @@ def dogscats_interp(dogscats, tmp_path_factory):
         for f in sorted(os.listdir(dogscats / "train" / cls))[:TRAIN_PER_CLASS]:
             os.symlink(dogscats / "train" / cls / f, root / "train" / cls / f)
     data = ImageClassifierData.from_paths(
-        root, batch_size=64, tfms=tfms_from_model("efficientnet_lite0", 128)
+        root, batch_size=64, tfms=tfms_from_model("efficientnet_lite0", 96)
     )
     learn = ConvLearner.pretrained("efficientnet_lite0", data, precompute=True)
     set_seed(0)

@@ -20,17 +20,19 @@ from conftest import write_synthetic_images
 @pytest.mark.slow
 def test_main_job_on_hymenoptera(hymenoptera, tmp_path):
     out = tmp_path / "run"
-    config = TrainConfig(image_size=128, batch_size=32, head_epochs=1, aug_epochs=1, unfrozen_cycles=1, n_aug=2)
+    config = TrainConfig(image_size=96, batch_size=32, head_epochs=1, aug_epochs=1, unfrozen_cycles=1, n_aug=2)
     metrics = train(hymenoptera, out, config, verbose=0)
     for f in ["model.keras", "history.csv", "metrics.json", "predictions.npz", "lr_find.png", "lr_schedule.png", "loss.png", "augmented.png", "report.html"]:
         assert (out / f).is_file(), f
     saved = json.loads((out / "metrics.json").read_text())
     for key in ["valid_accuracy", "tta_accuracy", "valid_loss", "classes", "arch", "image_size", "lrs", "stage_seconds", "wall_seconds"]:
         assert key in saved
-    # Two balanced classes: chance is ~0.5; a working recipe is far above it
-    # (0.86-0.92 over repeated runs at this small size and schedule).
+    # Two balanced classes: chance is ~0.5; a working recipe is far above it.
+    # At 96 px (0.56x the pixels of 128 px, for the CI budget) two unseeded
+    # runs gave valid/TTA 0.83/0.82 and 0.86/0.86 (TensorFlow, 2026-12-03;
+    # 0.86-0.92 at 128 px); the demo and benchmarks/ measure accuracy.
     history = (out / "history.csv").read_text()
-    assert saved["valid_accuracy"] >= 0.8 and saved["tta_accuracy"] >= 0.8, (saved["lrs"], history)
+    assert saved["valid_accuracy"] >= 0.75 and saved["tta_accuracy"] >= 0.75, (saved["lrs"], history)
     with open(out / "history.csv") as f:
         stages = [row["stage"] for row in csv.DictReader(f)]
     assert stages == ["head_precomputed", "head_augmented", "unfrozen"]
