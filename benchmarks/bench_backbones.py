@@ -12,6 +12,15 @@ and the benchmark never touches the network. Rates are medians over the
 timed steps (min-max in the `spread` column): on a shared machine, compare
 ratios from alternating runs, not single absolute figures.
 
+`--flops` adds the physical limit as a reference: this machine's float32
+GFLOP/s (`matmul_gflops`: a large `keras.ops.matmul`, median of several),
+each model's forward FLOPs per image counted from its layers
+(`forward_flops`: convolutions and dense layers, 2 FLOPs per
+multiply-add), and the train step's images/s as a fraction of the
+FLOPs-bound rate `GFLOP/s / (3 x forward FLOPs)` (a training step costs
+about three forward passes: forward, and the gradients of inputs and of
+weights).
+
 `--profile` (JAX only) adds a per-op profile of one train step:
 `jax.profiler` traces the compiled step, and each XLA op's time is
 attributed, through the optimized HLO's metadata, to the Keras layer class
@@ -27,6 +36,7 @@ Usage:
     python benchmarks/bench_backbones.py --arch resnet34 mobilenet_v2 --batch 16
     KERAS_BACKEND=jax python benchmarks/bench_backbones.py --train-only \
         --arch efficientnet_lite0 --batch 8 --steps 5 --profile
+    python benchmarks/bench_backbones.py --train-only --flops --arch resnet50 efficientnet_lite0
 """
 
 import argparse
@@ -73,6 +83,119 @@ def _images_per_second(step, batch, steps, warmup):
     return batch / np.median(seconds), batch / max(seconds), batch / min(seconds)
 
 
+def matmul_gflops(n=2048, repeats=5, warmup=2):
+    """This machine's float32 GFLOP/s under the current backend.
+
+    The median over `repeats` timed `keras.ops.matmul` of two `n x n`
+    float32 matrices (`2 n**3` FLOPs each; large enough that the BLAS /
+    XLA kernel, not the call, sets the time), each waited for by reading
+    one element of the result back (JAX dispatches asynchronously).
+    """
+    rng = np.random.default_rng(0)
+    a = keras.ops.convert_to_tensor(rng.standard_normal((n, n), dtype="float32"))
+    b = keras.ops.convert_to_tensor(rng.standard_normal((n, n), dtype="float32"))
+
+    def product():
+        keras.ops.convert_to_numpy(keras.ops.matmul(a, b)[:1, :1])
+
+    for _ in range(warmup):
+        product()
+    seconds = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        product()
+        seconds.append(time.perf_counter() - start)
+    return 2 * n**3 / np.median(seconds) / 1e9
+
+
+def _spatial(shape, data_format):
+    """The product of the spatial dimensions of a `(batch, ...)` shape."""
+    dims = shape[1:-1] if data_format == "channels_last" else shape[2:]
+    if any(d is None for d in dims):
+        raise ValueError(
+            f"forward_flops needs fixed spatial dimensions; a layer's shape is {shape}. "
+            "Build the model with a fixed input_shape, e.g. (224, 224, 3)."
+        )
+    return int(np.prod(dims))
+
+
+def _layer_macs(layer, inputs, outputs):
+    """Multiply-adds per image of one call of `layer`, 0 if not counted."""
+    kernels = [w for w in layer.weights if w.path.rsplit("/", 1)[-1].endswith("kernel")]
+    size = sum(int(np.prod(k.shape)) for k in kernels)
+    if isinstance(
+        layer,
+        (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose, keras.layers.Conv3DTranspose),
+    ):
+        # Each input position is multiplied by the whole kernel.
+        return _spatial(inputs[0].shape, layer.data_format) * size
+    if isinstance(
+        layer,
+        (
+            keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
+            keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
+            keras.layers.SeparableConv1D, keras.layers.SeparableConv2D,
+        ),
+    ):
+        # Each output position: the whole kernel (k*k*in/groups*out weights;
+        # depthwise k*k*in*multiplier; separable both kernels, the pointwise
+        # one at the output's positions too).
+        return _spatial(outputs[0].shape, layer.data_format) * size
+    if isinstance(layer, keras.layers.Dense):
+        positions = outputs[0].shape[1:-1]
+        if any(d is None for d in positions):
+            raise ValueError(
+                f"forward_flops needs fixed dimensions; {layer.name}'s output is "
+                f"{outputs[0].shape}. Build the model with a fixed input_shape."
+            )
+        return int(np.prod(positions)) * size
+    return 0
+
+
+def forward_flops(model):
+    """Forward FLOPs per image of `model`: 2 x the multiply-adds (MACs) of
+    its convolutions and dense layers, from their kernels and output shapes.
+
+    A convolution makes `prod(output spatial dims) * kernel.size` MACs per
+    image (its kernel holds `k*k * in/groups * out` weights); a depthwise one
+    the same with its depthwise kernel; a separable one both its kernels; a
+    transposed one `prod(input spatial dims) * kernel.size`; a dense layer
+    `prod(output dims but the last) * kernel.size`. Biases, normalisation,
+    activations, pooling and additions are left out: a few per cent of the
+    FLOPs (memory-bound, not FLOPs-bound). Each call of a layer in the
+    model's graph counts; a nested model counts at the shapes of its own
+    graph (the shapes it was built with).
+
+    Args:
+        model: a functional or built `Sequential` `keras.Model` with fixed
+            spatial input dimensions.
+
+    Returns:
+        int, FLOPs per image.
+
+    Raises:
+        ValueError: if a counted layer's output has an unknown dimension.
+
+    Example:
+
+    ```python
+    body = keras.applications.ResNet50(weights=None, input_shape=(224, 224, 3))
+    forward_flops(body) / 2e9  # 3.86 GMACs, He et al. 2016's "3.8 x 10^9"
+    ```
+    """
+    if isinstance(model, keras.Sequential):
+        model = model._functional
+    macs = 0
+    for nodes in model._nodes_by_depth.values():
+        for node in nodes:
+            layer = node.operation
+            if isinstance(layer, keras.Model):
+                macs += forward_flops(layer) // 2
+            elif isinstance(layer, keras.layers.Layer):
+                macs += _layer_macs(layer, node.input_tensors, node.outputs)
+    return 2 * macs
+
+
 def bench(arch, size, batch, steps, warmup, train_only=False, profile=False):
     """Returns a dict of measurements for one backbone."""
     rng = np.random.RandomState(0)
@@ -102,6 +225,8 @@ def bench(arch, size, batch, steps, warmup, train_only=False, profile=False):
         "train_img_s": train[0],
         "train_spread": train[1:],
         "peak_rss_mib": _peak_rss_mib(),
+        # The trained model: the body and the head's Dense.
+        "forward_gflop": forward_flops(model) / 1e9,
     }
     if profile:
         row["profile"] = profile_train_step(model, images, labels)
@@ -245,15 +370,23 @@ def _print_profile(arch, profile):
         print(f"{ms:9.0f} ms  {name:<30} {shape:<24}{kind:<21}{layer} {direction}")
 
 
-def _print_table(rows, args):
+def _print_table(rows, args, gflops=None):
     print(
         f"backend={keras.backend.backend()} size={args.size} batch={args.batch} "
         f"steps={args.steps} (after {args.warmup} warm-up) cpus={os.cpu_count()}"
     )
+    if gflops:
+        print(
+            f"float32 matmul: {gflops:.1f} GFLOP/s (keras.ops.matmul {args.matmul_n}x"
+            f"{args.matmul_n}, median of 5); FLOPs-bound train img/s = GFLOP/s / "
+            "(3 x forward GFLOP per image)"
+        )
     header = (
         f"{'arch':<20}{'params (M)':>11}{'infer img/s':>13}"
         f"{'train img/s':>13}{'spread':>13}{'peak RSS MiB':>14}"
     )
+    if gflops:
+        header += f"{'fwd GFLOP/img':>15}{'bound img/s':>13}{'of bound':>10}"
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -261,10 +394,17 @@ def _print_table(rows, args):
             print(f"{r['arch']:<20}  failed: {r['error']}")
             continue
         spread = "{:.2f}-{:.2f}".format(*r["train_spread"])
-        print(
+        line = (
             f"{r['arch']:<20}{r['params_m']:>11.2f}{r['infer_img_s']:>13.1f}"
             f"{r['train_img_s']:>13.2f}{spread:>13}{r['peak_rss_mib']:>14.0f}"
         )
+        if gflops:
+            bound = gflops / (3 * r["forward_gflop"])
+            line += (
+                f"{r['forward_gflop']:>15.3f}{bound:>13.1f}"
+                f"{100 * r['train_img_s'] / bound:>9.1f}%"
+            )
+        print(line)
     for r in rows:
         if "profile" in r:
             _print_profile(r["arch"], r["profile"])
@@ -288,6 +428,13 @@ def main(argv=None):
     parser.add_argument(
         "--profile", action="store_true", help="JAX: per-op profile of a train step"
     )
+    parser.add_argument(
+        "--flops", action="store_true",
+        help="add forward FLOPs per image and the train step's share of the FLOPs-bound rate",
+    )
+    parser.add_argument(
+        "--matmul-n", type=int, default=2048, help="side of the --flops matmul (default 2048)"
+    )
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
@@ -303,6 +450,8 @@ def main(argv=None):
             f"KERAS_BACKEND={keras.backend.backend()!r}; run with KERAS_BACKEND=jax."
         )
     options = dict(train_only=args.train_only, profile=args.profile)
+    # The machine's rate, measured here once, before the backbones run.
+    gflops = matmul_gflops(args.matmul_n) if args.flops and not args.json else None
     if args.json:  # child process: one backbone, one JSON line
         row = bench(archs[0], args.size, args.batch, args.steps, args.warmup, **options)
         print(json.dumps(row))
@@ -325,7 +474,7 @@ def main(argv=None):
                 error = (done.stderr.strip().splitlines() or ["no output"])[-1]
                 rows.append({"arch": arch, "error": error})
             print(f"done {arch}", file=sys.stderr)
-    _print_table(rows, args)
+    _print_table(rows, args, gflops)
 
 
 if __name__ == "__main__":

@@ -384,6 +384,45 @@ def _keras_sgdr(base_lrs, first_decay_steps, t_mul, steps):
     )
 
 
+def test_sgdr_lrs_and_batch_losses_take_effect_with_nothing_else_touching_the_model():
+    """Only `SGDR` and `BatchLosses` run (under JAX they set the LRs in, and
+    read the losses from, the trainer's in-flight state, without a sync):
+    the final weights and every batch's loss show the LR each step trained with.
+
+    Three parallel `Dense(1)` branches, one per group, summed; the loss is
+    the mean prediction, so each kernel's gradient is the (repeated) input
+    row and each bias's is 1, whatever the weights: after `t` steps each
+    group has moved by `-(sum of its first t LRs) * gradient`.
+    """
+    keras.utils.set_random_seed(0)
+    names = ["g0", "g1", "head"]
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Add()([keras.layers.Dense(1, name=n)(inputs) for n in names])
+    model = keras.Model(inputs, outputs)
+    groups = [[model.get_layer(n)] for n in names]
+    opt, _ = group_optimizer(groups, lambda learning_rate: keras.optimizers.SGD(learning_rate), [0.0] * 3)
+    model.compile(optimizer=opt, loss=lambda y_true, y_pred: keras.ops.mean(y_pred))
+    row = np.array([1.0, -2.0, 0.5, 3.0], "float32")
+    x, y = np.tile(row, (12, 1)), np.zeros((12, 1), "float32")  # 6 equal batches of 2
+    start = {n: model.get_layer(n).get_weights() for n in names}
+    base = [1e-3, 1e-2, 1e-1]
+    losses = BatchLosses()
+    model.fit(
+        x, y, batch_size=2, epochs=3, shuffle=False, verbose=0,
+        callbacks=[SGDR(base, cycle_len=1, cycle_mult=2), losses],
+    )
+    lrs = _keras_sgdr(base, 6, 2.0, np.arange(18)).astype("float64")  # (steps, groups)
+    moved = lrs.sum(axis=0)
+    for g, name in enumerate(names):
+        kernel, bias = model.get_layer(name).get_weights()
+        np.testing.assert_allclose(kernel[:, 0], start[name][0][:, 0] - moved[g] * row, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(bias, start[name][1] - moved[g], rtol=1e-4, atol=1e-5)
+    # Batch t's loss, before its step: the start's minus what the first t steps moved.
+    loss0 = sum(float(row @ start[n][0][:, 0] + start[n][1][0]) for n in names)
+    before = np.concatenate([[0.0], np.cumsum(lrs.sum(axis=1))[:-1]])
+    np.testing.assert_allclose(losses.losses, loss0 - before * (row @ row + 1), rtol=1e-4, atol=1e-4)
+
+
 def test_sgdr_follows_keras_cosine_decay_restarts_with_steps_per_execution():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(14, 6)).astype("float32")  # 7 batches of 2 per epoch

@@ -130,19 +130,36 @@ def test_lr_find_keeps_its_result_apart_from_the_fits(tiny_data):
     assert learn.lr_finder is finder
 
 
-def test_history_rows_hold_each_epochs_lrs_and_seconds(tiny_data):
-    """`learn.history` (history.csv): the LRs the epoch trained at and its own wall time."""
-    import time
+def test_history_rows_hold_each_epochs_lrs_and_seconds(tiny_data, monkeypatch):
+    """`learn.history` (history.csv): the LRs the epoch trained at and its own seconds.
 
-    class SlowEnd(keras.callbacks.Callback):  # a slow save at the end of epoch 2
+    The seconds come from a fake clock that moves only when `Ticks` says so
+    (fixed amounts at known moments of the fit), so each epoch's seconds are
+    known exactly: no sleeps, no wall-clock tolerance.
+    """
+    import types
+
+    from kertransfer import fitting
+
+    clock = [1000.0]
+    monkeypatch.setattr(fitting, "time", types.SimpleNamespace(time=lambda: clock[0]))
+
+    class Ticks(keras.callbacks.Callback):  # after the fit's own callbacks
+        def on_train_begin(self, logs=None):
+            clock[0] += 8.0  # before the first epoch: counts in it
+
+        def on_train_batch_end(self, batch, logs=None):
+            clock[0] += 1.0
+
         def on_epoch_end(self, epoch, logs=None):
             if epoch == 1:
-                time.sleep(0.3)
+                clock[0] += 32.0  # a slow save at the end of epoch 2: counts in it
+
+        def on_train_end(self, logs=None):
+            clock[0] += 4.0  # Keras's end of the fit: counts in the last epoch
 
     learn = _learner(tiny_data)
-    start = time.time()
-    learn.fit_sgdr(2, 1, lr_max=0.05, callbacks=[SlowEnd()], verbose=0)  # cycle_mult=2: 1 + 2 epochs
-    wall = time.time() - start
+    learn.fit_sgdr(2, 1, lr_max=0.05, callbacks=[Ticks()], verbose=0)  # cycle_mult=2: 1 + 2 epochs
     steps = learn.sched.steps_per_epoch
     # SGDR written out: a cosine from 0.05 to 0 over each cycle (1, then 2 epochs).
     cycles = [steps, 2 * steps]
@@ -154,8 +171,6 @@ def test_history_rows_hold_each_epochs_lrs_and_seconds(tiny_data):
         assert row["learning_rate_head"] == pytest.approx(epoch[-1], rel=1e-5)  # its last batch's (Keras)
         assert row["lr"] == pytest.approx(epoch.max(), rel=1e-6)  # the largest it trained at
     assert [r["lr"] for r in rows] == pytest.approx([0.05, 0.05, want[2 * steps]])
-    # Each epoch's own seconds (the slow end counts in epoch 2), adding up to the fit's.
-    seconds = [r["seconds"] for r in rows]
-    assert len(set(seconds)) == 3 and seconds[1] >= 0.3
-    assert sum(seconds) <= wall
-    assert sum(seconds) == pytest.approx(wall, rel=0.25)
+    # Each epoch's own seconds, adding up to all the fit's clock ticks.
+    assert [r["seconds"] for r in rows] == [8.0 + steps, steps + 32.0, steps + 4.0]
+    assert sum(r["seconds"] for r in rows) == clock[0] - 1000.0

@@ -2,7 +2,7 @@
 
 import keras
 
-from kertransfer.callbacks.learning_rates import sync_jax_state
+from kertransfer.callbacks.learning_rates import InFlightValues
 
 __all__ = ["BatchLosses"]
 
@@ -56,12 +56,13 @@ class BatchLosses(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self.losses, self.sizes = [], []
-        self._tracker = _loss_tracker(self.model)
+        model = self.model  # taken once: `self.model` syncs the JAX state at every use
+        tracker = _loss_tracker(model)
+        # Under JAX, read from the trainer's state without a sync (`InFlightValues`).
+        self._loss_values = InFlightValues(model, [tracker.total, tracker.count])
 
     def _read(self):
-        sync_jax_state(self.model)
-        total = float(keras.ops.convert_to_numpy(self._tracker.total))
-        count = float(keras.ops.convert_to_numpy(self._tracker.count))
+        total, count = self._loss_values.read()
         return total, count
 
     def on_epoch_begin(self, epoch, logs=None):

@@ -3,10 +3,10 @@
 import keras
 
 from kertransfer import schedules
+from kertransfer.callbacks.learning_rates import StepLearningRates
 from kertransfer.callbacks.learning_rates import check_settable_learning_rates
 from kertransfer.callbacks.learning_rates import learning_rate_logs
 from kertransfer.callbacks.learning_rates import optimizer_steps
-from kertransfer.callbacks.learning_rates import set_learning_rates
 from kertransfer.callbacks.learning_rates import sub_optimizers
 
 __all__ = ["StepSchedule"]
@@ -20,15 +20,18 @@ class StepSchedule(keras.callbacks.Callback):
     one thin `ParamScheduler` under `fit_sgdr` and `fit_one_cycle`).
     Subclasses only define `multiplier`.
 
-    The step comes from `model.optimizer.iterations` (of a `MultiOptimizer`,
-    its own counter, one per step), counted from the fit's first batch,
-    which is step `epoch * steps_per_epoch`: a fit resumed at
-    `initial_epoch` (`FitCheckpoint`) continues the schedule where it
-    stopped. With `steps_per_execution=N` (TensorFlow, JAX) Keras calls back
-    once per N batches; the LR is then set at each call for the step the
-    call starts at, and holds for its N batches (as it would with
+    The step is `epoch * steps_per_epoch + batch`, from the epoch and batch
+    numbers Keras calls back with: a fit resumed at `initial_epoch`
+    (`FitCheckpoint`) continues the schedule where it stopped. With
+    `steps_per_execution=N` (TensorFlow, JAX) Keras calls back once per N
+    batches; the LR is then set at each call for the step the call starts
+    at, and holds for its N batches (as it would with
     `keras.callbacks.LearningRateScheduler`), and the schedule keeps pace
-    with the steps.
+    with the steps. Nothing is read back from the device each batch, and
+    the LRs are set only when they change (under JAX without a sync of the
+    trainer's state, see `StepLearningRates`);
+    `model.optimizer.iterations` is read at the fit's first batch and at
+    each epoch's end, to record the steps run in `lr_history`.
 
     At each epoch's end the current LRs go into the logs as Keras's
     `LearningRateScheduler` writes them, so `History` (`history.history`),
@@ -100,6 +103,9 @@ class StepSchedule(keras.callbacks.Callback):
             )
         self._steps = self.steps_per_epoch or steps
         self._epoch, self._offset, self._current = 0, None, None
+        # Taken once: under JAX, `self.model` syncs the trainer's state at every use.
+        self._fit_model = self.model
+        self._setter = StepLearningRates(self._fit_model)
 
     def _lrs(self, step):
         mult = self.multiplier(step)
@@ -115,19 +121,22 @@ class StepSchedule(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_begin(self, batch, logs=None):
-        iterations = optimizer_steps(self.model)
+        step = self._epoch * self._steps + batch
         if self._offset is None:
-            # The fit's first batch is step `epoch * steps + batch`; the
-            # optimizer may have counted steps before (an earlier fit).
-            self._offset = iterations - (self._epoch * self._steps + batch)
-            del self.lr_history[self._epoch * self._steps + batch :]
-        step = iterations - self._offset
+            # The optimizer may have counted steps before (an earlier fit).
+            self._offset = optimizer_steps(self._fit_model) - step
+            del self.lr_history[step:]
         self._record(step)
-        self._current = self._lrs(step)
-        set_learning_rates(self.model, self._current)
+        lrs = self._lrs(step)
+        if lrs != self._current:
+            self._setter.set(lrs)
+        self._current = lrs
 
     def on_epoch_end(self, epoch, logs=None):
         if self._offset is not None:
-            self._record(optimizer_steps(self.model) - self._offset)
+            self._record(optimizer_steps(self._fit_model) - self._offset)
         if logs is not None:
             logs.update(learning_rate_logs(self.model))
+
+    def on_train_end(self, logs=None):
+        self._setter.close()
