@@ -394,7 +394,7 @@ def test_sgdr_lrs_and_batch_losses_take_effect_with_nothing_else_touching_the_mo
     row and each bias's is 1, whatever the weights: after `t` steps each
     group has moved by `-(sum of its first t LRs) * gradient`.
     """
-    keras.utils.set_random_seed(0)
+    set_seed(0)
     names = ["g0", "g1", "head"]
     inputs = keras.Input((4,))
     outputs = keras.layers.Add()([keras.layers.Dense(1, name=n)(inputs) for n in names])
