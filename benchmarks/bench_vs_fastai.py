@@ -137,7 +137,7 @@ def _fastai_worker(arch, data, epochs):
     )
     timer = EpochTimer()
     learn = vision_learner(dls, getattr(torchvision.models, arch), pretrained=False, metrics=accuracy, cbs=timer)
-    out = {"side": "fastai", "torch_threads": torch.get_num_threads(), "num_workers": dls.train.num_workers}
+    out = {"side": "fastai", "torch_threads": torch.get_num_threads(), "num_workers": dls.train.fake_l.num_workers}
     with learn.no_bar(), learn.no_logging():
         learn.fit_one_cycle(epochs)
         out["frozen"] = timer.times
@@ -251,6 +251,8 @@ def table(results, args):
            f"{'unfrozen ratio':>15} {'precomputed s':>14} {'speed-up':>9}"
     lines += [head, "-" * len(head)]
     for arch in args.archs:
+        if not any(r["arch"] == arch for r in results):
+            continue
         for which in which_list:
             fa_frozen = _summary(results, arch, "fastai", "frozen", which)
             fa_unfrozen = _summary(results, arch, "fastai", "unfrozen", which)
@@ -277,7 +279,8 @@ def main(argv=None):
     parser.add_argument("--data", default=DEFAULT_DATA, help="hymenoptera folder (train/, val/)")
     parser.add_argument("--fastai-python", default=os.path.join(ROOT, ".venv-bench", "bin", "python"))
     parser.add_argument("--kertransfer-python", default=os.path.join(ROOT, ".venv", "bin", "python"))
-    parser.add_argument("--json", help="also write every run's measurements here")
+    parser.add_argument("--json", help="also write every run's measurements here (after each run)")
+    parser.add_argument("--from-json", help="print the table of a `--json` file (an interrupted run's too); run nothing")
     parser.add_argument("--worker", choices=["fastai", "kertransfer"], help=argparse.SUPPRESS)
     parser.add_argument("--check-fastai", action="store_true",
                         help="only import fastai.vision.all (run with .venv-bench's python; `make bench-deps` does)")
@@ -292,6 +295,10 @@ def main(argv=None):
         parser.error(f"--data {args.data!r} has no train/ and val/ folders: pass the hymenoptera folder")
     if args.worker:
         return worker(args)
+    if args.from_json:
+        with open(args.from_json) as f:
+            print(table(json.load(f), args))
+        return 0
     if not os.path.exists(args.fastai_python):
         parser.error(f"--fastai-python {args.fastai_python!r} does not exist: run `make bench-deps` first")
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {os.cpu_count()} CPUs, "
