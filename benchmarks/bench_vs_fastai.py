@@ -297,7 +297,9 @@ def main(argv=None):
         return worker(args)
     if args.from_json:
         with open(args.from_json) as f:
-            print(table(json.load(f), args))
+            results = json.load(f)
+        args.backends = [b for b in BACKENDS if any(r["_side"] == b for r in results)]
+        print(table(results, args))
         return 0
     if not os.path.exists(args.fastai_python):
         parser.error(f"--fastai-python {args.fastai_python!r} does not exist: run `make bench-deps` first")
