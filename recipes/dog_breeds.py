@@ -72,7 +72,7 @@ def main():
     if args.smoke:
         tmp = tempfile.TemporaryDirectory(prefix="dog_breeds_smoke_")  # removed at exit
         path = tmp.name
-        csv = sample_kaggle_layout(path, per_class=32)
+        csv = sample_kaggle_layout(path)
         folder, sizes, bs, epochs = "train", (64, 96), 32, (1, 1, 1)
     elif args.data:
         path, csv, folder = args.data, args.csv, args.folder
