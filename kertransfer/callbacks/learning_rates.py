@@ -172,7 +172,11 @@ class StepLearningRates:
 
         self._pending = []
         for i, lr in zip(self._slots, lrs):
-            value = jax.device_put(np.asarray(lr, copy[i].dtype), copy[i].sharding)
+            # As committed (placed) as the value it replaces: a committed
+            # array where the step took an uncommitted one changes the jitted
+            # step's signature, and JAX compiles the step again every fit.
+            value = np.asarray(lr, copy[i].dtype)
+            value = jax.device_put(value, copy[i].sharding) if copy[i].committed else jax.numpy.asarray(value)
             # Also into the trainer's copy of its state, which a sync (by a
             # later callback reading the LRs) writes into the variables.
             copy[i] = value
