@@ -211,13 +211,14 @@ def _stage_seconds(history):
 def _learner_metrics(learn, probs, tta_probs, targets):
     """What `metrics.json` would hold, computed from a learner and its predictions."""
     data = learn.data
+    stage_seconds = _stage_seconds(learn.history)
     metrics = {
         "classes": list(data.classes),
         "arch": learn.arch,
         "image_size": data.image_size,
         "dataset": data.summary(),
-        "stage_seconds": _stage_seconds(learn.history),
-        "wall_seconds": sum(_stage_seconds(learn.history).values()),
+        "stage_seconds": stage_seconds,
+        "wall_seconds": sum(stage_seconds.values()),
     }
     if learn.is_multi:
         chosen = np.round(np.broadcast_to(opt_th(probs, targets), probs.shape[1:]), 4)
