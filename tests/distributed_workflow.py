@@ -11,11 +11,12 @@ device count must be fixed before JAX or TensorFlow starts:
 Several processes on one machine (JAX): each of N processes runs
 
     KERAS_BACKEND=jax python tests/distributed_workflow.py DATA_DIR OUT.json \
-        --process I N 127.0.0.1:PORT --dump RUN.npz data_parallel
+        --process I N 127.0.0.1:PORT --dump RUN.npz [none] data_parallel
 
-(`keras.distribution.initialize` joins them before anything else; under
-KERAS_BACKEND=torch, `torch.distributed.init_process_group("gloo")`);
-`--dump` saves the first named run's arrays (weights, TTA probabilities,
+(process 0 may run the one-device reference first, on one of its
+devices). `keras.distribution.initialize` joins them before anything
+else; under KERAS_BACKEND=torch, `torch.distributed.init_process_group`;
+`--dump` saves the last named run's arrays (weights, TTA probabilities,
 curves) for a comparison across processes.
 
 Each named run does precompute, lr_find, a head fit, unfreeze,
@@ -151,8 +152,8 @@ def main(argv):
             work = os.path.join(tmp, name)
             os.makedirs(work)
             results[name] = workflow(data_dir, _distribution(name), work, ps, bn_freeze)
-    if dump:  # the first run's arrays
-        run = results[names[0]]
+    if dump:  # the last run's arrays
+        run = results[names[-1]]
         arrays = {f"w{i}": w for i, w in enumerate(run["weights"])}
         arrays.update({k: run[k] for k in ("tta", "val_loss", "val_accuracy", "finder_losses")})
         np.savez(dump, **arrays)

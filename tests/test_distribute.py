@@ -1,9 +1,9 @@
 """Data-parallel training matches one device (kertransfer.distribute).
 
 The multi-device checks run `tests/distributed_workflow.py` in a subprocess,
-because the device count is fixed when JAX or TensorFlow starts: JAX with 4
-virtual CPU devices (`JAX_NUM_CPU_DEVICES`) and TensorFlow with 2 logical
-CPUs, JAX with 2 processes on 127.0.0.1 (2 devices), and
+because the device count is fixed when JAX or TensorFlow starts: JAX with 2
+processes on 127.0.0.1 of 2 virtual CPU devices each (`JAX_NUM_CPU_DEVICES`;
+4 devices), TensorFlow with 2 logical CPUs, and
 torch with 2 gloo processes on 127.0.0.1 (plain `model.fit` of a
 BatchNorm-free model matches one process; the workflow's processes agree).
 Each compares the whole tiny workflow (precompute, lr_find, head fit,
@@ -72,10 +72,10 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _check_matches_one_device(report, name, engine, devices):
+def _check_matches_one_device(report, name, engine, devices, processes=1):
     run = report[name]
     assert run["distribution"] == {
-        "engine": engine, "devices": devices, "processes": 1,
+        "engine": engine, "devices": devices, "processes": processes,
         "global_batch_size": 16, "per_device_batch_size": 16 // devices,
     }
     assert run["variable_devices"] == devices  # the weights really live on every device
@@ -97,16 +97,20 @@ def test_tensorflow_mirrored_matches_one_device(odd_valid_folder, tmp_path):
     _check_matches_one_device(report, "data_parallel", "tf.distribute", 2)
 
 
-def _start_processes(backend, data_dir, tmp_path, options, count=2):
-    """`count` processes of the workflow joined on 127.0.0.1, each dumping its arrays."""
+def _start_processes(backend, data_dir, tmp_path, options, count=2, local_devices=1, first=()):
+    """`count` processes of the workflow joined on 127.0.0.1, each dumping its arrays.
+
+    Each runs "data_parallel" (its arrays go to `p{i}.npz`); process 0 runs
+    the runs named in `first` before it.
+    """
     address = f"127.0.0.1:{_free_port()}"
-    env = _env(backend, {"JAX_NUM_CPU_DEVICES": "1"})
+    env = _env(backend, {"JAX_NUM_CPU_DEVICES": str(local_devices)})
     return [
         subprocess.Popen(
             _workflow_command(
                 data_dir, tmp_path / f"p{i}.json",
                 [*options, "--process", str(i), str(count), address, "--dump", str(tmp_path / f"p{i}.npz"),
-                 "data_parallel"],
+                 *(first if i == 0 else ()), "data_parallel"],
             ),
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
@@ -114,49 +118,34 @@ def _start_processes(backend, data_dir, tmp_path, options, count=2):
     ]
 
 
-def _check_processes_match(procs, outputs, tmp_path, reference, engine):
-    """Every process ran the workflow and ended with the reference run's arrays."""
-    for p, output in zip(procs, outputs):
-        assert p.returncode == 0, output[-4000:]
-    one = np.load(reference)
-    for i in range(len(procs)):
-        report = json.loads((tmp_path / f"p{i}.json").read_text())["data_parallel"]
-        assert report["distribution"] == {
-            "engine": engine, "devices": len(procs), "processes": len(procs),
-            "global_batch_size": 16, "per_device_batch_size": 16 // len(procs),
-        }
-        assert report["n_valid"] == 15 and report["epochs"] == 4
-        assert report["trained_max_abs_change"] > 0.1
-        assert not report["saved_synchronized"] and report["reload_max_abs_diff"] == 0.0
-        run = np.load(tmp_path / f"p{i}.npz")
-        assert sorted(run.files) == sorted(one.files)
-        for key in one.files:
-            assert np.shape(run[key]) == np.shape(one[key]), key
-            assert np.max(np.abs(run[key] - one[key])) <= TOLERANCE, (i, key)
-
-
 @pytest.mark.one_backend
 def test_jax_data_parallel_matches_one_device(odd_valid_folder, tmp_path):
-    # One process with 4 virtual CPU devices: one device, then
-    # DataParallel over the 4. Beside it, two processes on
-    # 127.0.0.1 (keras.distribution.initialize), one CPU device each: every
-    # process feeds its half of each global batch of 16 and gets back every
-    # prediction; both must end with the one-device run's weights, LR finder
-    # curve, validation losses and TTA probabilities.
-    procs = _start_processes("jax", odd_valid_folder, tmp_path, [])
+    # Two processes on 127.0.0.1 (keras.distribution.initialize) of two
+    # virtual CPU devices each: DataParallel over 4 devices, every process
+    # feeding its half of each global batch of 16 and getting back every
+    # prediction (15 validation images: padded for 4 devices). Process 0
+    # first runs the workflow on one of its devices, alone (no
+    # distribution): the reference. Both processes must end with its
+    # weights, LR finder curve, validation losses and TTA probabilities.
+    procs = _start_processes("jax", odd_valid_folder, tmp_path, [], local_devices=2, first=["none"])
     try:
-        report = _run_workflow(
-            "jax", odd_valid_folder, tmp_path / "jax.json",
-            ["--dump", str(tmp_path / "one.npz"), "none", "data_parallel"],
-            {"JAX_NUM_CPU_DEVICES": "4"},
-        )
         outputs = [p.communicate(timeout=900)[0] for p in procs]
     finally:
         for p in procs:
             p.kill()
-    assert report["none"]["distribution"]["engine"] == "none"
-    _check_matches_one_device(report, "data_parallel", "keras.distribution", 4)
-    _check_processes_match(procs, outputs, tmp_path, tmp_path / "one.npz", "keras.distribution")
+    for p, output in zip(procs, outputs):
+        assert p.returncode == 0, output[-4000:]
+    reports = [json.loads((tmp_path / f"p{i}.json").read_text()) for i in range(2)]
+    assert reports[0]["none"]["distribution"]["engine"] == "none"
+    _check_matches_one_device(reports[0], "data_parallel", "keras.distribution", 4, processes=2)
+    assert reports[1]["data_parallel"]["distribution"] == reports[0]["data_parallel"]["distribution"]
+    assert reports[1]["data_parallel"]["trained_max_abs_change"] > 0.1
+    assert not reports[1]["data_parallel"]["saved_synchronized"]
+    assert reports[1]["data_parallel"]["reload_max_abs_diff"] == 0.0
+    runs = [np.load(tmp_path / f"p{i}.npz") for i in range(2)]
+    assert sorted(runs[0].files) == sorted(runs[1].files)
+    for key in runs[0].files:  # process 1 ends as process 0, hence as the reference
+        np.testing.assert_allclose(runs[1][key], runs[0][key], rtol=0, atol=TOLERANCE, err_msg=key)
 
 
 @pytest.mark.one_backend
