@@ -26,7 +26,8 @@ def _value_and_grads(layer, x, upstream):
             outputs = layer.stateless_call([kernel_value] + others, [], inputs)[0]
             return (outputs * upstream).sum(), outputs
 
-        (_, outputs), (dx, dk) = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+        # One compiled program: op by op, JAX compiles every operation apart.
+        (_, outputs), (dx, dk) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(
             x, layer.kernel.value
         )
     elif backend == "tensorflow":
