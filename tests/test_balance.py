@@ -54,6 +54,7 @@ def test_oversample_indices_and_balanced_weights():
     assert balanced_accuracy(probs, labels) == pytest.approx(1 / 3)
 
 
+@pytest.mark.one_backend  # data, cache and plot code: the same on every backend
 def test_oversample_repeats_rare_training_images_only(tmp_path):
     root = write_synthetic_images(
         tmp_path, {"train/ants": 12, "train/bees": 3, "val/ants": 7, "val/bees": 6})

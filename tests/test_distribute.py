@@ -284,6 +284,7 @@ def test_batch_multiple_cuts_the_short_last_batch():
         FeatureBatches(features, labels, 16, batch_multiple=3)
 
 
+@pytest.mark.one_backend  # data, cache and plot code: the same on every backend
 def test_image_batches_batch_multiple(tiny_data):
     # 96 training images in batches of 20: 4 full, then the 16 left, cut to a multiple.
     batches = tiny_data.train_batches(batch_size=20, batch_multiple=4, seed=0)

@@ -72,6 +72,7 @@ def test_stores_serve_the_decode_path_pixels(tmp_path):
     assert disk.get(paths[0]).max() == 0
 
 
+@pytest.mark.one_backend  # data, cache and plot code: the same on every backend
 def test_memory_stream_and_disk_give_the_same_batches(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     root = _make_folder(str(tmp_path / "data"))
@@ -156,6 +157,7 @@ def test_feature_batches_gather_rows_without_copying_the_array(tmp_path):
     assert len(shuffled) == 2 and len(set(rows.tolist())) == 8
 
 
+@pytest.mark.one_backend  # data, cache and plot code: the same on every backend
 def test_precompute_cache_is_memory_mapped_and_matches_the_body(tmp_path, monkeypatch):
     from kertransfer.learner import ConvLearner
 

@@ -78,6 +78,7 @@ def test_tta_rejects_bad_beta(tiny_data):
         learn.TTA(n_aug=0, beta=0.25)
 
 
+@pytest.mark.one_backend  # data, cache and plot code: the same on every backend
 def test_plot_augmented_writes_png_of_distinct_copies(tiny_data, tmp_path):
     center, augmented = tiny_data.augmented_samples(n=6, seed=0, images=[0, 3])
     assert center.shape == (2, 32, 32, 3) and augmented.shape == (2, 6, 32, 32, 3)
