@@ -198,13 +198,16 @@ def test_batches_do_not_depend_on_the_workers(tiny_data, per_image_seeds):
 
 
 def test_model_casts_uint8_batches(tiny_data):
-    from kertransfer.learner import ConvLearner
+    from kertransfer.layers import ImagePreprocessing
 
-    learn = ConvLearner.pretrained("tiny_cnn", tiny_data, precompute=False)
+    # Every backbone starts so: a functional model converts its inputs to
+    # its Input's dtype (float32), then the preprocessing scales them.
+    inputs = keras.Input((None, None, 3))
+    pixels = ImagePreprocessing((127.5,) * 3, (127.5,) * 3)(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3)(pixels))
     x = tiny_data.valid_batches()[0][0]
-    # A functional model converts its inputs to its Input's dtype (float32).
-    as_uint8 = keras.ops.convert_to_numpy(learn.model(x, training=False))
-    as_float = keras.ops.convert_to_numpy(learn.model(x.astype("float32"), training=False))
+    as_uint8 = keras.ops.convert_to_numpy(model(x, training=False))
+    as_float = keras.ops.convert_to_numpy(model(x.astype("float32"), training=False))
     np.testing.assert_allclose(as_uint8, as_float, rtol=1e-6, atol=1e-7)
 
 
@@ -232,3 +235,19 @@ def test_prefetcher_runs_jobs_ahead_and_raises_their_errors():
     assert prefetcher.get(2, job(2), [(3, job(3))]) == 20
     with pytest.raises(RuntimeError, match="job 3 failed"):
         prefetcher.get(3, job(3))
+
+
+def test_layers_without_a_seedable_transformation_run_in_order(photo):
+    # Rescaling has no `get_random_transformation`: called as it is, between
+    # the compiled layers, in the order given.
+    flip = keras.layers.RandomFlip("horizontal")
+    tfms = ImageTransforms(64)
+    out = BatchAugmenter(tfms, [keras.layers.Rescaling(0.5), flip])([photo] * 4, np.random.default_rng(1))
+    rng = np.random.default_rng(1)
+    rng.integers(0, 2**31 - 1)  # Rescaling's seed, unused
+    center = np.repeat(tfms.crop(photo, None).astype("float32")[None] * 0.5, 4, axis=0)
+    transformation = flip.get_random_transformation(center, training=True, seed=int(rng.integers(0, 2**31 - 1)))
+    assert keras.ops.convert_to_numpy(transformation["flips"]).any()  # the flip shows
+    expected = keras.ops.convert_to_numpy(flip.transform_images(center, transformation, training=True))
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    assert out.max() <= 128
