@@ -70,7 +70,6 @@ class BatchAugmenter:
         self.tfms = tfms
         self.layers = list(layers)
         self._keys = None
-        self._zeros = {}
 
     # ------------------------------------------------------------- host
     def draw(self, rng, batch_size, rows=None):
@@ -96,9 +95,8 @@ class BatchAugmenter:
         rows = np.arange(batch_size) if rows is None else np.asarray(rows)
         whole = len(rows) == batch_size and np.array_equal(rows, np.arange(batch_size))
         s = self.tfms.image_size
-        shape = self._zeros.get(batch_size)
-        if shape is None:  # only its shape matters to the draws
-            shape = self._zeros[batch_size] = keras.ops.zeros((batch_size, s, s, 3))
+        # Only its shape matters to the draws.
+        shape = keras.ops.zeros((batch_size, s, s, 3))
         out = []
         for layer in self.layers:
             seed = int(rng.integers(0, 2**31 - 1))
