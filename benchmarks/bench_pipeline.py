@@ -7,7 +7,9 @@ Is the input pipeline fast enough to keep the model busy? This measures, at
 - pipeline: images/s of `ImageBatches` alone (images already decoded and
   cached in memory, as `ImageClassifierData` keeps them; training transforms:
   random crop, fast.ai side-on augmentation, `max_zoom=1.1`), batches
-  produced one after another in this process;
+  produced one after another in this process; then its two parts apart:
+  the workers' (crop to uint8, draw the augmentation's parameters) and the
+  device's (cast to float32, augmentation layers, compiled);
 - train step: images/s of `train_on_batch` of the full EfficientNet-Lite0
   classifier with fast.ai's head, every layer group unfrozen (the slowest
   stage of the fast.ai recipe), SGD with momentum.
@@ -46,7 +48,11 @@ DEFAULT_DATA = os.path.join(
 
 
 def bench_pipeline(data, batch, batches, warmup):
-    """Images/s of augmented training batches (decode already cached)."""
+    """Images/s of augmented training batches (decode already cached): the
+    whole batch, then its two parts, the workers' (crop to uint8, draw the
+    augmentation's parameters) and the device's (cast, augmentation)."""
+    import keras
+
     stream = data.train_batches(seed=0, batch_size=batch, drop_last=True)
     if len(stream) < warmup + batches:
         raise ValueError(
@@ -54,11 +60,19 @@ def bench_pipeline(data, batch, batches, warmup):
             f"{warmup + batches} (--warmup + --batches)."
         )
     for i in range(warmup):
-        stream[i]
-    start = time.perf_counter()
+        keras.ops.convert_to_numpy(stream[i][0])
+    seconds = {"whole": 0.0, "workers": 0.0, "device": 0.0}
     for i in range(warmup, warmup + batches):
-        stream[i]
-    return batch * batches / (time.perf_counter() - start)
+        start = time.perf_counter()
+        keras.ops.convert_to_numpy(stream[i][0])  # waits for the device
+        middle = time.perf_counter()
+        part = stream.worker_batch(i)
+        end = time.perf_counter()
+        keras.ops.convert_to_numpy(stream.on_device(part)[0])
+        seconds["whole"] += middle - start
+        seconds["workers"] += end - middle
+        seconds["device"] += time.perf_counter() - end
+    return {k: batch * batches / v for k, v in seconds.items()}
 
 
 def bench_train_step(data, batch, steps, warmup):
@@ -103,11 +117,13 @@ def main(argv=None):
     header = f"{'stage':<44}{'img/s':>10}{'s/batch':>10}"
     print(header)
     print("-" * len(header))
-    rows = [(f"pipeline ({args.batches} batches)", pipeline)]
+    rows = [(f"pipeline ({args.batches} batches)", pipeline["whole"])]
+    rows.append(("  workers: crop to uint8, draw parameters", pipeline["workers"]))
+    rows.append(("  device: cast, augmentation layers", pipeline["device"]))
     rows.append((f"Lite0 unfrozen train step ({args.steps} steps)", train))
     for name, rate in rows:
         print(f"{name:<44}{rate:>10.1f}{args.batch / rate:>10.2f}")
-    ratio = pipeline / train
+    ratio = pipeline["whole"] / train
     verdict = "ok" if ratio >= 3 else "pipeline too slow (target >= 3x)"
     print(f"{'ratio pipeline / train step':<44}{ratio:>10.1f}x  {verdict}")
 

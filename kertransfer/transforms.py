@@ -10,6 +10,8 @@ backbone, so models always take raw pixels.
 
 import numpy as np
 
+# `BatchAugmenter` lived here before `kertransfer.augment`.
+from kertransfer.augment import BatchAugmenter
 from kertransfer.images import DEFAULT_CROP_PCT
 from kertransfer.images import Framing
 from kertransfer.images import center_crop
@@ -218,208 +220,63 @@ class ImageTransforms:
         left = int(fraction[1] * (w - s + 1))
         return image[top : top + s, left : left + s]
 
-    def batch(self, images, rng, augmenter=None, rows=None, batch_size=None):
-        """Crops (and augments) decoded images into one model batch.
+    def crops(self, images, rng, rows=None, batch_size=None):
+        """Crops decoded images into one uint8 batch (what the workers hand on).
 
         Args:
             images: list of uint8 `(h, w, 3)` decoded images.
-            rng: the randomness: one `numpy.random.Generator` for the whole
-                batch (crop offsets, two uniforms per image, then
-                augmentation parameters drawn from it in turn: training),
-                or, for crops only, a list with one generator per image (an
-                image is cropped the same in any batch; augmented copies
-                that do not depend on the batch come from
-                `BatchAugmenter.per_position`).
-            augmenter: a `BatchAugmenter`, or None for crops only.
+            rng: one `numpy.random.Generator` for the whole batch (two
+                uniforms per image for the crop offsets, drawn for the
+                whole batch; none for center crops), or a list with one
+                generator per image (an image is cropped the same in any
+                batch).
             rows: with one generator, the rows of a batch of `batch_size`
                 that `images` are (a process's slice); they come out as in
                 the whole batch. None: `images` is the whole batch.
             batch_size: the whole batch's size when `rows` is given.
 
         Returns:
-            float32 `(len(images), image_size, image_size, 3)` in [0, 255].
+            uint8 `(len(images), image_size, image_size, 3)`.
         """
         if isinstance(rng, (list, tuple)):
-            return np.stack([self.crop(im, r) for im, r in zip(images, rng)]).astype("float32")
+            return np.stack([self.crop(im, r) for im, r in zip(images, rng)])
         n = len(images) if rows is None else int(batch_size)
         rows = np.arange(n) if rows is None else np.asarray(rows)
         # Center crops draw nothing (the layers' seeds come first then).
         fractions = rng.random((n, 2)) if self.random_crop else np.zeros((n, 2))
-        x = np.stack([self.crop_fraction(im, fractions[r]) for im, r in zip(images, rows)])
-        x = x.astype("float32")
-        if augmenter is None:
-            return x
-        return augmenter.augment_cropped(x, rng, rows, n)
+        return np.stack([self.crop_fraction(im, fractions[r]) for im, r in zip(images, rows)])
 
+    def crops_per_position(self, images, positions, seed, epoch=0):
+        """uint8 crops, image `i` cropped with `default_rng([seed, epoch, positions[i]])`.
 
-class BatchAugmenter:
-    """Crops and augments decoded images, seeded per batch or per image.
-
-    Each image gets its random crop from a numpy generator, then the Keras
-    augmentation layers run with `training=True` (Keras random layers are
-    inert otherwise). Layers with Keras's `get_random_transformation` /
-    `transform_images` (all Keras 3 image augmentation layers, and
-    kertransfer's `RandomRot90`) get an explicit seed drawn from the same
-    generator, so a batch is the same whichever thread makes it and in
-    whatever order (workers > 1). Other user layers are called as they are
-    (their own seed generator: deterministic only when batches are made in
-    order).
-
-    Called with one generator for the batch (training), the layers run
-    once on the whole batch. TTA and predictions use `per_position`, where
-    an image's augmented copy depends on its position in the epoch, not on
-    the batch size or its neighbours, and the layers still run vectorised.
-
-    Args:
-        tfms: the `ImageTransforms` (crop size, random or center crop).
-        layers: Keras augmentation layers, e.g. `tfms.augment_layers()`.
-    """
-
-    def __init__(self, tfms, layers):
-        self.tfms = tfms
-        self.layers = list(layers)
-
-    def __call__(self, images, rng):
-        """Augments a list of decoded uint8 images into a float32 batch.
-
-        Args:
-            images: list of uint8 `(h, w, 3)` arrays.
-            rng: a `numpy.random.Generator` for the batch.
-
-        Returns:
-            float32 `(len(images), image_size, image_size, 3)` in [0, 255].
-
-        Raises:
-            TypeError: for a list of generators (per image: `per_position`).
+        An image's crop depends on its position in the epoch and the seed
+        alone, not on the batch (TTA, predictions).
         """
-        if isinstance(rng, (list, tuple)):
-            raise TypeError(
-                "BatchAugmenter takes one generator for the batch; for copies that do "
-                "not depend on the batch, use per_position(images, positions, seed)."
-            )
-        return self.tfms.batch(images, rng, self)
+        rngs = [np.random.default_rng([seed, epoch, int(p)]) for p in positions]
+        return self.crops(images, rngs)
 
-    CHUNK = 32
+    def batch(self, images, rng, augmenter=None, rows=None, batch_size=None):
+        """Crops (and augments) decoded images into one float32 numpy batch.
 
-    def per_position(self, images, positions, seed, epoch=0):
-        """Augments images by their position in the epoch, not their batch.
-
-        Image `i` is cropped with `numpy.random.default_rng([seed, epoch,
-        positions[i]])`; each layer's random transformation (Keras's
-        `get_random_transformation`) is drawn for the whole block of `CHUNK`
-        positions `positions[i] // CHUNK`, seeded from `(seed, epoch,
-        block)`, and image `i` gets row `positions[i] % CHUNK` of it. So an
-        image's augmented copy depends on its position and the seed alone:
-        any batch size, any worker order gives the same pixels, while the
-        layers run once per block present in the batch (the per-image
-        loop, `__call__` with a list of generators, draws and runs each
-        layer once per image). Layers without `get_random_transformation`
-        run on the block with their own seed generator.
+        `crops`, then, with an augmenter, its transformations drawn from
+        the same generator (`BatchAugmenter.draw`) applied on the device
+        and brought back. `ImageBatches` keeps the two steps apart: uint8
+        crops from its workers, augmentation on the device.
 
         Args:
-            images: list of uint8 `(h, w, 3)` arrays.
-            positions: int position of each image in the epoch (0-based).
-            seed: int, the batches' seed.
-            epoch: int, the epoch (TTA copies differ by epoch).
+            images, rng, rows, batch_size: as `crops`; with an augmenter,
+                one generator for the batch (per-image copies:
+                `BatchAugmenter.per_position`).
+            augmenter: a `BatchAugmenter`, or None for crops only.
 
         Returns:
             float32 `(len(images), image_size, image_size, 3)` in [0, 255].
         """
-        import keras
-
-        positions = np.asarray(positions, dtype="int64")
-        blocks = positions // self.CHUNK
-        outputs = []
-        for block in dict.fromkeys(blocks.tolist()):  # in order of appearance
-            members = np.flatnonzero(blocks == block)
-            rows = positions[members] % self.CHUNK
-            crops = [
-                self.tfms.crop(images[i], np.random.default_rng([seed, epoch, int(positions[i])]))
-                for i in members
-            ]
-            out = keras.ops.convert_to_tensor(np.stack(crops).astype("float32"))
-            # A 4-number key: a stream apart from the per-image crop streams.
-            rng = np.random.default_rng([seed, epoch, block, self.CHUNK])
-            # Only its shape matters to the draws: the whole block's.
-            block_shape = keras.ops.zeros((self.CHUNK, *tuple(out.shape[1:])))
-            for layer in self.layers:
-                layer_seed = int(rng.integers(0, 2**31 - 1))
-                if hasattr(layer, "get_random_transformation") and hasattr(layer, "transform_images"):
-                    whole = layer.get_random_transformation(
-                        block_shape, training=True, seed=layer_seed
-                    )
-                    transformation = _take_rows(whole, rows, self.CHUNK)
-                    out = layer.transform_images(out, transformation, training=True)
-                else:
-                    out = layer(out, training=True)
-            outputs.append(keras.ops.convert_to_numpy(keras.ops.clip(out, 0.0, 255.0)))
-        return np.concatenate(outputs).astype("float32")
-
-    def augment_cropped(self, x, rng, rows, batch_size):
-        """Runs the augmentation layers on cropped rows `rows` of a batch of `batch_size`.
-
-        Each layer's seed is drawn from `rng` in turn; a layer with Keras's
-        `get_random_transformation` draws it for the whole batch's shape
-        and these rows take theirs (`_take_rows`), so a slice of a batch
-        comes out as in the whole batch. Layers without it run on the rows
-        with their own seed generator (exact for the whole batch only).
-
-        Args:
-            x: float32 `(len(rows), s, s, 3)` crops.
-            rng: the batch's `numpy.random.Generator` (after the crops).
-            rows: int rows of the batch that `x` holds.
-            batch_size: the whole batch's size.
-
-        Returns:
-            float32 `(len(rows), s, s, 3)` in [0, 255].
-        """
-        import keras
-
-        rows = np.asarray(rows)
-        whole = len(rows) == batch_size and np.array_equal(rows, np.arange(batch_size))
-        out = keras.ops.convert_to_tensor(x)
-        shape = None if whole else keras.ops.zeros((batch_size, *tuple(out.shape[1:])))
-        for layer in self.layers:
-            seed = int(rng.integers(0, 2**31 - 1))
-            if hasattr(layer, "get_random_transformation") and hasattr(layer, "transform_images"):
-                if whole:
-                    transformation = layer.get_random_transformation(out, training=True, seed=seed)
-                else:
-                    transformation = _take_rows(
-                        layer.get_random_transformation(shape, training=True, seed=seed),
-                        rows, batch_size,
-                    )
-                out = layer.transform_images(out, transformation, training=True)
-            else:
-                out = layer(out, training=True)
-        out = keras.ops.clip(out, 0.0, 255.0)
-        return np.asarray(keras.ops.convert_to_numpy(out), dtype="float32")
-
-
-def _take_rows(transformation, rows, batch_size):
-    """Rows `rows` of a Keras layer's random transformation for `batch_size`.
-
-    A transformation (`get_random_transformation`) is a tensor or a dict of
-    them: per-image entries have `batch_size` rows (`flips`, `angle`,
-    `rotation_matrix`, `height_zoom`, ...); `input_shape` and `batch_size`
-    describe the batch; anything else (image height, width) is kept.
-    """
-    import keras
-
-    if isinstance(transformation, dict):
-        taken = {}
-        for key, value in transformation.items():
-            if key == "input_shape" and isinstance(value, (tuple, list)):
-                taken[key] = (len(rows), *tuple(value[1:]))
-            elif key == "batch_size" and isinstance(value, int):
-                taken[key] = len(rows)
-            else:
-                taken[key] = _take_rows(value, rows, batch_size)
-        return taken
-    shape = getattr(transformation, "shape", None)
-    if shape is not None and len(shape) >= 1 and shape[0] == batch_size:
-        return keras.ops.take(transformation, keras.ops.convert_to_tensor(rows), axis=0)
-    return transformation
+        x = self.crops(images, rng, rows, batch_size)
+        if augmenter is None or isinstance(rng, (list, tuple)):
+            return x.astype("float32")
+        n = len(images) if rows is None else int(batch_size)
+        return augmenter.augment_cropped(x, rng, np.arange(n) if rows is None else rows, n)
 
 
 def tfms_from_model(

@@ -120,7 +120,7 @@ def test_rows_of_a_block_transformation_match_the_layer_on_the_whole_block(layer
     """`per_position` takes rows of a block's transformation: for every
     standard layer, rows 2, 5 and 6 of the layer's own output on all 8
     images equal the layer run on those 3 images with their rows."""
-    from kertransfer.transforms import _take_rows
+    from kertransfer.augment import _take_rows
 
     images = np.random.default_rng(0).uniform(0, 255, (8, 24, 24, 3)).astype("float32")
     whole = layer.get_random_transformation(keras.ops.zeros((8, 24, 24, 3)), training=True, seed=11)
@@ -135,3 +135,119 @@ def test_rows_of_a_block_transformation_match_the_layer_on_the_whole_block(layer
     np.testing.assert_allclose(keras.ops.convert_to_numpy(part), expected[rows], atol=1e-3)
     # The layer did change pixels (the equality is not the identity's).
     assert np.abs(expected - images).max() > 1
+
+
+# ------------------------------------------- uint8 workers, device augmentation
+def test_workers_hand_on_uint8_crops(tiny_data):
+    from kertransfer.images import frame_image
+
+    x = tiny_data.valid_batches()[0][0]  # no augmentation: the crops themselves
+    assert isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.shape == (16, 32, 32, 3)
+    # The decode path's own framing (resize, center crop) is the reference.
+    framing = tiny_data.valid_tfms.framing
+    for row in (0, 5, 15):
+        np.testing.assert_array_equal(x[row], frame_image(tiny_data.valid_paths[row], framing))
+    part = tiny_data.train_batches(seed=4).worker_batch(1)
+    assert part.x.dtype == np.uint8 and part.x.shape == (16, 32, 32, 3)
+    assert len(part.transformations) == len(tiny_data.train_tfms.augment_layers())
+
+
+def test_device_augmentation_is_the_keras_layers_on_the_batch(tiny_data):
+    """A training batch equals each Keras layer's own `transform_images` run
+    on the uint8 crops, with the seed the batch's (seed, epoch, index)
+    generator gives it (after the two crop uniforms per image)."""
+    batches = tiny_data.train_batches(seed=9)
+    batches.on_epoch_end()  # epoch 1
+    index = 2
+    crops = batches.worker_batch(index).x
+    x = keras.ops.convert_to_numpy(batches[index][0])
+    assert x.dtype == np.float32 and x.shape == crops.shape
+    rng = np.random.default_rng([9, 1, index])
+    rng.random((len(crops), 2))  # the crops' draws
+    expected = keras.ops.convert_to_tensor(crops.astype("float32"))
+    for layer in tiny_data.train_tfms.augment_layers():
+        seed = int(rng.integers(0, 2**31 - 1))
+        transformation = layer.get_random_transformation(expected, training=True, seed=seed)
+        expected = layer.transform_images(expected, transformation, training=True)
+    expected = np.clip(keras.ops.convert_to_numpy(expected), 0, 255)
+    np.testing.assert_allclose(x, expected, atol=1e-3)
+    assert np.abs(x - crops).mean() > 1  # the layers did change pixels
+
+
+@pytest.mark.parametrize("per_image_seeds", [False, True], ids=["training", "per_position"])
+def test_batches_do_not_depend_on_the_workers(tiny_data, per_image_seeds):
+    from kertransfer.data import ImageBatches
+
+    def epochs(workers):
+        batches = ImageBatches(
+            tiny_data.split("train"), tiny_data.train_tfms, 16, shuffle=True, augment=True,
+            seed=3, workers=workers, max_queue_size=3, per_image_seeds=per_image_seeds,
+        )
+        out = []
+        for _ in range(2):
+            out += [keras.ops.convert_to_numpy(batches[i][0]) for i in range(len(batches))]
+            out.append(keras.ops.convert_to_numpy(batches.process_slice(1, 1, 2)[0][0]))
+            batches.on_epoch_end()
+        return out
+
+    one, three = epochs(1), epochs(3)
+    assert len(one) == 14
+    for a, b in zip(one, three):
+        np.testing.assert_array_equal(a, b)
+    assert np.abs(one[0] - one[7]).mean() > 1  # epoch 2 is another draw
+
+
+def test_model_casts_uint8_batches(tiny_data):
+    from kertransfer.layers import ImagePreprocessing
+
+    # Every backbone starts so: a functional model converts its inputs to
+    # its Input's dtype (float32), then the preprocessing scales them.
+    inputs = keras.Input((None, None, 3))
+    pixels = ImagePreprocessing((127.5,) * 3, (127.5,) * 3)(inputs)
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3)(pixels))
+    x = tiny_data.valid_batches()[0][0]
+    as_uint8 = keras.ops.convert_to_numpy(model(x, training=False))
+    as_float = keras.ops.convert_to_numpy(model(x.astype("float32"), training=False))
+    np.testing.assert_allclose(as_uint8, as_float, rtol=1e-6, atol=1e-7)
+
+
+def test_prefetcher_runs_jobs_ahead_and_raises_their_errors():
+    import threading
+
+    from kertransfer.data.prefetch import Prefetcher
+
+    threads = {}
+
+    def job(key):
+        def run():
+            threads[key] = threading.get_ident()
+            if key == 3:
+                raise RuntimeError("job 3 failed")
+            return key * 10
+
+        return run
+
+    prefetcher = Prefetcher(workers=2, ahead=2)
+    assert prefetcher.get(0, job(0), [(1, job(1)), (2, job(2)), (3, job(3))]) == 0
+    assert threads[0] == threading.get_ident()  # asked for now: run here
+    assert prefetcher.get(1, job(1), [(2, job(2)), (3, job(3))]) == 10
+    assert threads[1] != threading.get_ident()  # made ahead by a worker
+    assert prefetcher.get(2, job(2), [(3, job(3))]) == 20
+    with pytest.raises(RuntimeError, match="job 3 failed"):
+        prefetcher.get(3, job(3))
+
+
+def test_layers_without_a_seedable_transformation_run_in_order(photo):
+    # Rescaling has no `get_random_transformation`: called as it is, between
+    # the compiled layers, in the order given.
+    flip = keras.layers.RandomFlip("horizontal")
+    tfms = ImageTransforms(64)
+    out = BatchAugmenter(tfms, [keras.layers.Rescaling(0.5), flip])([photo] * 4, np.random.default_rng(1))
+    rng = np.random.default_rng(1)
+    rng.integers(0, 2**31 - 1)  # Rescaling's seed, unused
+    center = np.repeat(tfms.crop(photo, None).astype("float32")[None] * 0.5, 4, axis=0)
+    transformation = flip.get_random_transformation(center, training=True, seed=int(rng.integers(0, 2**31 - 1)))
+    assert keras.ops.convert_to_numpy(transformation["flips"]).any()  # the flip shows
+    expected = keras.ops.convert_to_numpy(flip.transform_images(center, transformation, training=True))
+    np.testing.assert_allclose(out, expected, atol=1e-4)
+    assert out.max() <= 128

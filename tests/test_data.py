@@ -23,7 +23,7 @@ def test_hymenoptera_layout_and_its_mess(hymenoptera):
     assert "ant photos.jpg" in names and "imageNotFound.gif" in names
     assert data.skipped == []
     x, y = data.valid_batches()[0]
-    assert x.shape == (16, 32, 32, 3) and x.dtype == np.float32 and y.dtype == np.int32
+    assert x.shape == (16, 32, 32, 3) and x.dtype == np.uint8 and y.dtype == np.int32
     assert 0 <= x.min() and x.max() <= 255
 
 

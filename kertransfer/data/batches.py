@@ -1,20 +1,25 @@
 """Batches for `model.fit`: images decoded on the fly, or cached activations.
 
-`ImageBatches` crops and augments the images of a `Split`
-(`kertransfer.data.splits`) into float32 batches in Keras `PyDataset`
-worker threads (Pillow releases the GIL while decoding). `FeatureBatches`
+`ImageBatches` decodes and crops the images of a `Split`
+(`kertransfer.data.splits`) into uint8 batches in worker threads (Pillow
+releases the GIL while decoding); the augmentation runs on the device, on
+whole batches (`kertransfer.augment`). `FeatureBatches`
 serves precomputed activations (a memory-mapped `.npy`) by index, so
 shuffling and oversampling never copy the whole array.
 """
+
+from typing import NamedTuple
+from typing import Optional
 
 import keras
 import numpy as np
 
 # `Split` and `load_split` lived here before `kertransfer.data.splits`.
+from kertransfer.data.prefetch import Prefetcher
 from kertransfer.data.splits import Split
 from kertransfer.data.splits import load_split
 
-__all__ = ["FeatureBatches", "ImageBatches", "Split", "load_split"]
+__all__ = ["FeatureBatches", "ImageBatches", "Split", "WorkerBatch", "load_split"]
 
 
 def _check_multiple(batch_multiple, batch_size):
@@ -38,13 +43,39 @@ def _cut(rows, batch_multiple):
     return rows[: len(rows) // batch_multiple * batch_multiple]
 
 
+class WorkerBatch(NamedTuple):
+    """What `ImageBatches`' workers hand on: uint8 crops, and the augmentation to apply.
+
+    Attributes:
+        x: uint8 `(n, image_size, image_size, 3)` crops.
+        transformations: the augmentation layers' transformations for these
+            rows (`BatchAugmenter.draw`), or None (no augmentation).
+        y: the labels of the rows, or None.
+    """
+
+    x: np.ndarray
+    transformations: Optional[list]
+    y: Optional[np.ndarray]
+
+
 class ImageBatches(keras.utils.PyDataset):
     """Batches of `(images, labels)` from decoded images, for `model.fit`.
 
-    Each item is `x` float32 `(batch, image_size, image_size, 3)` pixels in
+    Each item is `x`, `(batch, image_size, image_size, 3)` pixels in
     `[0, 255]`, and (when labels exist) `y`: int32 class indices
     `(batch,)`, or multi-hot float32 `(batch, num_classes)` for multi-label
-    data.
+    data. Without augmentation `x` is the uint8 crops (numpy): the model
+    casts them to float32 on its device (a functional model converts its
+    inputs to its `Input`'s dtype). With augmentation `x` is a float32
+    tensor of the backend, made on its device: the uint8 crops are cast and
+    the augmentation layers run there on the whole batch, compiled
+    (`BatchAugmenter.apply`), as fastai v2's `batch_tfms` do on the GPU.
+
+    The work splits in two (`worker_batch`, then `on_device`): `workers`
+    threads decode and crop batches ahead (uint8: a quarter of float32's
+    memory in the queue and in the copy to the device) and draw each
+    batch's augmentation parameters; the thread Keras reads the batches
+    from casts and augments them on the device.
 
     Args:
         split: a `Split` (files, labels, and the store decoding them).
@@ -61,18 +92,18 @@ class ImageBatches(keras.utils.PyDataset):
             `(x,)`.
         indices: indices into `split` served each epoch, repeats allowed
             (oversampling); default every image once.
-        workers: threads preparing batches ahead of the model (Keras
-            `PyDataset` workers).
-            Results do not depend on it: each batch's crops and augmentation
-            are drawn from its own generator, seeded by `(seed, epoch,
-            batch index)`.
+        workers: threads decoding and cropping batches ahead of the model
+            (`kertransfer.data.prefetch.Prefetcher`; Keras itself reads the
+            batches in one thread). Results do not depend on it: each
+            batch's crops and augmentation are drawn from its own
+            generator, seeded by `(seed, epoch, batch index)`.
         max_queue_size: batches prepared ahead when `workers > 1`.
         per_image_seeds: draw each image's crop and augmentation from its
             position in the epoch and the seed alone
-            (`BatchAugmenter.per_position`), so an image comes out the same
-            whatever the batch size (TTA, predictions); default: one
-            generator per batch (training). The layers run vectorised
-            either way.
+            (`BatchAugmenter.draw_per_position`), so an image comes out the
+            same whatever the batch size (TTA, predictions); default: one
+            generator per batch (training). The layers run on whole
+            batches either way.
         batch_multiple: every batch's size is a multiple of this: the
             short last batch is cut down to one (dropped if smaller), as
             training on several devices needs (`kertransfer.distribute`);
@@ -95,9 +126,10 @@ class ImageBatches(keras.utils.PyDataset):
         per_image_seeds=False,
         batch_multiple=1,
     ):
-        super().__init__(
-            workers=workers, use_multiprocessing=False, max_queue_size=max_queue_size
-        )
+        # Keras reads the batches in one thread (the device part runs
+        # there); the workers' part is prefetched by `self.prefetcher`.
+        super().__init__(workers=1, use_multiprocessing=False, max_queue_size=max_queue_size)
+        self.prefetcher = Prefetcher(workers, max_queue_size)
         self.split = split
         self.tfms = tfms
         self.batch_size = int(batch_size)
@@ -135,28 +167,76 @@ class ImageBatches(keras.utils.PyDataset):
         return full * self.batch_size + rest // self.batch_multiple * self.batch_multiple
 
     def __getitem__(self, index):
-        start = index * self.batch_size
-        idx = _cut(self.order[start : start + self.batch_size], self.batch_multiple)
-        return self._make(index, idx, np.arange(len(idx)))
+        return self.on_device(self._fetch(index, None)[0])
 
-    def _make(self, index, idx, rows):
-        """Rows `rows` of batch `index` (whose images are `idx`), as in the whole batch."""
+    def _fetch(self, index, part):
+        """`(worker_batch(index, part), n)` of this epoch, made ahead by the workers."""
+        epoch, order = self.epoch, self.order
+
+        def job(i):
+            return lambda: self._worker_batch(i, part, epoch, order)
+
+        ahead = range(index + 1, min(index + 1 + self.prefetcher.ahead, len(self)))
+        upcoming = [((epoch, i, part), job(i)) for i in ahead]
+        return self.prefetcher.get((epoch, index, part), job(index), upcoming)
+
+    def worker_batch(self, index, process=0, processes=1, multiple=1):
+        """The workers' part of batch `index` (or of a process's slice): `WorkerBatch`.
+
+        Decodes and crops (uint8) the images and draws the augmentation's
+        transformations; `on_device` finishes the batch. `process`,
+        `processes` and `multiple` are as in `process_slice`.
+        """
+        part = None if (process, processes, multiple) == (0, 1, 1) else (process, processes, multiple)
+        return self._worker_batch(index, part, self.epoch, self.order)[0]
+
+    def _worker_batch(self, index, part, epoch, order):
+        """`(WorkerBatch, n)`: `part` `(process, processes, multiple)` or None (the whole batch)."""
         start = index * self.batch_size
+        idx = _cut(order[start : start + self.batch_size], self.batch_multiple)
+        n = len(idx)
+        rows = np.arange(n) if part is None else self._slice_rows(index, n, *part)
         local = idx[rows]
         images = [self.split.image(i) for i in local]
+        transformations = None
         if self.per_image_seeds:
-            positions = start + np.minimum(rows, len(idx) - 1)
+            positions = start + rows
+            x = self.tfms.crops_per_position(images, positions, self.seed, epoch)
             if self.augmenter is not None:
-                x = self.augmenter.per_position(images, positions, self.seed, self.epoch)
-            else:
-                rng = [np.random.default_rng([self.seed, self.epoch, int(p)]) for p in positions]
-                x = self.tfms.batch(images, rng)
+                transformations = self.augmenter.draw_per_position(positions, self.seed, epoch)
         else:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            x = self.tfms.batch(images, rng, self.augmenter, rows=rows, batch_size=len(idx))
-        if not self.with_labels:
-            return (x,)
-        return x, self.split.labels[local]
+            rng = np.random.default_rng([self.seed, epoch, index])
+            x = self.tfms.crops(images, rng, rows=rows, batch_size=n)
+            if self.augmenter is not None:
+                transformations = self.augmenter.draw(rng, n, rows)
+        y = self.split.labels[local] if self.with_labels else None
+        return WorkerBatch(x, transformations, y), n
+
+    def _slice_rows(self, index, n, process, processes, multiple):
+        """Rows of a batch of `n` that process `process` of `processes` gets."""
+        padded = n + (-n % multiple)
+        if padded % processes:
+            raise ValueError(
+                f"Batch {index} has {padded} rows, which do not divide by the {processes} "
+                "processes; the batch size must divide by the device count."
+            )
+        if padded > n and not self.per_image_seeds:
+            raise ValueError("Padding is for prediction batches (per_image_seeds=True).")
+        share = padded // processes
+        rows = np.arange(process * share, (process + 1) * share)
+        return np.minimum(rows, n - 1) if self.per_image_seeds else rows
+
+    def on_device(self, batch):
+        """The model's item `(x, y)` or `(x,)` from a `WorkerBatch`.
+
+        Without augmentation `x` stays the uint8 crops; with it, the crops
+        are cast to float32 and augmented on the device
+        (`BatchAugmenter.apply`): a float32 tensor of the backend.
+        """
+        x = batch.x
+        if batch.transformations is not None:
+            x = self.augmenter.apply(x, batch.transformations)
+        return (x,) if batch.y is None else (x, batch.y)
 
     def process_slice(self, index, process, processes, multiple=1):
         """Process `process`'s rows of batch `index`, decoding only those images.
@@ -173,27 +253,17 @@ class ImageBatches(keras.utils.PyDataset):
             `(x, y)` or `(x,)` for the slice, and the batch's size before
             padding.
         """
-        start = index * self.batch_size
-        idx = _cut(self.order[start : start + self.batch_size], self.batch_multiple)
-        n = len(idx)
-        padded = n + (-n % multiple)
-        if padded % processes:
-            raise ValueError(
-                f"Batch {index} has {padded} rows, which do not divide by the {processes} "
-                "processes; the batch size must divide by the device count."
-            )
-        share = padded // processes
-        rows = np.arange(process * share, (process + 1) * share)
-        if padded > n and not self.per_image_seeds:
-            raise ValueError("Padding is for prediction batches (per_image_seeds=True).")
-        return self._make(index, idx, np.minimum(rows, n - 1) if self.per_image_seeds else rows), n
+        batch, n = self._fetch(index, (process, processes, multiple))
+        return self.on_device(batch), n
 
     def on_epoch_end(self):
+        self.prefetcher.clear()
         self.epoch += 1
         if self.shuffle:
-            self.rng.shuffle(self.order)
-
-
+            # A new array: batches made ahead keep the order they were given.
+            order = self.order.copy()
+            self.rng.shuffle(order)
+            self.order = order
 
 
 class FeatureBatches(keras.utils.PyDataset):

@@ -7,6 +7,7 @@ lesson 1 `plots(get_augs())`) call these; the copies come out of the same
 
 import os
 
+import keras
 import numpy as np
 
 from kertransfer.data.batches import ImageBatches
@@ -56,7 +57,8 @@ def augmented_samples(data, n=8, split="train", seed=0, images=0):
         batches = ImageBatches(
             copies, data.train_tfms, int(n), augment=True, seed=seed + k
         )
-        augmented.append(batches[0][0])
+        # A tensor of the backend (augmented on its device).
+        augmented.append(keras.ops.convert_to_numpy(batches[0][0]))
     return np.stack(center), np.stack(augmented)
 
 
