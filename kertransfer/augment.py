@@ -164,6 +164,13 @@ class BatchAugmenter:
         out = keras.ops.cast(keras.ops.convert_to_tensor(x), "float32")
         tensors, static = _split(transformations)
         keys = self._layer_keys()
+        if keras.backend.backend() == "tensorflow" and all(t is not None for t in transformations):
+            # One tf.function for the chain (as fast as layer by layer under
+            # TensorFlow): tf.function warns of retracing when functions
+            # of one Python function trace 5 times in a row, as one per
+            # layer did at their first batch.
+            out = _compiled_chain(self.layers, tuple(keys), static)(out, tensors)
+            return keras.ops.clip(out, 0.0, 255.0)
         for i, layer in enumerate(self.layers):
             if transformations[i] is None:  # a layer without a seedable transformation
                 out = layer(out, training=True)
@@ -254,8 +261,42 @@ def _split(transformations):
             # A bare tensor (no dict): under the key None.
             transformation = {None: transformation}
         tensors.append({k: v for k, v in transformation.items() if _is_tensor(v)})
-        static.append({k: v for k, v in transformation.items() if not _is_tensor(v)})
+        static.append({k: _without_batch(k, v) for k, v in transformation.items() if not _is_tensor(v)})
     return tensors, static
+
+
+# The static entries that hold the batch size (Keras's `input_shape`, and
+# RandomRotation's `batch_size`) stay out of a compiled function's key and
+# are taken from the batch inside it, so one traced function serves every
+# batch size (the stages' batch sizes, short last batches, TTA blocks).
+
+
+def _without_batch(key, value):
+    if key == "input_shape" and isinstance(value, (tuple, list)):
+        return (None, *tuple(value[1:]))
+    if key == "batch_size" and isinstance(value, int):
+        return None
+    return value
+
+
+def _with_batch(fixed, x):
+    """`fixed` with its batch entries set from the batch `x`."""
+    import keras
+
+    n = x.shape[0]
+    n = keras.ops.shape(x)[0] if n is None else n
+    out = dict(fixed)
+    if isinstance(out.get("input_shape"), tuple):
+        out["input_shape"] = (n, *out["input_shape"][1:])
+    if "batch_size" in out and out["batch_size"] is None:
+        out["batch_size"] = n
+    return out
+
+
+def _transform(layer, x, fixed, tensors):
+    transformation = {**_with_batch(fixed, x), **tensors}
+    transformation = transformation[None] if None in transformation else transformation
+    return layer.transform_images(x, transformation, training=True)
 
 
 def _compiled(layer, key, fixed):
@@ -272,13 +313,28 @@ def _compiled(layer, key, fixed):
     if fn is None:
 
         def transform(x, tensors):
-            transformation = {**fixed, **tensors}
-            transformation = transformation[None] if None in transformation else transformation
-            return layer.transform_images(x, transformation, training=True)
+            return _transform(layer, x, fixed, tensors)
 
         if len(_COMPILED) >= _MAX_COMPILED:
             _COMPILED.pop(next(iter(_COMPILED)))
         fn = _COMPILED[cache_key] = _compile(transform)
+    return fn
+
+
+def _compiled_chain(layers, keys, static):
+    """`fn(x, tensors)`: every layer's `transform_images` in turn, compiled as one."""
+    cache_key = (keys, repr(static))
+    fn = _COMPILED.get(cache_key)
+    if fn is None:
+
+        def transform_chain(x, tensors):
+            for layer, fixed, part in zip(layers, static, tensors):
+                x = _transform(layer, x, fixed, part)
+            return x
+
+        if len(_COMPILED) >= _MAX_COMPILED:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        fn = _COMPILED[cache_key] = _compile(transform_chain)
     return fn
 
 

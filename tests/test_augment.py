@@ -251,3 +251,21 @@ def test_layers_without_a_seedable_transformation_run_in_order(photo):
     expected = keras.ops.convert_to_numpy(flip.transform_images(center, transformation, training=True))
     np.testing.assert_allclose(out, expected, atol=1e-4)
     assert out.max() <= 128
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="tf.function tracing: TensorFlow only")
+def test_one_traced_augmentation_serves_every_batch_size():
+    # The stages' batch sizes, short last batches and TTA blocks must not
+    # trace the augmentation again each (tf.function warned of retracing
+    # in the demo): the batch size stays out of the compiled function.
+    from kertransfer.augment import _COMPILED
+    from kertransfer.transforms import transforms_side_on
+
+    tfms = ImageTransforms(24, max_zoom=1.1, aug_tfms=transforms_side_on)
+    augmenter = tfms.build_augmenter(0)
+    _COMPILED.clear()
+    for n in (32, 21, 16, 5, 7, 32):
+        x = np.random.default_rng(n).integers(0, 256, (n, 24, 24, 3), dtype="uint8")
+        assert tuple(augmenter.apply(x, augmenter.draw(np.random.default_rng(n), n)).shape) == (n, 24, 24, 3)
+    (fn,) = _COMPILED.values()
+    assert fn.experimental_get_tracing_count() <= 2
