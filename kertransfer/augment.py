@@ -175,7 +175,7 @@ class BatchAugmenter:
             if transformations[i] is None:  # a layer without a seedable transformation
                 out = layer(out, training=True)
             else:
-                out = _compiled(layer, keys[i], static[i])(out, tensors[i])
+                out = _compiled_chain([layer], (keys[i],), static[i : i + 1])(out, tensors[i : i + 1])
         return keras.ops.clip(out, 0.0, 255.0)
 
     def _layer_keys(self):
@@ -261,22 +261,35 @@ def _split(transformations):
             # A bare tensor (no dict): under the key None.
             transformation = {None: transformation}
         tensors.append({k: v for k, v in transformation.items() if _is_tensor(v)})
-        static.append({k: _without_batch(k, v) for k, v in transformation.items() if not _is_tensor(v)})
+        static.append(_for_batch({k: v for k, v in transformation.items() if not _is_tensor(v)}, None))
     return tensors, static
 
 
-# The static entries that hold the batch size (Keras's `input_shape`, and
-# RandomRotation's `batch_size`) stay out of a compiled function's key and
-# are taken from the batch inside it, so one traced function serves every
-# batch size (the stages' batch sizes, short last batches, TTA blocks).
+# The entries of a transformation that hold the batch size (Keras's
+# `input_shape`, and RandomRotation's `batch_size`): set for the rows
+# taken (`_take_rows`, `_concat_rows`), and kept out of a compiled
+# function's key, taken from the batch inside it (`_split`, `_with_batch`),
+# so one traced function serves every batch size (the stages' batch sizes,
+# short last batches, TTA blocks).
+_NOT_BATCH = object()
 
 
-def _without_batch(key, value):
+def _batch_entry(key, value, n):
+    """Entry `key: value` for a batch of `n` (None: any), or `_NOT_BATCH` if it holds no batch size."""
     if key == "input_shape" and isinstance(value, (tuple, list)):
-        return (None, *tuple(value[1:]))
-    if key == "batch_size" and isinstance(value, int):
-        return None
-    return value
+        return (n, *tuple(value[1:]))
+    if key == "batch_size" and (value is None or isinstance(value, int)):
+        return n
+    return _NOT_BATCH
+
+
+def _for_batch(entries, n):
+    """`entries` (a transformation's non-tensor entries) with their batch size `n`."""
+    out = {}
+    for key, value in entries.items():
+        entry = _batch_entry(key, value, n)
+        out[key] = value if entry is _NOT_BATCH else entry
+    return out
 
 
 def _with_batch(fixed, x):
@@ -284,13 +297,7 @@ def _with_batch(fixed, x):
     import keras
 
     n = x.shape[0]
-    n = keras.ops.shape(x)[0] if n is None else n
-    out = dict(fixed)
-    if isinstance(out.get("input_shape"), tuple):
-        out["input_shape"] = (n, *out["input_shape"][1:])
-    if "batch_size" in out and out["batch_size"] is None:
-        out["batch_size"] = n
-    return out
+    return _for_batch(fixed, keras.ops.shape(x)[0] if n is None else n)
 
 
 def _transform(layer, x, fixed, tensors):
@@ -299,30 +306,15 @@ def _transform(layer, x, fixed, tensors):
     return layer.transform_images(x, transformation, training=True)
 
 
-def _compiled(layer, key, fixed):
-    """`fn(x, tensors)`: `layer.transform_images` compiled, its other entries `fixed`.
+def _compiled_chain(layers, keys, static):
+    """`fn(x, tensors)`: every layer's `transform_images` in turn, compiled as one.
 
-    One compiled function per layer, not one for the chain: XLA fuses one
-    affine transform's interpolation into the next one's gathers,
+    Under JAX `apply` compiles each layer apart (a chain of one): XLA fuses
+    one affine transform's interpolation into the next one's gathers,
     computing it again for every tap (the chain compiled whole ran 2.3x
     slower than layer by layer under JAX on CPU: 1.84 s against 0.79 s per
     batch of 32 at 224 px, side-on with zoom).
     """
-    cache_key = (key, repr(fixed))
-    fn = _COMPILED.get(cache_key)
-    if fn is None:
-
-        def transform(x, tensors):
-            return _transform(layer, x, fixed, tensors)
-
-        if len(_COMPILED) >= _MAX_COMPILED:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        fn = _COMPILED[cache_key] = _compile(transform)
-    return fn
-
-
-def _compiled_chain(layers, keys, static):
-    """`fn(x, tensors)`: every layer's `transform_images` in turn, compiled as one."""
     cache_key = (keys, repr(static))
     fn = _COMPILED.get(cache_key)
     if fn is None:
@@ -367,12 +359,8 @@ def _take_rows(transformation, rows, batch_size):
     if isinstance(transformation, dict):
         taken = {}
         for key, value in transformation.items():
-            if key == "input_shape" and isinstance(value, (tuple, list)):
-                taken[key] = (len(rows), *tuple(value[1:]))
-            elif key == "batch_size" and isinstance(value, int):
-                taken[key] = len(rows)
-            else:
-                taken[key] = _take_rows(value, rows, batch_size)
+            entry = _batch_entry(key, value, len(rows))
+            taken[key] = _take_rows(value, rows, batch_size) if entry is _NOT_BATCH else entry
         return taken
     shape = getattr(transformation, "shape", None)
     if shape is not None and len(shape) >= 1 and shape[0] == batch_size:
@@ -393,12 +381,8 @@ def _concat_rows(parts, where, n):
     if isinstance(first, dict):
         joined = {}
         for key, value in first.items():
-            if key == "input_shape" and isinstance(value, (tuple, list)):
-                joined[key] = (n, *tuple(value[1:]))
-            elif key == "batch_size" and isinstance(value, int):
-                joined[key] = n
-            else:
-                joined[key] = _concat_rows([p[key] for p in parts], where, n)
+            entry = _batch_entry(key, value, n)
+            joined[key] = _concat_rows([p[key] for p in parts], where, n) if entry is _NOT_BATCH else entry
         return joined
     if _is_tensor(first) and len(first.shape) >= 1:
         return keras.ops.take(keras.ops.concatenate(parts, axis=0), where, axis=0)
