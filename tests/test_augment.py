@@ -269,3 +269,39 @@ def test_one_traced_augmentation_serves_every_batch_size():
         assert tuple(augmenter.apply(x, augmenter.draw(np.random.default_rng(n), n)).shape) == (n, 24, 24, 3)
     (fn,) = _COMPILED.values()
     assert fn.experimental_get_tracing_count() <= 2
+
+
+_FIRST_BATCH_UNDER_JAX = """
+import json, sys
+import keras
+import numpy as np
+from kertransfer.data import ImageClassifierData
+from kertransfer.transforms import tfms_from_model
+assert keras.backend.backend() == "jax"
+data = ImageClassifierData.from_paths(sys.argv[1], batch_size=8, tfms=tfms_from_model("efficientnet_lite0", 32))
+batches = data.train_batches(seed=0)
+x = keras.ops.convert_to_numpy(batches[0][0])
+crops = batches.worker_batch(0).x
+print(json.dumps({"tf": "tensorflow" in sys.modules, "layers": len(data.train_tfms.augment_layers()),
+                  "changed": float(np.abs(x - crops).mean())}))
+"""
+
+
+@pytest.mark.one_backend
+def test_augmented_batches_do_not_import_tensorflow_under_jax(synthetic_folder):
+    # Keras's `get_config` (the compiled augmentation's cache key) imports
+    # TensorFlow under every backend: 5.7 s of the first batch under JAX.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run(
+        [sys.executable, "-c", _FIRST_BATCH_UNDER_JAX, str(synthetic_folder)],
+        capture_output=True, text=True, env=env,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["layers"] >= 2 and report["changed"] > 1  # the layers ran
+    assert report["tf"] is False
