@@ -7,6 +7,7 @@ import os
 import keras
 import numpy as np
 
+from kertransfer.callbacks.checkpoint import rng_state_kept
 from kertransfer.console import progress_bar
 from kertransfer.data.cache import load_checked
 from kertransfer.data.cache import write_checksum
@@ -66,7 +67,8 @@ class ActivationCache:
         feats = load_checked(path, shape)  # None when missing or damaged (logged)
         if feats is None:
             logger.info("Precomputing %s activations -> %s", split, path)
-            feats = self._compute(data, split, path)
+            with rng_state_kept():  # a seeded run goes on as if they were cached
+                feats = self._compute(data, split, path)
             if self._key(data, split) != key:
                 logger.warning(
                     "Files of the %s split changed while their activations were "

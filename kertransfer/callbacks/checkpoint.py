@@ -1,6 +1,7 @@
 """Back up a fit at every epoch's end, atomically; a rerun continues it."""
 
 import base64
+import contextlib
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ __all__ = [
     "assign_arrays",
     "get_rng_state",
     "load_states",
+    "rng_state_kept",
     "save_states",
     "set_rng_state",
     "variable_arrays",
@@ -71,6 +73,31 @@ def set_rng_state(state):
         torch.set_rng_state(_from_b64(state["torch"]))
         if "torch_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([_from_b64(s) for s in state["torch_cuda"]])
+
+
+@contextlib.contextmanager
+def rng_state_kept():
+    """A block after which the global generators are as they were before it.
+
+    For work whose random draws must not depend on whether it ran: a seeded
+    run that computes its activations (Keras's torch `predict` draws a seed
+    from torch's generator for every `DataLoader` it makes) must continue
+    exactly as one that found them in the cache. The generators are those
+    of `get_rng_state`.
+
+    Yields:
+        None.
+
+    Example:
+
+    >>> with rng_state_kept():
+    ...     features = body_model.predict(images)
+    """
+    state = get_rng_state()
+    try:
+        yield
+    finally:
+        set_rng_state(state)
 
 
 def variable_arrays(variables, prefix):

@@ -87,7 +87,9 @@ class ImageBatches(keras.utils.PyDataset):
         augment: apply the transforms' augmentation layers.
         seed: seed for crops, shuffling and augmentation; None draws one
             from NumPy's global generator (seeded by
-            `keras.utils.set_random_seed`).
+            `keras.utils.set_random_seed`), unless nothing is random
+            (center crops, no shuffle, no augmentation: then 0, and the
+            global generator is left alone).
         with_labels: yield `(x, y)` (True, when the split has labels) or
             `(x,)`.
         indices: indices into `split` served each epoch, repeats allowed
@@ -138,7 +140,13 @@ class ImageBatches(keras.utils.PyDataset):
         self.per_image_seeds = per_image_seeds
         self.batch_multiple = _check_multiple(batch_multiple, self.batch_size)
         self.with_labels = with_labels and split.labels is not None
-        if seed is None:
+        if seed is None and not (shuffle or augment or tfms.random_crop):
+            # Nothing random to seed (center crops in order: predictions,
+            # precompute). Drawing anyway would move NumPy's global
+            # generator, so a seeded run would differ by whether its
+            # activations were computed or found in the cache.
+            seed = 0
+        elif seed is None:
             # Drawn from NumPy's global generator, so that
             # `keras.utils.set_random_seed` (which seeds it) makes a whole
             # run reproducible, as fast.ai's `set_seed` does.
