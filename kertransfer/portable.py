@@ -185,7 +185,8 @@ def portable_model(model):
     # copy (its loss and metrics, e.g. kertransfer's F-beta, would be saved).
     view = keras.Model(model.inputs, model.outputs, name=model.name)
     # The copy's weights are all copied in: its initializers need not run.
-    with initialized_by_loading():
+    # Keras's `get_config` (of the dtype policies) imports TensorFlow otherwise.
+    with tensorflow_unimported(), initialized_by_loading():
         clone = keras.models.clone_model(
             view, clone_function=_clone_layer, call_function=_call_layer, recursive=True
         )
