@@ -10,6 +10,8 @@ the timed part (imports excluded):
   converted once into `$KERAS_HOME/kertransfer/` before the timed runs).
 - `lite0_portable`: `portable_model` of that backbone with a fast.ai head on
   top (the backbone build is not timed).
+- `lite0_load`: `kertransfer.run_folder.load_model_file` of that model
+  saved by `save_portable` (what `kertransfer predict` does first).
 - `resnet34_file`: `resnet34(weights=PATH)`, a local `.weights.h5` (written
   once before the timed runs from a random model: ResNet's ImageNet file is
   a download).
@@ -42,7 +44,7 @@ import sys
 import tempfile
 import time
 
-CASES = ("lite0_imagenet", "lite0_portable", "resnet34_file", "resnet18_random", "resnet34_random")
+CASES = ("lite0_imagenet", "lite0_portable", "lite0_load", "resnet34_file", "resnet18_random", "resnet34_random")
 
 
 def _compile_counter():
@@ -68,6 +70,22 @@ def _compile_counter():
     return totals
 
 
+def _lite0_classifier():
+    """Lite0 with its ImageNet weights and a fast.ai head for 10 classes."""
+    import keras
+
+    from kertransfer.backbones import efficientnet_lite  # noqa: F401 (registers)
+    from kertransfer.backbones.registry import build_backbone
+    from kertransfer.heads import head_layers
+    from kertransfer.layers import AdaptiveConcatPooling2D
+
+    body = build_backbone("efficientnet_lite0", weights="imagenet", input_shape=(None, None, 3))
+    x = AdaptiveConcatPooling2D(name="pool")(body.output)
+    for layer in head_layers(10):
+        x = layer(x)
+    return keras.Model(body.input, x)
+
+
 def _run_case(case, weights_file):
     """One timed case in this process; returns its measurements."""
     import keras
@@ -78,21 +96,19 @@ def _run_case(case, weights_file):
 
     jax_backend = keras.backend.backend() == "jax"
     if case == "lite0_portable":
-        from kertransfer.heads import head_layers
-        from kertransfer.layers import AdaptiveConcatPooling2D
         from kertransfer.portable import portable_model
 
-        body = build_backbone("efficientnet_lite0", weights="imagenet", input_shape=(None, None, 3))
-        x = AdaptiveConcatPooling2D(name="pool")(body.output)
-        for layer in head_layers(10):
-            x = layer(x)
-        model = keras.Model(body.input, x)
+        model = _lite0_classifier()
+    elif case == "lite0_load":
+        from kertransfer.run_folder import load_model_file
     totals = _compile_counter() if jax_backend else None
     start = time.perf_counter()
     if case == "lite0_imagenet":
         build_backbone("efficientnet_lite0", weights="imagenet")
     elif case == "lite0_portable":
         portable_model(model)
+    elif case == "lite0_load":
+        load_model_file(_saved_model(weights_file))
     elif case == "resnet34_file":
         resnet.resnet34(weights=weights_file)
     else:
@@ -108,15 +124,18 @@ def _run_case(case, weights_file):
     return result
 
 
-def _prepare(weights_file):
-    """Fills the caches the timed runs read: the converted Lite0 weights and
-    a ResNet-34 `.weights.h5`."""
-    from kertransfer.backbones import resnet
-    from kertransfer.backbones.registry import build_backbone
+def _saved_model(weights_file):
+    return os.path.join(os.path.dirname(weights_file), "lite0_classifier.keras")
 
-    build_backbone("efficientnet_lite0", weights="imagenet")
-    if not os.path.isfile(weights_file):
-        resnet.resnet34(weights=None).save_weights(weights_file)
+
+def _prepare(weights_file):
+    """Writes the files the timed runs read: the converted Lite0 weights (in
+    the Keras cache), a ResNet-34 `.weights.h5` and a saved Lite0 model."""
+    from kertransfer.backbones import resnet
+    from kertransfer.portable import save_portable
+
+    save_portable(_lite0_classifier(), _saved_model(weights_file))
+    resnet.resnet34(weights=None).save_weights(weights_file)
 
 
 def main():

@@ -15,7 +15,9 @@ import pytest
 
 from kertransfer.backbones import resnet
 from kertransfer.backbones.weights import initialized_by_loading
+from kertransfer.no_tensorflow import set_seed
 from kertransfer.portable import portable_model
+from kertransfer.run_folder import load_model_file
 
 
 @keras.saving.register_keras_serializable(package="kertransfer_tests")
@@ -49,7 +51,8 @@ def _two_dense(initializer):
     inputs = keras.Input((5,))
     x = keras.layers.Dense(4, kernel_initializer=initializer, name="loaded")(inputs)
     x = keras.layers.BatchNormalization(name="bn")(x)
-    x = keras.layers.Dense(3, kernel_initializer=initializer, bias_initializer="ones", name="not_loaded")(x)
+    # Keras's unseeded initializers: their seeds come from Python's `random`.
+    x = keras.layers.Dense(3, bias_initializer="random_normal", name="not_loaded")(x)
     return keras.Model(inputs, x)
 
 
@@ -71,19 +74,23 @@ def test_pretrained_build_runs_no_initializer_and_keeps_the_configured_ones(coun
 
 
 def test_what_the_block_does_not_load_gets_its_initializer(counting):
+    set_seed(0)
     reference = _two_dense(counting(seed=7))
+    set_seed(0)
     with initialized_by_loading():
         model = _two_dense(counting(seed=7))
         model.get_layer("loaded").set_weights([np.full((5, 4), 0.5), np.full(4, -1.0)])
-    assert counting.calls == 2 + 1  # the reference's two kernels, then the unloaded one
+    assert counting.calls == 1  # the reference's kernel only: the loaded one never ran
     np.testing.assert_array_equal(_array(model.get_layer("loaded").kernel), np.full((5, 4), 0.5))
     np.testing.assert_array_equal(_array(model.get_layer("loaded").bias), np.full(4, -1.0))
-    # Exactly the reference's values: a seeded normal kernel, ones, BatchNorm's defaults.
+    # Exactly the reference's values: BatchNorm's ones and zeros, the random
+    # kernel and bias, drawn at the end of the block from the seeds drawn
+    # when the layer was made.
     for name in ("bn", "not_loaded"):
         for expected, actual in zip(reference.get_layer(name).weights, model.get_layer(name).weights, strict=True):
             np.testing.assert_array_equal(_array(actual), _array(expected), err_msg=actual.path)
     kernel = _array(model.get_layer("not_loaded").kernel)
-    assert 0 < kernel.std() < 0.2  # RandomNormal's 0.05, not a placeholder or zeros
+    assert np.all(kernel != 0) and np.abs(kernel).max() <= np.sqrt(6 / (4 + 3))  # Glorot uniform
 
 
 def test_the_block_leaves_keras_as_it_was(counting):
@@ -129,3 +136,18 @@ def test_portable_model_copy_runs_no_initializer(counting):
     assert isinstance(copy.get_layer("hidden").kernel_initializer, CountingInitializer)
     for expected, actual in zip(model.weights, copy.weights, strict=True):
         np.testing.assert_array_equal(_array(actual), _array(expected))
+
+
+def test_loading_a_saved_model_runs_no_initializer(counting, tmp_path):
+    inputs = keras.Input((6,))
+    x = keras.layers.Dense(4, kernel_initializer=counting(seed=5), name="hidden")(inputs)
+    x = keras.layers.BatchNormalization(name="bn")(x)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(x))
+    model.get_layer("bn").moving_variance.assign(np.full(4, 2.5))  # loaded, not BatchNorm's ones
+    path = tmp_path / "model.keras"
+    model.save(path)
+    counting.calls = 0
+    loaded = load_model_file(path)
+    assert counting.calls == 0
+    for expected, actual in zip(model.weights, loaded.weights, strict=True):
+        np.testing.assert_array_equal(_array(actual), _array(expected), err_msg=actual.path)

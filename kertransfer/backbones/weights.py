@@ -24,7 +24,8 @@ publishes for its own files. Weights converted from another framework are
 cached as `.weights.h5` in `$KERAS_HOME/kertransfer/`.
 
 A model whose weights are loaded right after it is built (a pretrained
-backbone, a copy whose weights are copied in) is built inside
+backbone, a copy whose weights are copied in, a saved model read back) is
+built inside
 `initialized_by_loading()`: its layers skip their initializers, which
 under JAX cost one XLA compilation per weight shape (most of the 11 s
 build of EfficientNet-Lite0 on a 2-core CPU), and whatever the block does
@@ -41,7 +42,6 @@ import threading
 import urllib.error
 import urllib.request
 
-import keras
 import numpy as np
 
 from kertransfer.backbones.torch_weights import load_torch_state_dict
@@ -360,6 +360,8 @@ def _placeholder(shape, dtype=None):
     """A variable's value until it is loaded: NaN, so that a variable left
     unloaded is recognised. Made by NumPy and converted with its dtype
     (under JAX 0.10, `jnp.asarray` without one compiles per shape)."""
+    import keras
+
     return keras.ops.convert_to_tensor(np.full(shape, np.nan, dtype=dtype), dtype=dtype)
 
 
@@ -387,6 +389,8 @@ def _variables_by_loading():
         The list the block's `(variable, initializer)` pairs go to, or None
         when this Keras has no `_INIT_METHOD` (then nothing changes).
     """
+    import keras  # here: importing this module stays light (no backend)
+
     cls = keras.Variable
     if not callable(getattr(cls, _INIT_METHOD, None)):
         yield None
@@ -418,15 +422,17 @@ def initialized_by_loading(enabled=True):
     Inside, each new floating-point variable starts as a NaN placeholder
     made by NumPy instead of running its initializer; at the end of the
     block, every such variable that nothing loaded (still all NaN) gets its
-    initializer after all, so the model is exactly what it would be
-    without the block. Why: under JAX, Keras compiles each random (and
+    initializer after all. The model is the same as without the block:
+    Keras's random initializers draw their seed when they are made (with
+    the layer), not when they run, so running one later, or not at all,
+    changes no value and no later draw. Why: under JAX, Keras compiles each random (and
     zeros, ones) initializer once per weight shape, about 0.25 s each on a
     2-core CPU, and a pretrained build throws those values away: building
     EfficientNet-Lite0 with its ImageNet weights took 11 s, 10 s of it
     ~50 such compilations (`benchmarks/bench_build.py`). Under TensorFlow
     and torch it saves the random numbers. The layers keep their
     initializers (`get_config`, saving and cloning report them as
-    configured): only the values drawn in the block change.
+    configured).
 
     Only the outermost block acts (an inner one belongs to it), and only
     for variables made by this thread. Values derived from a variable in
@@ -454,6 +460,8 @@ def initialized_by_loading(enabled=True):
     if not enabled or getattr(_BY_LOADING, "created", None) is not None:
         yield
         return
+    import keras
+
     with _variables_by_loading() as created:
         yield
     unloaded = [
