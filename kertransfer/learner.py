@@ -20,6 +20,7 @@ from kertransfer.backbones import get_backbone
 from kertransfer.backbones.custom import body_layer_groups
 from kertransfer.backbones.custom import image_body
 from kertransfer.backbones.custom import resolve_preprocessing
+from kertransfer.backbones.weights import initialized_by_loading
 from kertransfer.console import counted_batches
 from kertransfer.console import progress_bar
 from kertransfer.console import progress_bars
@@ -579,7 +580,8 @@ class ConvLearner(TrainingVerbs):
             path += ".keras"
         if not os.path.isfile(path):
             raise FileNotFoundError(f"No saved model at {path}.")
-        saved = keras.saving.load_model(path, compile=False)
+        with initialized_by_loading():  # the file holds every weight
+            saved = keras.saving.load_model(path, compile=False)
         # A portable file has the layout of `portable_model(self.model)`:
         # its weights go there in order, then across by layer name.
         twin = portable_model(self.model) if read_model_info(path) else None

@@ -41,6 +41,7 @@ import keras
 import numpy as np
 
 from kertransfer import layers as kt_layers
+from kertransfer.backbones.weights import initialized_by_loading
 from kertransfer.distribute import portable_config
 from kertransfer.files import atomic_path
 from kertransfer.no_tensorflow import tensorflow_unimported
@@ -183,18 +184,21 @@ def portable_model(model):
     # A fresh functional view: cloning a compiled model would compile the
     # copy (its loss and metrics, e.g. kertransfer's F-beta, would be saved).
     view = keras.Model(model.inputs, model.outputs, name=model.name)
-    clone = keras.models.clone_model(
-        view, clone_function=_clone_layer, call_function=_call_layer, recursive=True
-    )
-    left = sorted({type(layer).__name__ for layer in _kertransfer_layers(clone)})
-    if left:
-        raise ValueError(
-            f"portable_model could not replace the kertransfer layer(s) {left} in the model "
-            f"{model.name!r} (a Sequential model cannot be rewired). Build that part as a "
-            "functional model (keras.Model(inputs, outputs))."
+    # The copy's weights are all copied in: its initializers need not run.
+    # Keras's `get_config` (of the dtype policies) imports TensorFlow otherwise.
+    with tensorflow_unimported(), initialized_by_loading():
+        clone = keras.models.clone_model(
+            view, clone_function=_clone_layer, call_function=_call_layer, recursive=True
         )
-    for layer, twin in _weighted_pairs(model, clone):
-        twin.set_weights(layer.get_weights())
+        left = sorted({type(layer).__name__ for layer in _kertransfer_layers(clone)})
+        if left:
+            raise ValueError(
+                f"portable_model could not replace the kertransfer layer(s) {left} in the model "
+                f"{model.name!r} (a Sequential model cannot be rewired). Build that part as a "
+                "functional model (keras.Model(inputs, outputs))."
+            )
+        for layer, twin in _weighted_pairs(model, clone):
+            twin.set_weights(layer.get_weights())
     return clone
 
 

@@ -200,9 +200,12 @@ def load_model_file(model_path):
     import keras
 
     import kertransfer.layers  # noqa: F401 (registers the custom layers)
+    from kertransfer.backbones.weights import initialized_by_loading
 
     try:
-        return keras.saving.load_model(model_path, compile=False)
+        # The file holds every weight: the initializers need not run.
+        with initialized_by_loading():
+            return keras.saving.load_model(model_path, compile=False)
     except Exception as e:  # Keras raises many types on a bad file.
         # Keras says "File not found" for a file that is there but not a
         # zip archive: that part of its message would mislead.

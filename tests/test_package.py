@@ -135,6 +135,7 @@ import json, random, sys
 import keras
 import numpy as np
 from kertransfer.no_tensorflow import set_seed
+from kertransfer.portable import portable_model
 from kertransfer.portable import save_portable
 
 def draws(seed_fn, seed):
@@ -150,6 +151,7 @@ def draws(seed_fn, seed):
 ours = draws(set_seed, 3)
 inputs = keras.Input((8, 8, 3))
 model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(2, 3)(inputs)))
+portable_model(model)  # called alone too (its layers' get_config)
 save_portable(model, sys.argv[1])
 after_ours = "tensorflow" in sys.modules
 keras_draws = draws(keras.utils.set_random_seed, 3)  # Keras's own: imports TensorFlow
@@ -161,10 +163,11 @@ print(json.dumps({"ours": ours, "keras": keras_draws, "tf_after_ours": after_our
 
 def test_seeding_and_saving_do_not_import_tensorflow_under_jax(tmp_path):
     # Keras's set_random_seed and Model.save import TensorFlow under every
-    # backend (~10 s of CPU per process). kertransfer's set_seed and
-    # save_portable do not under JAX, draw exactly what Keras's seeding draws
-    # (Python, NumPy, keras.random, a Dropout mask), and leave Keras as it
-    # was: its own set_random_seed still imports TensorFlow afterwards.
+    # backend (~10 s of CPU per process). kertransfer's set_seed,
+    # portable_model and save_portable do not under JAX, set_seed draws
+    # exactly what Keras's seeding draws (Python, NumPy, keras.random, a
+    # Dropout mask), and Keras is left as it was: its own set_random_seed
+    # still imports TensorFlow afterwards.
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
         [sys.executable, "-c", _SEED_AND_SAVE, str(tmp_path / "m.keras")],

@@ -288,8 +288,10 @@ def efficientnet_lite_from_preset(
         arch, weights, LITE_PRESETS[arch]["weights"], WEIGHTS_FORMATS,
         (".weights.h5", *TORCH_SUFFIXES), converted,
     )
-    full, features = _build(arch, input_shape, classifier_activation)
-    weights_lib.load_weights(full, resolved, convert_lite_state_dict)
+    # Every variable is loaded: the initializers need not run.
+    with weights_lib.initialized_by_loading(resolved is not None):
+        full, features = _build(arch, input_shape, classifier_activation)
+        weights_lib.load_weights(full, resolved, convert_lite_state_dict)
     if include_top:
         return full
     return keras.Model(full.input, features, name=arch)

@@ -143,32 +143,35 @@ def build_keras_app(
     resolved = weights_lib.resolve_weights(
         arch, weights, source, formats, weights_lib.KERAS_SUFFIXES
     )
-    inputs = keras.Input(shape=input_shape, name="image")
-    x = ImagePreprocessing(**preset["preprocessing"], name="preprocess")(inputs)
-    application = getattr(keras.applications, preset["application"])
-    # With input_tensor, the application's graph starts at `inputs`, so its
-    # layers and `preprocess` sit in one flat model. Rewrapping it takes a
-    # single input tensor (the application's own model expects a list).
-    application_model = application(
-        include_top=include_top,
-        weights=None,
-        input_tensor=x,
-        classifier_activation=classifier_activation,
-        **preset["app_kwargs"],
-    )
-    model = keras.Model(inputs, application_model.output, name=arch)
-    if resolved is None:
-        return model
-    path = resolved[0]
-    try:
-        weights_lib.load_weights(model, resolved)
-    except ValueError as e:
-        raise ValueError(
-            f"Could not load {path} into {arch} (include_top={include_top}): "
-            f"{e}. The file must come from the same application with the "
-            "same include_top; Keras' ImageNet file for this configuration "
-            f"is {expected}."
-        ) from e
+    # Every variable is loaded: the initializers need not run.
+    with weights_lib.initialized_by_loading(resolved is not None):
+        inputs = keras.Input(shape=input_shape, name="image")
+        x = ImagePreprocessing(**preset["preprocessing"], name="preprocess")(inputs)
+        application = getattr(keras.applications, preset["application"])
+        # With input_tensor, the application's graph starts at `inputs`, so
+        # its layers and `preprocess` sit in one flat model. Rewrapping it
+        # takes a single input tensor (the application's own model expects
+        # a list).
+        application_model = application(
+            include_top=include_top,
+            weights=None,
+            input_tensor=x,
+            classifier_activation=classifier_activation,
+            **preset["app_kwargs"],
+        )
+        model = keras.Model(inputs, application_model.output, name=arch)
+        if resolved is None:
+            return model
+        path = resolved[0]
+        try:
+            weights_lib.load_weights(model, resolved)
+        except ValueError as e:
+            raise ValueError(
+                f"Could not load {path} into {arch} (include_top={include_top}): "
+                f"{e}. The file must come from the same application with the "
+                "same include_top; Keras' ImageNet file for this configuration "
+                f"is {expected}."
+            ) from e
     if arch == "efficientnet_b0" and not path.endswith(".weights.h5"):
         _fold_efficientnet_rescaling(model)
     return model

@@ -424,15 +424,17 @@ def resnet_from_preset(
         arch, weights, preset["weights"], WEIGHTS_FORMATS,
         (".weights.h5", *TORCH_SUFFIXES), _converted_cache(arch, include_top),
     )
-    model = build_resnet(
-        **preset["config"],
-        **preset["preprocessing"],
-        input_shape=input_shape,
-        include_top=include_top,
-        classifier_activation=classifier_activation,
-        name=arch,
-    )
-    return weights_lib.load_weights(model, resolved, convert_torchvision_state_dict)
+    # Every variable is loaded: the initializers need not run.
+    with weights_lib.initialized_by_loading(resolved is not None):
+        model = build_resnet(
+            **preset["config"],
+            **preset["preprocessing"],
+            input_shape=input_shape,
+            include_top=include_top,
+            classifier_activation=classifier_activation,
+            name=arch,
+        )
+        return weights_lib.load_weights(model, resolved, convert_torchvision_state_dict)
 
 
 def resnet18(weights="imagenet", **kwargs):

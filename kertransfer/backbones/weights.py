@@ -22,15 +22,27 @@ cached file only once its hash is right. The hash covers the whole file:
 publishes only the 8 in its file names); `md5` is what `keras.applications`
 publishes for its own files. Weights converted from another framework are
 cached as `.weights.h5` in `$KERAS_HOME/kertransfer/`.
+
+A model whose weights are loaded right after it is built (a pretrained
+backbone, a copy whose weights are copied in, a saved model read back) is
+built inside
+`initialized_by_loading()`: its layers skip their initializers, which
+under JAX cost one XLA compilation per weight shape (most of the 11 s
+build of EfficientNet-Lite0 on a 2-core CPU), and whatever the block does
+not load still gets its real initializer.
 """
 
+import contextlib
 import hashlib
 import importlib.resources
 import logging
 import os
 import shutil
+import threading
 import urllib.error
 import urllib.request
+
+import numpy as np
 
 from kertransfer.backbones.torch_weights import load_torch_state_dict
 from kertransfer.files import atomic_path
@@ -43,6 +55,7 @@ __all__ = [
     "cache_dir",
     "fetch_weights",
     "hash_mismatch",
+    "initialized_by_loading",
     "load_weights",
     "local_weights_file",
     "models_dir",
@@ -331,3 +344,135 @@ def load_weights(model, resolved, convert=None):
         model.save_weights(tmp)
         os.replace(tmp, save_as)
     return model
+
+
+# The variables made by this thread inside `initialized_by_loading`, with
+# their initializers: `created` is a list there, else unset.
+_BY_LOADING = threading.local()
+_PATCH_LOCK = threading.Lock()
+_PATCH = {"users": 0, "original": None, "owned": False}
+# Keras's method that fills a new variable from its initializer (Keras
+# 3.0-3.15); without it, `initialized_by_loading` changes nothing.
+_INIT_METHOD = "_initialize_with_initializer"
+
+
+def _placeholder(shape, dtype=None):
+    """A variable's value until it is loaded: NaN, so that a variable left
+    unloaded is recognised. Made by NumPy and converted with its dtype
+    (under JAX 0.10, `jnp.asarray` without one compiles per shape)."""
+    import keras
+
+    return keras.ops.convert_to_tensor(np.full(shape, np.nan, dtype=dtype), dtype=dtype)
+
+
+def _is_float(dtype):
+    try:
+        return np.dtype(dtype).kind == "f"
+    except TypeError:  # bfloat16 and other dtypes NumPy lacks: initialized as usual
+        return False
+
+
+def _initialize(variable, initializer):
+    """`keras.Variable`'s own method, or a NaN placeholder within the block."""
+    created = getattr(_BY_LOADING, "created", None)
+    if created is None or not _is_float(variable.dtype):
+        return _PATCH["original"](variable, initializer)
+    created.append((variable, initializer))
+    return _PATCH["original"](variable, _placeholder)
+
+
+@contextlib.contextmanager
+def _variables_by_loading():
+    """Makes this thread's new float variables NaN placeholders in the block.
+
+    Yields:
+        The list the block's `(variable, initializer)` pairs go to, or None
+        when this Keras has no `_INIT_METHOD` (then nothing changes).
+    """
+    import keras  # here: importing this module stays light (no backend)
+
+    cls = keras.Variable
+    if not callable(getattr(cls, _INIT_METHOD, None)):
+        yield None
+        return
+    with _PATCH_LOCK:
+        if _PATCH["users"] == 0:
+            _PATCH["original"] = getattr(cls, _INIT_METHOD)
+            _PATCH["owned"] = _INIT_METHOD in vars(cls)
+            setattr(cls, _INIT_METHOD, _initialize)
+        _PATCH["users"] += 1
+    _BY_LOADING.created = created = []
+    try:
+        yield created
+    finally:
+        _BY_LOADING.created = None
+        with _PATCH_LOCK:
+            _PATCH["users"] -= 1
+            if _PATCH["users"] == 0:
+                if _PATCH["owned"]:
+                    setattr(cls, _INIT_METHOD, _PATCH["original"])
+                else:
+                    delattr(cls, _INIT_METHOD)
+
+
+@contextlib.contextmanager
+def initialized_by_loading(enabled=True):
+    """A block that builds a model and then loads all of its weights.
+
+    Inside, each new floating-point variable starts as a NaN placeholder
+    made by NumPy instead of running its initializer; at the end of the
+    block, every such variable that nothing loaded (still all NaN) gets its
+    initializer after all. The model is the same as without the block:
+    Keras's random initializers draw their seed when they are made (with
+    the layer), not when they run, so running one later, or not at all,
+    changes no value and no later draw. Why: under JAX, Keras compiles each random (and
+    zeros, ones) initializer once per weight shape, about 0.25 s each on a
+    2-core CPU, and a pretrained build throws those values away: building
+    EfficientNet-Lite0 with its ImageNet weights took 11 s, 10 s of it
+    ~50 such compilations (`benchmarks/bench_build.py`). Under TensorFlow
+    and torch it saves the random numbers. The layers keep their
+    initializers (`get_config`, saving and cloning report them as
+    configured).
+
+    Only the outermost block acts (an inner one belongs to it), and only
+    for variables made by this thread. Values derived from a variable in
+    the block before it is loaded (say a `Normalization` layer's mean at
+    build time) are recomputed by the loading, as Keras does anyway; the
+    loading itself must only assign (`set_weights`, `assign`,
+    `load_weights`), never read a variable it has not loaded. If the
+    block raises, what it built keeps its placeholders: discard it.
+
+    Args:
+        enabled: False for a build that loads nothing (`weights=None`):
+            the block then changes nothing.
+
+    Yields:
+        None.
+
+    Example:
+
+    ```python
+    with initialized_by_loading(resolved is not None):
+        model = build_resnet(...)
+        load_weights(model, resolved, convert_torchvision_state_dict)
+    ```
+    """
+    if not enabled or getattr(_BY_LOADING, "created", None) is not None:
+        yield
+        return
+    import keras
+
+    with _variables_by_loading() as created:
+        yield
+    unloaded = [
+        (variable, initializer)
+        for variable, initializer in created or ()
+        if np.isnan(keras.ops.convert_to_numpy(variable.value)).all()
+    ]
+    for variable, initializer in unloaded:
+        variable.assign(initializer(variable.shape, dtype=variable.dtype))
+    if unloaded:
+        logger.debug(
+            "%d of %d variables were not loaded and got their initializers: %s",
+            len(unloaded), len(created), [v.path for v, _ in unloaded],
+        )
