@@ -40,6 +40,8 @@ class _Rule:
 
     def parse(self, text):
         """argparse `type=`: the value of `text`, or an error argparse names the flag in."""
+        if self.optional and str(text).lower() == "none":
+            return None
         try:
             value = self.kind(text)
         except ValueError:
@@ -139,6 +141,13 @@ class TrainConfig:
         suffix: with `csv`, what follows each `image_name` in its file name.
         per_tag_threshold: with `csv`, choose one threshold per tag
             (`opt_th(per_class=True)`) instead of one for all tags.
+        tta_beta: None, or the weight in [0, 1] of the un-augmented
+            prediction in TTA against the mean of the `n_aug` augmented
+            copies (fast.ai v2 `Learner.tta`, whose default 0.25 this is);
+            None takes the plain mean over all `n_aug + 1` predictions
+            (fast.ai v0.7). Recorded in `metrics.json`; `kertransfer
+            predict --tta` blends the same way. The default follows
+            `benchmarks/bench_main_job.py` (README: the arch table).
 
     Raises:
         ValueError: on a setting out of its range (naming it), an `arch`
@@ -222,6 +231,11 @@ class TrainConfig:
     per_tag_threshold: bool = _setting(
         False, "with --csv: choose one threshold per tag on the validation set (default: one for all tags)",
         action="store_true",
+    )
+    tta_beta: float = _setting(
+        0.25, "TTA: weight of the un-augmented prediction against the mean of the augmented copies "
+        "(fast.ai v2 Learner.tta); none: the plain mean over all copies (fast.ai v0.7)",
+        _Rule(float, "a number in [0, 1], or none", lambda v: 0 <= v <= 1, optional=True), metavar="BETA",
     )
 
     def __post_init__(self):

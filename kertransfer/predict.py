@@ -251,7 +251,9 @@ def predict_probs(run_dir, paths, tta=False, n_aug=4, seed=0, batch_size=32):
         run_dir: folder written by `kertransfer train`.
         paths: an image file, a folder (searched recursively), or a sequence
             of them.
-        tta: average over `n_aug` augmented copies too.
+        tta: blend in `n_aug` augmented copies too, as the run's TTA did
+            (its `metrics.json` `tta_beta`: fast.ai v2's weighting, or the
+            plain mean when absent).
         n_aug: augmented copies per image with `tta=True`.
         seed: seed of the TTA augmentation.
         batch_size: images per model call.
@@ -290,7 +292,11 @@ def predict_probs(run_dir, paths, tta=False, n_aug=4, seed=0, batch_size=32):
     model, metrics = load_run(run_dir)
     from kertransfer.tta import tta_probs
 
-    probs = tta_probs(model, data, n_aug if tta else 0, split="test", seed=seed)
+    n_aug = n_aug if tta else 0
+    # The run's own blend of the copies (`metrics.json` `tta_beta`; runs of
+    # earlier versions have none: the plain mean).
+    beta = metrics.get("tta_beta") if n_aug else None
+    probs = tta_probs(model, data, n_aug, split="test", seed=seed, beta=beta)
     return found, data.test_paths, probs
 
 
@@ -303,9 +309,10 @@ def predict_images(
     alpha onto white), its short side resized to `round(image_size /
     crop_pct)` pixels and center-cropped to `image_size`: the run's
     validation framing (`preprocessing.json`), as in training. With
-    `tta=True` the probabilities are the mean over the center crop and
-    `n_aug` augmented copies, as in `ConvLearner.TTA` (fast.ai v0.7
-    `learn.TTA`); copies are seeded per image, so any `batch_size` gives the
+    `tta=True` the probabilities blend the center crop with `n_aug`
+    augmented copies as the run's own TTA did (`ConvLearner.TTA` with the
+    run's `tta_beta`: fast.ai v2's weighting, or v0.7's plain mean for runs
+    without one); copies are seeded per image, so any `batch_size` gives the
     same result. Unreadable files (missing, corrupt, not an image) get a
     row with `status="error"` and the reason; the others are still
     predicted.

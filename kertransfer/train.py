@@ -494,7 +494,9 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     header("evaluate", f"the kept weights on the {len(data.valid_paths)} validation images")
     probs, targets = timed("evaluate", learn.predict, verbose=verbose)
     header("tta", f"the original and {config.n_aug} augmented copies of each validation image")
-    tta_probs, _ = timed("tta", learn.TTA, config.n_aug, verbose=verbose)
+    # With no augmented copies there is nothing to blend.
+    tta_beta = config.tta_beta if config.n_aug else None
+    tta_probs, _ = timed("tta", learn.TTA, config.n_aug, beta=tta_beta, verbose=verbose)
     valid_loss = _valid_loss(probs, targets)
     if data.is_multi:
         scores = _multi_label_scores(probs, tta_probs, targets, config.per_tag_threshold)
@@ -518,6 +520,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         "seed": config.seed,
         "lrs": lrs_used,
         "kept": kept,
+        "tta_beta": tta_beta,
         "epochs": len(learn.history),
         "dataset": data.summary(),
         "stage_seconds": stage_seconds,

@@ -43,6 +43,10 @@ def test_flags_reach_the_config(tmp_path):
     assert config.weights is None and config.cache is None
     # The old spelling of --n-aug, with its old meaning (a count).
     assert _config(parser.parse_args(["train", str(tmp_path), "--tta", "3"])).n_aug == 3
+    # TTA's blend: fast.ai v2's beta by default, `none` for v0.7's plain mean.
+    assert _config(parser.parse_args(["train", str(tmp_path)])).tta_beta == 0.25
+    assert _config(parser.parse_args(["train", str(tmp_path), "--tta-beta", "0.5"])).tta_beta == 0.5
+    assert _config(parser.parse_args(["train", str(tmp_path), "--tta-beta", "none"])).tta_beta is None
 
 
 def test_builtin_archs_are_the_registered_ones():

@@ -130,7 +130,7 @@ def test_predict_tta_matches_learner_tta(trained, photos, capsys):
     run, learn = trained
     data = _photos_data(photos)
     learn.set_data(data)
-    expected, _ = learn.TTA(n_aug=2, seed=3)
+    expected, _ = learn.TTA(n_aug=2, seed=3)  # fast.ai v0.7's plain mean: the run has no tta_beta
     plain, _ = learn.predict()
     # Another batch size than the learner's 16: copies are seeded per image.
     frame = predict_images(run, photos / "valid", tta=True, n_aug=2, seed=3, batch_size=7, top_k=2)
@@ -192,3 +192,22 @@ def test_metrics_without_classes(trained, tmp_path, photos, capsys):
     (tmp_path / "metrics.json").write_text('{"image_size": 32}')
     assert main(["predict", str(tmp_path), str(photos / "valid")]) == 2
     assert "lacks ['classes', 'arch']" in capsys.readouterr().err
+
+
+def test_predict_tta_blends_as_the_run_did(trained, photos, tmp_path):
+    # A run trained with `tta_beta` (the main job's default, fast.ai v2's
+    # 0.25) is predicted with the same blend: beta * original + (1 - beta)
+    # * the augmented copies' mean, from the copies computed by hand.
+    run, learn = trained
+    blended = tmp_path / "run"
+    shutil.copytree(run, blended)
+    metrics = json.loads((blended / "metrics.json").read_text())
+    (blended / "metrics.json").write_text(json.dumps({**metrics, "tta_beta": 0.25}))
+    learn.set_data(_photos_data(photos))
+    copies, _ = learn.TTA(n_aug=2, seed=3, return_all=True)
+    expected = 0.25 * copies[0] + 0.75 * copies[1:].mean(0)
+    frame = predict_images(blended, photos / "valid", tta=True, n_aug=2, seed=3, top_k=2)
+    ok = frame[frame["status"] == "ok"]
+    got_ants = np.where(ok["class_1"] == "ants", ok["prob_1"], ok["prob_2"])
+    np.testing.assert_allclose(got_ants, expected[:, 0], rtol=0, atol=1e-5)
+    assert np.abs(expected - copies.mean(0)).max() > 1e-4  # not the plain mean

@@ -49,6 +49,8 @@ def test_main_job_on_hymenoptera(hymenoptera, tmp_path):
     assert rows[kept["epoch"] - 1]["stage"] == kept["stage"]
     assert saved["valid_loss"] == pytest.approx(kept["val_loss"], rel=1e-3)
     assert [r["epoch"] for r in rows if r["best"] == "True"] == [str(kept["epoch"])]
+    # TTA blended as fast.ai v2 does by default (TrainConfig.tta_beta), recorded for predict.
+    assert saved["tta_beta"] == 0.25
 
 
 class _Killed(Exception):
@@ -160,6 +162,7 @@ def test_cli_unknown_arch(tmp_path, synthetic_folder, capsys):
         (["--max-images", "0"], "argument --max-images: must be an integer >= 1, got 0"),
         (["--n-aug", "-1"], "argument --n-aug/--tta: must be an integer >= 0, got -1"),
         (["--group-ratio", "-2"], "argument --group-ratio: must be a number > 0, got -2"),
+        (["--tta-beta", "1.5"], "argument --tta-beta: must be a number in [0, 1], or none, got 1.5"),
     ],
 )
 def test_cli_rejects_bad_flags_before_reading_data(tmp_path, synthetic_folder, capsys, monkeypatch, flags, message):
