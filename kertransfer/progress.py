@@ -12,6 +12,7 @@ from kertransfer.callbacks.checkpoint import load_states
 from kertransfer.callbacks.checkpoint import save_states
 from kertransfer.callbacks.checkpoint import set_rng_state
 from kertransfer.callbacks.checkpoint import variable_arrays
+from kertransfer.config import SETTINGS_BEFORE_THEY_EXISTED
 from kertransfer.files import atomic_path
 from kertransfer.run_folder import read_state
 from kertransfer.run_folder import write_state
@@ -218,6 +219,16 @@ class RunProgress:
         write_state(self.path(self.out_dir), self.meta, arrays_dir=self.checkpoint_dir(self.out_dir))
         shutil.rmtree(self.checkpoint_dir(self.out_dir), ignore_errors=True)
 
+    def recorded_settings(self):
+        """The `TrainConfig` fields the run started with, as a dict.
+
+        A setting added since the run started, whose default would now do
+        something else (`kertransfer.config.SETTINGS_BEFORE_THEY_EXISTED`),
+        gets the value that does what the run did; the others are left to
+        their defaults.
+        """
+        return {**SETTINGS_BEFORE_THEY_EXISTED, **self.meta["config"]}
+
     def check_same(self, config, data_dir):
         """Raises if `config` or `data_dir` differ from those the run started with.
 
@@ -225,9 +236,10 @@ class RunProgress:
             ValueError: naming each difference.
         """
         # A setting the run's record lacks was added to TrainConfig after
-        # the run started: the run had its default's behaviour.
+        # the run started: the run had its default's behaviour, or the one
+        # `recorded_settings` names.
         defaults = {f.name: f.default for f in dataclasses.fields(config)} if dataclasses.is_dataclass(config) else {}
-        saved = {**defaults, **self.meta["config"]}
+        saved = {**defaults, **self.recorded_settings()}
         differ = [
             f"{k}: the run has {saved.get(k)!r}, received {v!r}"
             for k, v in vars(config).items()

@@ -319,7 +319,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
             say(f"the run in {out_dir} is finished; nothing to resume")
             return RunFolder(out_dir).read_metrics()
         if config is None:
-            config = TrainConfig(**progress.meta["config"])
+            config = TrainConfig(**progress.recorded_settings())
         progress.check_same(config, data_dir)
     config = config or TrainConfig()
     replicas = resolve_distribution(config.distribute)
@@ -493,10 +493,15 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     # Evaluate, TTA.
     header("evaluate", f"the kept weights on the {len(data.valid_paths)} validation images")
     probs, targets = timed("evaluate", learn.predict, verbose=verbose)
-    header("tta", f"the original and {config.n_aug} augmented copies of each validation image")
-    # With no augmented copies there is nothing to blend.
+    # With no augmented copies there is nothing to blend: TTA is the plain
+    # prediction (not computed twice).
     tta_beta = config.tta_beta if config.n_aug else None
-    tta_probs, _ = timed("tta", learn.TTA, config.n_aug, beta=tta_beta, verbose=verbose)
+    if config.n_aug:
+        header("tta", f"the original and {config.n_aug} augmented copies of each validation image")
+        tta_probs, _ = timed("tta", learn.TTA, config.n_aug, beta=tta_beta, verbose=verbose)
+    else:
+        header("tta", "none (--n-aug 0): the plain prediction")
+        tta_probs, stage_seconds["tta"] = probs, 0.0
     valid_loss = _valid_loss(probs, targets)
     if data.is_multi:
         scores = _multi_label_scores(probs, tta_probs, targets, config.per_tag_threshold)

@@ -49,6 +49,21 @@ def test_flags_reach_the_config(tmp_path):
     assert _config(parser.parse_args(["train", str(tmp_path), "--tta-beta", "none"])).tta_beta is None
 
 
+def test_default_arch_and_its_own_image_size(tmp_path):
+    # The default is Lite2 (the arch table in the README); without
+    # --image-size each arch trains at the size it was trained at
+    # (Google's EfficientNet-Lite: 224, 240, 260 px).
+    parser = build_parser()
+    config = _config(parser.parse_args(["train", str(tmp_path)]))
+    assert (config.arch, config.image_size, config.n_aug) == ("efficientnet_lite2", 260, 0)
+    for arch, size in (("efficientnet_lite0", 224), ("efficientnet_lite1", 240), ("resnet34", 224)):
+        assert TrainConfig(arch=arch).image_size == size
+    assert TrainConfig(arch="efficientnet_lite2", image_size=224).image_size == 224
+    assert _config(parser.parse_args(["train", str(tmp_path), "--image-size", "none"])).image_size == 260
+    with pytest.raises(SystemExit):
+        parser.parse_args(["train", str(tmp_path), "--image-size", "0"])
+
+
 def test_builtin_archs_are_the_registered_ones():
     from kertransfer.backbones import get_backbone
     from kertransfer.backbones import list_backbones

@@ -343,7 +343,7 @@ def test_resume_with_other_settings_fails_before_any_work(tmp_path, synthetic_fo
     argv = ["train", str(synthetic_folder), "--out", str(run), "--resume"]
     assert main([*argv, "--image-size", "64", "--tta", "2", "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert "--image-size: the run has 32, received 64" in err and "--tta: the run has 4, received 2" in err
+    assert "--image-size: the run has 32, received 64" in err and "--tta: the run has 0, received 2" in err
     with pytest.raises(ValueError, match="image_size: the run has 32, received 64"):
         train(synthetic_folder, run, TrainConfig(arch="tiny_cnn", image_size=64, weights=None, seed=0, distribute="none"), resume=True)
     with pytest.raises(ValueError, match="data_dir: the run has"):
@@ -366,3 +366,12 @@ def test_a_run_recorded_before_a_setting_existed_resumes_with_its_default(tmp_pa
     progress.check_same(same, synthetic_folder)
     with pytest.raises(ValueError, match=r"cycle_len: the run has 1, received 2"):
         progress.check_same(TrainConfig(**config, cycle_len=2), synthetic_folder)
+    # A setting whose default changed what the job does (TTA's blend) resumes
+    # with what the run did: the plain mean, not the new default's blend.
+    del meta["config"]["tta_beta"]
+    path.write_text(json.dumps(meta))
+    progress = RunProgress.load(run)
+    assert progress.recorded_settings()["tta_beta"] is None
+    progress.check_same(TrainConfig(**progress.recorded_settings()), synthetic_folder)
+    with pytest.raises(ValueError, match=r"tta_beta: the run has None, received 0.25"):
+        progress.check_same(TrainConfig(**config), synthetic_folder)
