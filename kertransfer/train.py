@@ -495,10 +495,9 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
     probs, targets = timed("evaluate", learn.predict, verbose=verbose)
     # With no augmented copies there is nothing to blend: TTA is the plain
     # prediction (not computed twice).
-    tta_beta = config.tta_beta if config.n_aug else None
     if config.n_aug:
         header("tta", f"the original and {config.n_aug} augmented copies of each validation image")
-        tta_probs, _ = timed("tta", learn.TTA, config.n_aug, beta=tta_beta, verbose=verbose)
+        tta_probs, _ = timed("tta", learn.TTA, config.n_aug, beta=config.tta_beta, verbose=verbose)
     else:
         header("tta", "none (--n-aug 0): the plain prediction")
         tta_probs, stage_seconds["tta"] = probs, 0.0
@@ -525,7 +524,8 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         "seed": config.seed,
         "lrs": lrs_used,
         "kept": kept,
-        "tta_beta": tta_beta,
+        # How copies are blended, here and by `kertransfer predict --tta`.
+        "tta_beta": config.tta_beta,
         "epochs": len(learn.history),
         "dataset": data.summary(),
         "stage_seconds": stage_seconds,
