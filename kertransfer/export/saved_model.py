@@ -44,7 +44,19 @@ def _serving_module(tf, model, class_names, framing, top_k=TOP_K, thresholds=Non
     @tf.function(input_signature=[
         tf.TensorSpec([None, image_size, image_size, 3], tf.float32)])
     def classify(images):
-        probabilities = tf.cast(model(images, training=False), tf.float32)
+        # TensorFlow 2.21's oneDNN convolution gives an empty batch its
+        # input's shape on some CPUs (seen with AVX512-BF16: a second
+        # convolution then fails, "input depth must be evenly divisible by
+        # filter depth"), so a batch in which nothing decoded would crash
+        # the signature: an empty batch takes the outputs of one blank
+        # image, cut to none.
+        def blank():
+            one = tf.zeros(tf.concat([[1], tf.shape(images)[1:]], 0), images.dtype)
+            return model(one, training=False)[:0]
+
+        probabilities = tf.cast(
+            tf.cond(tf.shape(images)[0] > 0, lambda: model(images, training=False), blank), tf.float32
+        )
         top_scores, top_indices = tf.math.top_k(probabilities, k=top_k)
         names = tf.constant(class_names, dtype=tf.string)
         outputs = {
