@@ -499,7 +499,7 @@ def train(data_dir, out_dir, config=None, verbose=1, overwrite=False, resume=Fal
         header("tta", f"the original and {config.n_aug} augmented copies of each validation image")
         tta_probs, _ = timed("tta", learn.TTA, config.n_aug, beta=config.tta_beta, verbose=verbose)
     else:
-        header("tta", "none (--n-aug 0): the plain prediction")
+        header("tta", "no augmented copies with --n-aug 0: the plain prediction")
         tta_probs, stage_seconds["tta"] = probs, 0.0
     valid_loss = _valid_loss(probs, targets)
     if data.is_multi:
