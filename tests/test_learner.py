@@ -161,25 +161,45 @@ def test_set_random_seed_repeats_a_fit_through_the_body(tiny_data):
     assert np.abs(x7 - x8).max() > 1 and not np.array_equal(y7, y8)
 
 
-def test_seeded_precomputed_fit_does_not_depend_on_the_activation_cache(tiny_data):
+def test_seeded_precomputed_fit_does_not_depend_on_the_activation_cache(tiny_data, tmp_path, monkeypatch):
     # The first run computes the body's activations (center crops, in order:
     # nothing random), the second reads them from the disk cache; the same
     # seed must train the same head either way (before the fix, computing
-    # them drew a batch seed from NumPy's global generator, so a seeded
-    # `kertransfer train` changed with the cache).
+    # them drew seeds from NumPy's and torch's global generators, so a
+    # seeded `kertransfer train` changed with the cache).
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache: the first run computes
+    cached_files = lambda: sorted((tmp_path / "kertransfer" / "precompute").glob("*.npy"))  # noqa: E731
+
     def run():
         set_seed(5)
         learn = _learner(tiny_data)
         learn.fit(1e-2, 1, verbose=0)
         return learn.model.get_weights()
 
-    computed, cached = run(), run()
+    computed = run()
+    files = cached_files()
+    assert len(files) == 2  # train and valid activations, written by the first run
+    cached = run()
+    assert cached_files() == files
     for a, b in zip(computed, cached):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     set_seed(6)
     other = _learner(tiny_data)
     other.fit(1e-2, 1, verbose=0)
     assert max(np.abs(a - b).max() for a, b in zip(computed, other.model.get_weights())) > 1e-3
+
+
+def test_batches_with_nothing_random_leave_numpys_generator_alone(tiny_data):
+    # Center crops in order (predictions, precompute) need no seed; drawing
+    # one would move NumPy's global generator by whether they were made.
+    set_seed(1)
+    reference = np.random.rand()
+    set_seed(1)
+    tiny_data.fixed_batches("valid")
+    assert np.random.rand() == reference
+    set_seed(1)
+    tiny_data.train_batches()  # shuffled: its seed comes from NumPy's generator
+    assert np.random.rand() != reference
 
 
 def test_tta_is_seeded_and_really_augments(tiny_data):
