@@ -55,9 +55,7 @@ def child(data_dir, out_dir, arch, seed, settings):
 
     config = TrainConfig(arch=arch, seed=seed, **settings)
     train(data_dir, out_dir, config, verbose=0)
-    with open(os.path.join(out_dir, "metrics.json")) as f:
-        metrics = json.load(f)
-    model, _ = load_run(out_dir)
+    model, metrics = load_run(out_dir)  # the kept model and metrics.json
     data = ImageClassifierData.from_paths(
         data_dir, batch_size=config.batch_size, tfms=tfms_from_model(arch, config.image_size),
         max_images=config.max_images, val_pct=config.val_pct,

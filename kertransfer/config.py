@@ -40,7 +40,7 @@ class _Rule:
 
     def parse(self, text):
         """argparse `type=`: the value of `text`, or an error argparse names the flag in."""
-        if self.optional and str(text).lower() == "none":
+        if self.optional and _none_word(text) is None:
             return None
         try:
             value = self.kind(text)
